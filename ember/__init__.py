@@ -1,0 +1,25 @@
+"""Ember: LLM programs as plain Python functions, compiled.
+
+    from ember import models, jit
+    fast = jit(lambda text: models("sim", f"Analyze: {text}"))
+"""
+
+from ._compose import chain, ensemble
+from ._jit import jit, op
+from ._models import amodels, models
+from ._response import Response, Usage
+from .errors import (
+    AuthenticationError, BatchError, ConfigurationError, ContextLengthError, EmberError,
+    MissingAPIKeyError, ModelNotFoundError, ParseError, ProviderError, QuotaExceededError,
+    RateLimitError, TimeoutError, TraceError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "models", "amodels", "Response", "Usage", "jit", "op", "chain", "ensemble",
+    "EmberError", "ConfigurationError", "MissingAPIKeyError", "TraceError", "ParseError",
+    "TimeoutError", "ProviderError", "AuthenticationError", "ModelNotFoundError",
+    "ContextLengthError", "RateLimitError", "QuotaExceededError", "BatchError",
+    "__version__",
+]

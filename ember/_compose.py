@@ -1,0 +1,58 @@
+"""`chain` and `ensemble`: composition of plain functions."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+__all__ = ["chain", "ensemble"]
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def chain(*fns: Callable) -> Callable:
+    """Left-to-right composition: ``chain(f, g, h)(x) == h(g(f(x)))``."""
+    if not fns:
+        raise TypeError("chain() needs at least one function")
+    for fn in fns:
+        if not callable(fn):
+            raise TypeError(f"chain() arguments must be callable, got {fn!r}")
+
+    def chained(*args: Any, **kwargs: Any) -> Any:
+        value = fns[0](*args, **kwargs)
+        for fn in fns[1:]:
+            value = fn(value)
+        return value
+
+    chained.__name__ = "chain(" + ", ".join(_name(f) for f in fns) + ")"
+    chained.__qualname__ = chained.__name__
+    return chained
+
+
+def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -> Callable:
+    """Call every function on the same input; return the list of results, or
+    ``reduce(results)``. Called outside `jit`, the members run concurrently (the
+    ensemble compiles itself); inside a jitted function it traces transparently."""
+    if not fns:
+        raise TypeError("ensemble() needs at least one function")
+    for fn in (*fns, *([reduce] if reduce is not None else [])):
+        if not callable(fn):
+            raise TypeError(f"ensemble() arguments must be callable, got {fn!r}")
+
+    def members(*args: Any, **kwargs: Any) -> Any:
+        results = [fn(*args, **kwargs) for fn in fns]
+        return reduce(results) if reduce is not None else results
+
+    from ._jit import jit
+
+    compiled = jit(members)
+
+    @functools.wraps(members)
+    def ensembled(*args: Any, **kwargs: Any) -> Any:
+        return compiled(*args, **kwargs)
+
+    ensembled.__name__ = "ensemble(" + ", ".join(_name(f) for f in fns) + ")"
+    ensembled.__qualname__ = ensembled.__name__
+    return ensembled

@@ -1,0 +1,401 @@
+"""`jit`: trace, optimize and run a function's model calls as one graph — soundly.
+
+A jitted call has three phases:
+
+1. **Plan.** The function runs on tracers and records a graph. Where the Python
+   needs a value that a model has not produced yet (a graph break), the trace
+   suspends; the recorded calls run together, and the function is traced again with
+   the finished answers known (suspend-and-replay). A trace with no break is cached
+   per input signature and later calls skip tracing and compiling.
+2. **Run.** The optimized graph runs on the backend: every call starts as soon as its
+   inputs are ready, dead calls are not made, duplicates are sent once, samples fuse.
+   Answers go into a memo.
+3. **Check.** The Python runs once more on real values, `models()` answering from
+   the memo. Its return value is the result. So a jitted function returns exactly
+   what the eager one would, even when a traced value leaked into ``len`` or ``re``:
+   a call the plan did not foresee is simply sent (and the plan is not trusted again
+   for that signature); a call the plan made in vain is counted.
+
+The check run costs microseconds of Python; it makes soundness a property of the
+design rather than of the tracer's coverage. Side effects in the function therefore
+run on every call, as in eager Python (plus once per trace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect as _inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
+
+from ._models import CheckRun, check_var
+from ._response import Response
+from ._runtime import run_async, run_sync
+from .backends.local import execute, node_request
+from .backends.memo import MISSING, Memo
+from .errors import TraceError
+from .ir.graph import Graph, Lit, Var
+from .ir.trace import (UNKNOWN, StopTrace, Suspend, Traced, TraceState, current_trace,
+                       trace_var)
+
+__all__ = ["jit", "Jitted", "op", "CompiledEntry", "MAX_ROUNDS", "signature_of",
+           "trace_inputs"]
+
+MAX_ROUNDS = 64  # suspend-and-replay rounds before falling back to plain execution
+
+
+@dataclass
+class CompiledEntry:
+    """What jit keeps per input signature."""
+
+    graph: Graph | None = None  # optimized, replayable with new inputs
+    strict: bool = False  # the plan was wrong once: trace .text / format() strictly
+    traces: int = 0
+    calls: int = 0
+    breaks: list = field(default_factory=list)
+    passes: list = field(default_factory=list)
+
+
+# ---- input signatures and tracers ----------------------------------------------------
+def signature_of(value: Any) -> Any:
+    """The structure and static values of arguments: the graph cache key."""
+    if isinstance(value, str):
+        return "S"
+    if isinstance(value, Response):
+        return "R"
+    if isinstance(value, (bool, int, float, type(None))):
+        return (type(value).__name__, value)
+    if isinstance(value, list):
+        return ("list", tuple(signature_of(v) for v in value))
+    if isinstance(value, tuple):
+        return ("tuple", tuple(signature_of(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", tuple((k, signature_of(v)) for k, v in value.items()))
+    try:
+        hash(value)
+        return ("obj", value)
+    except TypeError:
+        return ("id", type(value).__name__, id(value))
+
+
+def trace_inputs(value: Any, state: TraceState | None, leaves: list[Any]) -> Any:
+    """Replace strings and Responses by tracers (collecting the concrete leaves)."""
+    if isinstance(value, (str, Response)):
+        leaves.append(value)
+        return state.input(value) if state is not None else value
+    if isinstance(value, list):
+        return [trace_inputs(v, state, leaves) for v in value]
+    if isinstance(value, tuple):
+        return tuple(trace_inputs(v, state, leaves) for v in value)
+    if isinstance(value, dict):
+        return {k: trace_inputs(v, state, leaves) for k, v in value.items()}
+    return value
+
+
+def _lookup(memo: Memo) -> Callable:
+    """Known values of llm nodes during a re-trace: answers already in the memo."""
+    counts: dict[str, int] = {}
+
+    def lookup(node: Any, values: list[Any]) -> Any:
+        if node.op != "llm":
+            return UNKNOWN
+        try:
+            request = node_request(node, values[0], values[1], 1)
+        except Exception:
+            return UNKNOWN
+        det = node.param("deterministic")
+        out = []
+        for _ in range(node.param("n", 1)):
+            occ = counts.get(request.key, 0)
+            if not det:
+                counts[request.key] = occ + 1
+            value = memo.peek(request, det, occ)
+            if value is MISSING:
+                return UNKNOWN
+            out.append(value)
+        return out[0] if len(out) == 1 else out
+    return lookup
+
+
+def _substitute_known(graph: Graph, values: dict[int, Any]) -> Graph:
+    """Drop model calls whose answers are known; their uses become literals."""
+    sub: dict[int, Lit] = {}
+    nodes = []
+    for node in graph.nodes:
+        if sub:
+            inputs = tuple(sub.get(a.id, a) if isinstance(a, Var) else a for a in node.inputs)
+            if inputs != node.inputs:
+                node = node.replace(inputs=inputs)
+        if node.op == "llm" and node.out.id in values:
+            v = values[node.out.id]
+            sub[node.out.id] = Lit(tuple(v) if isinstance(v, list) else v)
+            continue
+        nodes.append(node)
+    outputs = [sub.get(a.id, a) if isinstance(a, Var) else a for a in graph.outputs]
+    return Graph(list(graph.inputs), nodes, outputs)
+
+
+def _compile(graph: Graph, verify: bool = False) -> tuple[Graph, list]:
+    from .passes import run_passes
+
+    return run_passes(graph, verify=verify)
+
+
+def _pending_leaves(value: Any, out: list[Response]) -> list[Response]:
+    if isinstance(value, Response):
+        if value._thunk is not None:
+            out.append(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _pending_leaves(v, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _pending_leaves(v, out)
+    return out
+
+
+# ---- the driver ------------------------------------------------------------------------
+Step = tuple[str, Any]
+
+
+class Jitted:
+    """A jitted function. Calling it runs plan, run and check (module docstring)."""
+
+    def __init__(self, fn: Callable, *, fullgraph: bool = False, verify: bool = False) -> None:
+        if isinstance(fn, Jitted):
+            fn = fn.fn
+        self.fn = fn
+        self.fullgraph = fullgraph
+        self.verify = verify  # run the IR verifier after every pass (tests)
+        self.is_async = _inspect.iscoroutinefunction(fn)
+        self.cache: dict[Any, CompiledEntry] = {}
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<jit {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        return self if obj is None else functools.partial(self, obj)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if current_trace() is not None or check_var.get() is not None:
+            return self.fn(*args, **kwargs)  # nested: trace through / answer from the memo
+        if self.is_async:
+            return _drive_async(self._program(args, kwargs))
+        return _drive_sync(self._program(args, kwargs))
+
+    def entry(self, *args: Any, **kwargs: Any) -> CompiledEntry | None:
+        """The cache entry for these arguments' signature, if traced."""
+        return self.cache.get(signature_of((args, kwargs)))
+
+    # The program is a generator of steps, so one driver serves def and async def:
+    # ("call", thunk) runs the user's function, ("run", coroutine) runs on the backend.
+    def _program(self, args: tuple, kwargs: dict) -> Generator[Step, Any, Any]:
+        sig = signature_of((args, kwargs))
+        entry = self.cache.get(sig)
+        if entry is None:
+            entry = self.cache[sig] = CompiledEntry()
+        entry.calls += 1
+        memo = Memo()
+        if entry.graph is not None:
+            leaves: list[Any] = []
+            trace_inputs((args, kwargs), None, leaves)
+            yield "run", execute(entry.graph, leaves, memo)
+        else:
+            yield from self._plan(args, kwargs, entry, memo)
+        check = CheckRun(memo)
+        result = yield "check", (self.fn, check, args, kwargs)
+        pending = _pending_leaves(result, [])
+        if pending:
+            yield "run", _settle(pending)
+        if check.misses or memo.unused():
+            entry.graph = None  # the plan did not match the Python: never trust it again
+            entry.strict = True
+        return result
+
+    def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo
+              ) -> Generator[Step, Any, None]:
+        concrete = False  # pass argument strings as plain str (after a tracer TypeError)
+        for round_no in range(MAX_ROUNDS):
+            state = TraceState(fullgraph=self.fullgraph, strict=entry.strict,
+                               lookup=_lookup(memo))
+            leaves: list[Any] = []
+            if concrete:
+                targs, tkwargs = args, kwargs
+            else:
+                targs, tkwargs = trace_inputs((args, kwargs), state, leaves)
+            entry.traces += 1
+            try:
+                result = yield "trace", (self.fn, state, targs, tkwargs)
+                complete = True
+            except Suspend:
+                complete, result = False, None
+            except TraceError:
+                raise
+            except StopTrace:
+                return  # the check run executes the rest
+            except Exception:
+                if not concrete and state.inputs:
+                    concrete = True  # e.g. "\n".join(traced_args): trace with real strings
+                    state.guarded = True
+                    continue
+                return  # the check run raises what eager Python raises
+            entry.breaks = state.breaks
+            graph = _substitute_known(state.graph(result), state.values)
+            if not complete:  # run every call recorded so far
+                graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
+            optimized, passes = _compile(graph, self.verify)
+            if not any(n.op.startswith("llm") for n in optimized.nodes):
+                if complete:
+                    return
+                continue
+            yield "run", execute(optimized, leaves, memo)
+            if complete:
+                if round_no == 0 and not state.guarded and not concrete:
+                    entry.graph = optimized
+                entry.passes = passes
+                return
+        return
+
+
+async def _settle(pending: list[Response]) -> None:
+    results = await asyncio.gather(*(r._thunk.fetch() for r in pending))
+    for r, done in zip(pending, results, strict=True):
+        r._thunk = lambda done=done: done
+        r._force()
+
+
+def _drive_sync(program: Generator[Step, Any, Any]) -> Any:
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            kind, payload = program.throw(error) if error is not None else program.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if kind == "run":
+                value = run_sync(payload)
+            elif kind == "trace":
+                fn, state, targs, tkwargs = payload
+                token = trace_var.set(state)
+                try:
+                    value = fn(*targs, **tkwargs)
+                finally:
+                    trace_var.reset(token)
+            else:
+                fn, check, args, kwargs = payload
+                token = check_var.set(check)
+                try:
+                    value = fn(*args, **kwargs)
+                finally:
+                    check_var.reset(token)
+        except BaseException as exc:  # handed back to the program
+            if kind == "check":
+                program.close()
+                raise
+            error = exc
+
+
+async def _drive_async(program: Generator[Step, Any, Any]) -> Any:
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            kind, payload = program.throw(error) if error is not None else program.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if kind == "run":
+                value = await run_async(payload)
+            elif kind == "trace":
+                fn, state, targs, tkwargs = payload
+                token = trace_var.set(state)
+                try:
+                    value = await fn(*targs, **tkwargs)
+                finally:
+                    trace_var.reset(token)
+            else:
+                fn, check, args, kwargs = payload
+                token = check_var.set(check)
+                try:
+                    value = await fn(*args, **kwargs)
+                finally:
+                    check_var.reset(token)
+        except BaseException as exc:
+            if kind == "check":
+                program.close()
+                raise
+            error = exc
+
+
+def jit(fn: Callable | None = None, *, fullgraph: bool = False, verify: bool = False) -> Any:
+    """Compile a function's model calls into a graph. ``@jit`` or ``jit(fn)``.
+
+    Same results as ``fn``; independent calls run concurrently; dead calls are not made;
+    identical deterministic calls are made once; samples fuse. ``fullgraph=True`` turns
+    a graph break into a `TraceError` naming the line.
+    """
+    if fn is None:
+        return lambda f: Jitted(f, fullgraph=fullgraph, verify=verify)
+    return Jitted(fn, fullgraph=fullgraph, verify=verify)
+
+
+# ---- ember.op ---------------------------------------------------------------------------
+def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
+    """Mark a Python function as one opaque graph node that runs on real values.
+
+    Inside a trace, calling it with traced arguments records a ``call`` node instead of
+    running it (like ``torch.fx.wrap``), so its inner Python is no graph break.
+    ``effectful=True`` keeps it even when its result is unused.
+    """
+    if fn is None:
+        return lambda f: op(f, effectful=effectful)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = current_trace()
+        if state is None:
+            return fn(*args, **kwargs)
+        from .ir.trace import has_traced, user_location, wrap
+
+        if not has_traced((args, kwargs), state):
+            return fn(*args, **kwargs)
+        loc = user_location(2)
+        names = tuple(kwargs)
+        atoms = [_op_atom(state, a, loc) for a in (*args, *kwargs.values())]
+        params = {"fn": fn, "kwargs": names}
+        if effectful:
+            params["effectful"] = True
+        var = state.add("call", atoms, params, None, loc)
+        return wrap(state, var)
+
+    wrapper.__ember_op__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _op_atom(state: TraceState, value: Any, loc: str | None) -> Any:
+    if isinstance(value, (list, tuple)) and not isinstance(value, Traced):
+        atoms = [_op_atom(state, v, loc) for v in value]
+        if all(isinstance(a, Lit) for a in atoms):
+            return Lit(tuple(a.value for a in atoms)) if isinstance(value, tuple) else \
+                _list_lit(state, value, atoms, loc)
+        kind = "tuple" if isinstance(value, tuple) else "list"
+        return state.add("pack", atoms, {"kind": kind}, None, loc)
+    if isinstance(value, dict):
+        atoms = [_op_atom(state, v, loc) for v in value.values()]
+        return state.add("pack", atoms, {"kind": "dict", "keys": tuple(value)}, None, loc)
+    atom = state.atomize(value, loc)
+    if isinstance(atom, Lit):
+        try:
+            hash(atom.value)
+        except TypeError:
+            raise StopTrace("an unhashable constant passed to an ember.op") from None
+    return atom
+
+
+def _list_lit(state: TraceState, value: list, atoms: list, loc: str | None) -> Any:
+    return state.add("pack", atoms, {"kind": "list"}, None, loc)

@@ -1,0 +1,168 @@
+"""`models()`: one LLM call, and its async form `amodels()`.
+
+The same function serves three contexts: inside a trace it records an ``llm`` node;
+inside a jit check run it answers from the memo (or a pending response that is sent
+only if something reads it); otherwise it sends the request and waits.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+from . import providers
+from ._request import Request, build_request, normalize_params, parse_model_id
+from ._response import Response
+from ._runtime import run_async, run_sync
+from .backends.dispatch import send
+from .backends.memo import MISSING, Memo
+from .backends.policy import current_options
+from .ir.graph import Lit
+from .ir.trace import StopTrace, TracedResponse, current_trace, has_traced, user_location
+from .ir.types import ListT, ResponseT
+
+__all__ = ["models", "amodels", "CheckRun", "check_var", "canonical_model"]
+
+
+def canonical_model(model: Any) -> tuple[str, str, Any]:
+    """(provider name, model name, provider instance) for a model id."""
+    provider, name = parse_model_id(model, providers.known())
+    return provider, name, providers.get(provider)
+
+
+def models(model: str, prompt: Any, /, **params: Any) -> Any:
+    """Call a model: ``models("gpt-4o-mini", f"Analyze: {text}")`` -> `Response`.
+
+    ``prompt`` is a string or a list of ``{"role", "content"}`` messages. Params:
+    ``temperature``, ``max_tokens``, ``system``, ``seed``, ``stop``, ``top_p``,
+    ``response_format`` (``"json"``, a JSON schema or a pydantic model), ``n``
+    (several samples: returns a list); others pass through to the provider.
+    """
+    state = current_trace()
+    if state is not None:
+        return _record(state, model, prompt, params)
+    check = check_var.get()
+    if check is not None:
+        return check.call(model, prompt, params)
+    request = _request(model, prompt, params)
+    responses = run_sync(send(request, location=user_location(2)))
+    return responses if request.n > 1 else responses[0]
+
+
+async def amodels(model: str, prompt: Any, /, **params: Any) -> Any:
+    """The async form of `models`, for ``async def`` code."""
+    if current_trace() is not None or check_var.get() is not None:
+        return models(model, prompt, **params)
+    request = _request(model, prompt, params)
+    responses = await run_async(send(request, location=user_location(2)))
+    return responses if request.n > 1 else responses[0]
+
+
+def _request(model: Any, prompt: Any, params: dict[str, Any]) -> Request:
+    provider, name, _ = canonical_model(model)
+    return build_request(provider, name, prompt, params)
+
+
+# ---- inside a trace ------------------------------------------------------------------
+def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
+    loc = user_location(3)
+    if not isinstance(model, str):
+        model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
+    provider, name, inst = canonical_model(model)
+    params = dict(params)
+    system = params.pop("system", None)
+    if has_traced(params, state):
+        raise StopTrace("a traced value in model parameters")
+    _, frozen, n = normalize_params(params)
+    p_atom = _prompt_atom(state, prompt, loc)
+    s_atom = state.atomize(system, loc) if system is not None else Lit(None)
+    probe = Request(provider, name, (("user", ""),), None, frozen)
+    deterministic = probe.deterministic(inst.default_temperature)
+    node_params = {"model": f"{provider}/{name}" if name else provider, "params": frozen,
+                   "n": n, "options": current_options(), "deterministic": deterministic}
+    if not deterministic:
+        skey = (node_params["model"], frozen, p_atom, s_atom)
+        node_params["sample"] = state.sample_counts.get(skey, 0)
+        state.sample_counts[skey] = node_params["sample"] + n
+    var = state.add("llm", [p_atom, s_atom], node_params,
+                    ResponseT if n == 1 else ListT(ResponseT), loc)
+    if n == 1:
+        return TracedResponse(state, var)
+    return [TracedResponse(state, state.add("getitem", [var], {"key": i}, ResponseT, loc))
+            for i in range(n)]
+
+
+def _prompt_atom(state: Any, prompt: Any, loc: str | None) -> Any:
+    if isinstance(prompt, (list, tuple)) and not isinstance(prompt, str):
+        roles, atoms = [], []
+        for m in prompt:
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise StopTrace("malformed messages")  # the check run raises the real error
+            roles.append(str(m["role"]))
+            atoms.append(state.atomize(m["content"], loc))
+        if all(isinstance(a, Lit) for a in atoms):
+            return Lit(tuple((r, a.value) for r, a in zip(roles, atoms, strict=True)))
+        return state.add("pack", atoms, {"kind": "messages", "keys": tuple(roles)}, None, loc)
+    return state.atomize(prompt, loc)
+
+
+# ---- inside a check run ------------------------------------------------------------------
+class CheckRun:
+    """Serves `models()` from a jitted call's memo while its Python runs on real values."""
+
+    def __init__(self, memo: Memo) -> None:
+        self.memo = memo
+        self.occurrences: dict[str, int] = {}
+        self.misses = 0
+        self.pending: list[Response] = []
+
+    def call(self, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
+        loc = user_location(3)
+        provider, name, inst = canonical_model(model)
+        request = build_request(provider, name, prompt, params)
+        det = request.deterministic(inst.default_temperature)
+        single = request.with_n(1)
+        out = []
+        for _ in range(request.n):
+            occ = self.occurrences.get(single.key, 0)
+            if not det:
+                self.occurrences[single.key] = occ + 1
+            value = self.memo.get(single, det, occ)
+            if value is MISSING:
+                self.misses += 1
+                value = Response.pending(_Fetch(single, loc, self.memo, det))
+                self.pending.append(value)
+            elif isinstance(value, BaseException):
+                if hasattr(value, "where"):
+                    value.where(request.model_id, loc)
+                raise value
+            out.append(value)
+        return out if request.n > 1 else out[0]
+
+
+class _Fetch:
+    """A deferred request: sent when a pending response is first read."""
+
+    __slots__ = ("request", "loc", "memo", "det", "result")
+
+    def __init__(self, request: Request, loc: str | None, memo: Memo, det: bool) -> None:
+        self.request, self.loc, self.memo, self.det = request, loc, memo, det
+        self.result: Response | None = None
+
+    async def fetch(self) -> Response:
+        if self.result is None:
+            responses = await send(self.request, location=self.loc)
+            self.result = responses[0]
+        return self.result
+
+    def __call__(self) -> Response:
+        from ._runtime import on_loop
+
+        if self.result is None:
+            if on_loop():  # pragma: no cover - reading a pending answer on Ember's loop
+                raise RuntimeError("a pending response was read on Ember's event loop")
+            run_sync(self.fetch())
+        return self.result  # type: ignore[return-value]
+
+
+check_var: ContextVar[CheckRun | None] = ContextVar("ember_check", default=None)

@@ -1,0 +1,174 @@
+"""The local backend: runs a `Graph` on Ember's asyncio loop.
+
+Every node starts the moment its inputs are ready. Cheap nodes (format, attr,
+getitem, ...) run inline; model calls become tasks that go through `dispatch.send`,
+where admission control starts the highest-priority ready call first when a
+provider's concurrency is limited. A failed node's error flows to its dependents,
+which are never sent. Model answers are committed to the memo in graph order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .. import providers
+from .._request import Request, make_request
+from ..ir.graph import Graph, Lit, Node, Var
+from ..ir.ops import OPS
+from .dispatch import send, send_batch
+from .memo import MISSING, Memo
+from .policy import CallOptions
+
+__all__ = ["execute", "node_request", "split_model"]
+
+
+def split_model(model: str) -> tuple[str, str]:
+    provider, _, name = model.partition("/")
+    return provider, name
+
+
+def node_request(node: Node, prompt: Any, system: Any, n: int | None = None) -> Request:
+    provider, name = split_model(node.param("model"))
+    return make_request(provider, name, prompt, system, node.param("params"),
+                        node.param("n", 1) if n is None else n)
+
+
+class _Run:
+    def __init__(self, graph: Graph, env: dict[int, Any], memo: Memo | None) -> None:
+        self.graph = graph
+        self.env = env
+        self.memo = memo
+        self.requests: dict[int, Any] = {}  # node out id -> Request or [Request]
+        self.tasks: set[asyncio.Task] = set()
+        self.users: dict[int, list[int]] = {}
+        self.waiting: list[int] = []
+        self.remaining = len(graph.nodes)
+        self.done = asyncio.get_running_loop().create_future()
+        for i, node in enumerate(graph.nodes):
+            count = 0
+            for a in node.inputs:
+                if isinstance(a, Var) and a.id not in env:
+                    self.users.setdefault(a.id, []).append(i)
+                    count += 1
+            self.waiting.append(count)
+
+    def start(self) -> None:
+        ready = [i for i, c in enumerate(self.waiting) if c == 0]
+        self._run(ready)
+        if self.remaining == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def _run(self, ready: list[int]) -> None:
+        nodes, env = self.graph.nodes, self.env
+        while ready:
+            i = ready.pop()
+            node = nodes[i]
+            values = [a.value if isinstance(a, Lit) else env[a.id] for a in node.inputs]
+            failed = next((v for v in values if isinstance(v, BaseException)), None)
+            if failed is not None:
+                self._finish(node, failed, ready)
+            elif OPS[node.op].impl is None:
+                task = asyncio.ensure_future(self._call(node, values))
+                self.tasks.add(task)
+                task.add_done_callback(self._task_done)
+            else:
+                try:
+                    value = OPS[node.op].impl(node, *values)
+                except Exception as exc:
+                    value = exc
+                self._finish(node, value, ready)
+
+    def _finish(self, node: Node, value: Any, ready: list[int]) -> None:
+        self.env[node.out.id] = value
+        self.remaining -= 1
+        for j in self.users.get(node.out.id, ()):
+            self.waiting[j] -= 1
+            if self.waiting[j] == 0:
+                ready.append(j)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        node, value = task.result()
+        ready: list[int] = []
+        self._finish(node, value, ready)
+        self._run(ready)
+        if self.remaining == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    async def _call(self, node: Node, values: list[Any]) -> tuple[Node, Any]:
+        options: CallOptions = node.param("options") or CallOptions()
+        priority = float(node.meta.get("priority", 0.0))
+        try:
+            if node.op == "llm":
+                request = node_request(node, values[0], values[1])
+                self.requests[node.out.id] = request
+                responses = await send(request, options=options, priority=priority,
+                                       location=node.loc)
+                return node, responses[0] if request.n == 1 and node.out.type.name != "List" \
+                    else responses
+            requests = [node_request(node, values[k], values[k + 1], 1)
+                        for k in range(0, len(values), 2)]
+            self.requests[node.out.id] = requests
+            return node, await self._batch(node, requests, options, priority)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return node, exc
+
+    async def _batch(self, node: Node, requests: list[Request], options: CallOptions,
+                     priority: float) -> list[Any]:
+        provider = providers.get(requests[0].provider)
+        locs = list(node.param("locs", ())) or [node.loc] * len(requests)
+        if provider.supports_batch and len(requests) > 1:
+            from .dispatch import send_as_batch
+
+            return await send_as_batch(provider, requests, options=options, priority=priority,
+                                       locations=locs)
+        results = await send_batch(requests, options=options, priority=priority, locations=locs)
+        return [r[0] if isinstance(r, list) else r for r in results]
+
+    def commit(self, memo: Memo) -> None:
+        """Store every model answer in the memo, in graph order."""
+        for node in self.graph.nodes:
+            req = self.requests.get(node.out.id)
+            if req is None:
+                continue
+            value = self.env.get(node.out.id, MISSING)
+            det = node.param("deterministic", False)
+            if node.op == "llm":
+                if isinstance(value, BaseException) or value is MISSING:
+                    if value is not MISSING:
+                        for _ in range(req.n):
+                            memo.put(req.with_n(1), value, det)
+                    continue
+                answers = value if isinstance(value, list) else [value]
+                for answer in answers:
+                    memo.put(req.with_n(1), answer, det)
+            else:
+                dets = node.param("deterministic", ())
+                for k, r in enumerate(req):
+                    item = value if isinstance(value, BaseException) else value[k]
+                    memo.put(r, item, dets[k] if isinstance(dets, tuple) else bool(dets))
+
+
+async def execute(graph: Graph, inputs: list[Any], memo: Memo | None = None,
+                  known: dict[int, Any] | None = None) -> dict[int, Any]:
+    """Run a graph; returns var id -> value (exceptions in place of failed values)."""
+    env: dict[int, Any] = dict(known or {})
+    for var, value in zip(graph.inputs, inputs, strict=True):
+        env[var.id] = value
+    run = _Run(graph, env, memo)
+    run.start()
+    try:
+        await run.done
+    except asyncio.CancelledError:
+        for task in list(run.tasks):
+            task.cancel()
+        await asyncio.gather(*run.tasks, return_exceptions=True)
+        raise
+    if memo is not None:
+        run.commit(memo)
+    return env

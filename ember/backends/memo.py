@@ -1,0 +1,63 @@
+"""The memo: finished model answers of one jitted call, by request.
+
+Deterministic requests are served by key; sampled ones by key and occurrence, in
+the order the program made them, so the i-th identical sampled call gets the i-th
+sample and no answer is used twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._request import Request
+
+__all__ = ["Memo", "MISSING"]
+
+MISSING = object()
+
+
+class Memo:
+    __slots__ = ("det", "sampled", "hits", "used")
+
+    def __init__(self) -> None:
+        self.det: dict[str, Any] = {}
+        self.sampled: dict[str, list[Any]] = {}
+        self.hits = 0
+        self.used: set[tuple[str, int]] = set()
+
+    def __len__(self) -> int:
+        return len(self.det) + sum(len(v) for v in self.sampled.values())
+
+    def put(self, request: Request, result: Any, deterministic: bool) -> None:
+        """Store a Response or an exception."""
+        if deterministic:
+            self.det[request.key] = result
+        else:
+            self.sampled.setdefault(request.key, []).append(result)
+
+    def get(self, request: Request, deterministic: bool, occurrence: int) -> Any:
+        key = request.key
+        if deterministic:
+            value = self.det.get(key, MISSING)
+            occurrence = 0
+        else:
+            samples = self.sampled.get(key, ())
+            value = samples[occurrence] if occurrence < len(samples) else MISSING
+        if value is not MISSING:
+            self.hits += 1
+            self.used.add((key, occurrence))
+        return value
+
+    def peek(self, request: Request, deterministic: bool, occurrence: int) -> Any:
+        """Like `get`, without counting the answer as used."""
+        if deterministic:
+            return self.det.get(request.key, MISSING)
+        samples = self.sampled.get(request.key, ())
+        return samples[occurrence] if occurrence < len(samples) else MISSING
+
+    def unused(self) -> int:
+        """Answers fetched but never asked for by the check run (a stale plan)."""
+        total = sum(1 for k in self.det if (k, 0) not in self.used)
+        total += sum(1 for k, v in self.sampled.items() for i in range(len(v))
+                     if (k, i) not in self.used)
+        return total

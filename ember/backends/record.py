@@ -1,0 +1,58 @@
+"""What ran: one `CallRecord` per provider request, collected by the active `Recorder`."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+from dataclasses import dataclass, field
+
+__all__ = ["CallRecord", "Recorder", "recorder_var", "record", "recording"]
+
+
+@dataclass(slots=True)
+class CallRecord:
+    model: str
+    start: float
+    end: float
+    n: int = 1
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = 0.0
+    attempts: int = 1
+    cached: bool = False
+    coalesced: bool = False
+    error: str | None = None
+    location: str | None = None
+    throttle_wait: float = 0.0
+    batched: bool = False  # a later element of a batch that went as one request
+
+
+@dataclass
+class Recorder:
+    calls: list[CallRecord] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        """Requests that reached a provider (cache hits and coalesced ones excluded)."""
+        return sum(1 for c in self.calls if not (c.cached or c.coalesced or c.batched))
+
+
+recorder_var: ContextVar[list[Recorder]] = ContextVar("ember_recorders", default=[])
+
+
+@contextmanager
+def recording() -> Iterator[Recorder]:
+    """Collect a `CallRecord` for every request made inside the block (any thread
+    or task started from it)."""
+    rec = Recorder()
+    token = recorder_var.set([*recorder_var.get(), rec])
+    try:
+        yield rec
+    finally:
+        recorder_var.reset(token)
+
+
+def record(call: CallRecord) -> None:
+    for rec in recorder_var.get():
+        rec.calls.append(call)

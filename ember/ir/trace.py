@@ -1,0 +1,387 @@
+"""The tracer: runs a function on tracers and records a `Graph`.
+
+Values that come from the function's string/Response arguments or from model calls
+are *traced*. Structure-preserving uses become nodes (f-strings, ``+``, ``.strip()``,
+``.json()``, ``["key"]``, `ember.op` calls, `models()`). A use that needs the value
+(``bool``, ``len``, ``==``, ``in``, iteration, other ``str`` methods) is a *graph
+break*: when the value is known (an argument, or a model answer finished in an
+earlier round) it is supplied and the graph is marked data-dependent; otherwise the
+trace suspends (`Suspend`) so the driver can run what was recorded and trace again.
+
+``format(tracer)`` / ``str(tracer)`` / ``.text`` return a real ``str`` holding a
+*marker* (private-use code points, a per-trace nonce and an index), which `models()`
+and `ember.op` parse back into a ``format`` node. A marker that reaches other code
+(``len``, ``re``, ``json``) would compute on the marker, not the value — so jit never
+trusts the trace for the answer: the answer always comes from a check run of the
+Python on the real values (see ember/_jit.py), which also detects such leaks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+from contextvars import ContextVar
+from typing import Any, Callable
+
+from ..errors import TraceError
+from .graph import Atom, Graph, Lit, Node, Var
+from .ops import OPS, RESPONSE_ATTRS, STR_METHODS
+from .types import AnyT, Json, ListT, ResponseT, Str, Type
+
+__all__ = [
+    "TraceState", "Traced", "TracedStr", "TracedResponse", "TracedValue", "Suspend",
+    "StopTrace", "UNKNOWN", "current_trace", "trace_var", "user_location", "has_traced",
+    "MAX_TRACE_NODES",
+]
+
+_EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+_MARK_RE = re.compile(_MARK_OPEN + r"([0-9a-f]{8})(\d+)" + _MARK_CLOSE)
+UNKNOWN = object()
+MAX_TRACE_NODES = 200_000
+
+trace_var: ContextVar[TraceState | None] = ContextVar("ember_trace", default=None)
+
+
+def current_trace() -> TraceState | None:
+    return trace_var.get()
+
+
+def user_location(skip: int = 1) -> str | None:
+    """``file:line`` of the innermost frame outside the ember package."""
+    frame = sys._getframe(skip)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_EMBER_DIR):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+class Suspend(BaseException):
+    """Internal: the trace needs a value that is not computed yet.
+
+    A BaseException so a user's ``except Exception`` does not swallow it."""
+
+
+class StopTrace(BaseException):
+    """Internal: tracing cannot continue; the driver falls back to running the Python."""
+
+
+class Break:
+    __slots__ = ("loc", "reason", "known")
+
+    def __init__(self, loc: str | None, reason: str, known: bool) -> None:
+        self.loc, self.reason, self.known = loc, reason, known
+
+    def __repr__(self) -> str:
+        return f"{self.loc or '?'}: {self.reason}"
+
+
+class TraceState:
+    """One tracing pass over a function."""
+
+    def __init__(self, memo: Any = None, *, fullgraph: bool = False, strict: bool = False,
+                 lookup: Callable[[Node, list[Any]], Any] | None = None) -> None:
+        self.nodes: list[Node] = []
+        self.inputs: list[Var] = []
+        self.values: dict[int, Any] = {}  # var id -> concrete value, when known
+        self.marks: list[tuple[Atom, str]] = []
+        self.nonce = secrets.token_hex(4)
+        self.breaks: list[Break] = []
+        self.guarded = False  # a known value steered the Python: graph is data-dependent
+        self.fullgraph = fullgraph
+        self.strict = strict  # .text / str() / format() of unknown values suspend
+        self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
+        self.sample_counts: dict[tuple, int] = {}
+
+    # ---- graph building ------------------------------------------------------------
+    def input(self, value: Any) -> Any:
+        if isinstance(value, str):
+            var = Var(Str)
+            self.inputs.append(var)
+            self.values[var.id] = value
+            return TracedStr(self, var)
+        from .._response import Response
+
+        if isinstance(value, Response):
+            var = Var(ResponseT)
+            self.inputs.append(var)
+            self.values[var.id] = value
+            return TracedResponse(self, var)
+        raise TypeError(f"cannot trace {type(value).__name__}")  # pragma: no cover
+
+    def add(self, op: str, inputs: list[Atom], params: dict[str, Any], type_: Type | None = None,
+            loc: str | None = None) -> Var:
+        if len(self.nodes) >= MAX_TRACE_NODES:
+            raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
+                            "over model output?)")
+        out = Var(AnyT)
+        node = Node(op, inputs, params, out, loc)
+        out.type = type_ or OPS[op].type_rule(node)
+        self.nodes.append(node)
+        self._evaluate(node)
+        return out
+
+    def _evaluate(self, node: Node) -> None:
+        vals = []
+        for a in node.inputs:
+            if isinstance(a, Lit):
+                vals.append(a.value)
+            else:
+                v = self.values.get(a.id, UNKNOWN)
+                if v is UNKNOWN or isinstance(v, BaseException):
+                    if isinstance(v, BaseException):
+                        self.values[node.out.id] = v
+                    return
+                vals.append(v)
+        impl = OPS[node.op].impl
+        if impl is None:
+            if self.lookup is not None:
+                v = self.lookup(node, vals)
+                if v is not UNKNOWN:
+                    self.values[node.out.id] = v
+            return
+        try:
+            self.values[node.out.id] = impl(node, *vals)
+        except Exception as exc:  # e.g. .json() of prose: raised if the value is used
+            self.values[node.out.id] = exc
+
+    def graph(self, result: Any) -> Graph:
+        outputs: list[Atom] = []
+        for leaf in _leaves(result):
+            atom = self.atomize(leaf)
+            if isinstance(atom, Var):
+                outputs.append(atom)
+        return Graph(list(self.inputs), list(self.nodes), outputs)
+
+    # ---- markers ---------------------------------------------------------------------
+    def mark(self, tracer: Traced, spec: str) -> str:
+        if self.strict and self.values.get(tracer._var.id, UNKNOWN) is UNKNOWN:
+            self.need(tracer, "formatting an unfinished model answer (strict mode)")
+        self.marks.append((tracer._var, spec))
+        return f"{_MARK_OPEN}{self.nonce}{len(self.marks) - 1}{_MARK_CLOSE}"
+
+    def atomize(self, value: Any, loc: str | None = None) -> Atom:
+        """A traced value, a string holding markers, or a constant, as an atom."""
+        if isinstance(value, Traced):
+            return value._var
+        if isinstance(value, str) and _MARK_OPEN in value:
+            segments, atoms, specs = [], [], []
+            pos = 0
+            for m in _MARK_RE.finditer(value):
+                if m.group(1) != self.nonce:
+                    continue  # a marker from another trace: plain text
+                segments.append(value[pos:m.start()])
+                atom, spec = self.marks[int(m.group(2))]
+                atoms.append(atom)
+                specs.append(spec)
+                pos = m.end()
+            if atoms:
+                segments.append(value[pos:])
+                if len(atoms) == 1 and specs[0] == "" and segments == ["", ""] \
+                        and atoms[0].type == Str:
+                    return atoms[0]
+                return self.add("format", atoms, {"segments": tuple(segments),
+                                                  "specs": tuple(specs)}, Str, loc)
+        return Lit(value)
+
+    # ---- breaks --------------------------------------------------------------------
+    def need(self, tracer: Traced, reason: str) -> Any:
+        """The concrete value of a tracer, or suspend. Records the graph break."""
+        loc = user_location(3)
+        value = self.values.get(tracer._var.id, UNKNOWN)
+        known = value is not UNKNOWN
+        self.breaks.append(Break(loc, reason, known))
+        if self.fullgraph:
+            raise TraceError(
+                f"jit(fullgraph=True): {reason} at {loc or 'an unknown line'} needs a value "
+                "that is only known after the model answers (a graph break). Move this "
+                "logic into an @ember.op function, return the value and decide outside the "
+                "jitted function, or drop fullgraph=True to let jit split the graph here.")
+        if not known:
+            raise Suspend(reason)
+        if isinstance(value, BaseException):
+            raise StopTrace(f"the traced value raised {type(value).__name__}")
+        self.guarded = True
+        return value
+
+
+def _leaves(value: Any):
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _leaves(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def has_traced(value: Any, state: TraceState) -> bool:
+    """Does a (nested) value hold tracers or this trace's markers?"""
+    for leaf in _leaves(value):
+        if isinstance(leaf, Traced) or (isinstance(leaf, str) and _MARK_OPEN in leaf
+                                        and state.nonce in leaf):
+            return True
+    return False
+
+
+# ---- tracers -------------------------------------------------------------------------
+class Traced:
+    """A value inside a trace. Structure-preserving uses record nodes; value-dependent
+    uses are graph breaks."""
+
+    __slots__ = ("_state", "_var")
+
+    def __init__(self, state: TraceState, var: Var) -> None:
+        self._state = state
+        self._var = var
+
+    def _need(self, reason: str) -> Any:
+        return self._state.need(self, reason)
+
+    def __format__(self, spec: str) -> str:
+        return self._state.mark(self, spec)
+
+    def __str__(self) -> str:
+        return self._state.mark(self, "")
+
+    def __repr__(self) -> str:
+        return f"<traced {self._var.type} {self._var!r}>"
+
+    def __bool__(self) -> bool:
+        return bool(self._need("bool() / if / while on a traced value"))
+
+    def __len__(self) -> int:
+        return len(self._need("len() of a traced value"))
+
+    def __iter__(self):
+        return iter(self._need("iterating over a traced value"))
+
+    def __contains__(self, item: Any) -> bool:
+        return item in self._need("`in` on a traced value")
+
+    def __eq__(self, other: Any) -> bool:  # type: ignore[override]
+        return self._need("== on a traced value") == other
+
+    def __ne__(self, other: Any) -> bool:  # type: ignore[override]
+        return self._need("!= on a traced value") != other
+
+    def __lt__(self, other: Any) -> bool:
+        return self._need("< on a traced value") < other
+
+    def __le__(self, other: Any) -> bool:
+        return self._need("<= on a traced value") <= other
+
+    def __gt__(self, other: Any) -> bool:
+        return self._need("> on a traced value") > other
+
+    def __ge__(self, other: Any) -> bool:
+        return self._need(">= on a traced value") >= other
+
+    def __hash__(self) -> int:
+        return hash(self._need("hashing a traced value"))
+
+    def __int__(self) -> int:
+        return int(self._need("int() of a traced value"))
+
+    def __float__(self) -> float:
+        return float(self._need("float() of a traced value"))
+
+    def __index__(self) -> int:
+        return self._need("using a traced value as an index").__index__()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._need(f"`.{name}` on a traced value"), name)
+
+
+class TracedStr(Traced):
+    """A traced string: ``+``, f-strings and pure ``str`` methods are recorded."""
+
+    __slots__ = ()
+
+    def _method(self, name: str, *args: Any) -> TracedStr:
+        st = self._state
+        if any(isinstance(a, Traced) or (isinstance(a, str) and _MARK_OPEN in a) for a in args):
+            return getattr(self._need(f"`.{name}()` with a traced argument"), name)(*args)
+        var = st.add("method", [self._var], {"name": name, "args": args}, Str, user_location(3))
+        return TracedStr(st, var)
+
+    def __add__(self, other: Any) -> TracedStr:
+        return _concat(self._state, self, other)
+
+    def __radd__(self, other: Any) -> TracedStr:
+        return _concat(self._state, other, self)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in STR_METHODS:
+            return lambda *args: self._method(name, *args)
+        return Traced.__getattr__(self, name)
+
+
+def _concat(state: TraceState, left: Any, right: Any) -> Any:
+    if not isinstance(left, (str, Traced)) or not isinstance(right, (str, Traced)):
+        return NotImplemented
+    left_s = left if isinstance(left, str) else state.mark(left, "")
+    right_s = right if isinstance(right, str) else state.mark(right, "")
+    atom = state.atomize(left_s + right_s, user_location(3))
+    return TracedStr(state, atom) if isinstance(atom, Var) else atom.value
+
+
+class TracedResponse(Traced):
+    """A model answer inside a trace."""
+
+    __slots__ = ()
+
+    @property
+    def text(self) -> str:
+        return self._state.mark(self, "")
+
+    def json(self, schema: Any = None) -> TracedValue:
+        st = self._state
+        args = () if schema is None else (schema,)
+        var = st.add("method", [self._var], {"name": "json", "args": args}, Json,
+                     user_location(2))
+        return TracedValue(st, var)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in RESPONSE_ATTRS:
+            st = self._state
+            var = st.add("attr", [self._var], {"name": name}, None, user_location(2))
+            return TracedValue(st, var)
+        raise AttributeError(
+            f"A Response has no attribute {name!r}; use .text, .json(), .usage, .cost, "
+            ".model, .latency or .finish_reason.")
+
+
+class TracedValue(Traced):
+    """A traced JSON value or attribute: ``[key]`` is recorded, other uses break."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: Any) -> TracedValue:
+        if isinstance(key, Traced):
+            key = key._need("indexing with a traced key")
+        try:
+            hash(key)
+        except TypeError:
+            return self._need("indexing a traced value with an unhashable key")[key]
+        st = self._state
+        t = self._var.type
+        out_t = t.elem if isinstance(t, ListT) else (Json if t == Json else AnyT)
+        var = st.add("getitem", [self._var], {"key": key}, out_t, user_location(2))
+        return TracedValue(st, var)
+
+
+def wrap(state: TraceState, var: Var) -> Traced:
+    """The tracer class for a var's type."""
+    if var.type == ResponseT:
+        return TracedResponse(state, var)
+    if var.type == Str:
+        return TracedStr(state, var)
+    return TracedValue(state, var)

@@ -1,0 +1,73 @@
+"""Providers: where a model id goes. Built-ins are imported lazily.
+
+    ember.providers.register("mycorp", my_async_fn)   # then models("mycorp/model-x", ...)
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any, Awaitable, Callable
+
+from .._request import Request, parse_model_id
+from .base import FunctionProvider, Provider
+
+__all__ = ["Provider", "register", "get", "resolve", "known", "reset", "Request"]
+
+# name -> "module:factory"; imported on first use so `import ember` stays fast
+_BUILTIN = {
+    "sim": "ember.providers.sim:SimProvider",
+    "openai": "ember.providers.openai:OpenAIProvider",
+    "anthropic": "ember.providers.anthropic:AnthropicProvider",
+    "ollama": "ember.providers.local:ollama",
+    "vllm": "ember.providers.local:vllm",
+    "llamacpp": "ember.providers.local:llamacpp",
+    "local": "ember.providers.local:local",
+}
+_custom: dict[str, Provider] = {}
+_instances: dict[str, Provider] = {}
+_lock = threading.Lock()
+
+
+def known() -> tuple[str, ...]:
+    return tuple(sorted(set(_BUILTIN) | set(_custom)))
+
+
+def register(prefix: str, fn: Callable[[Request], Awaitable[Any]] | Provider, *,
+             supports_n: bool = False, default_temperature: float = 1.0) -> None:
+    """Route ``prefix/...`` model ids to ``fn``: an ``async def fn(request)`` returning a
+    str, a `Response` or a list of them — or a `Provider` instance."""
+    if not prefix or "/" in prefix or ":" in prefix:
+        raise ValueError(f"A provider prefix is a plain name like 'mycorp', got {prefix!r}.")
+    provider = fn if isinstance(fn, Provider) else FunctionProvider(
+        prefix, fn, supports_n=supports_n, default_temperature=default_temperature)
+    with _lock:
+        _custom[prefix] = provider
+        _instances.pop(prefix, None)
+
+
+def get(name: str) -> Provider:
+    """The provider instance for a name (created once; clients inside are pooled)."""
+    inst = _instances.get(name)
+    if inst is not None:
+        return inst
+    with _lock:
+        if name in _custom:
+            inst = _custom[name]
+        else:
+            module, factory = _BUILTIN[name].split(":")
+            inst = getattr(importlib.import_module(module), factory)()
+        _instances[name] = inst
+        return inst
+
+
+def resolve(model: str) -> tuple[Provider, str]:
+    """(provider instance, model name) for a model id."""
+    provider, name = parse_model_id(model, known())
+    return get(provider), name
+
+
+def reset() -> None:
+    """Forget provider instances (new clients are made on next use)."""
+    with _lock:
+        _instances.clear()

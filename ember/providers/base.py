@@ -1,0 +1,78 @@
+"""The provider interface: an object with an async ``complete(request)``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+from .._request import Request
+from .._response import Response, Usage
+from ..errors import ResponseFormatError
+
+__all__ = ["Provider", "FunctionProvider"]
+
+
+class Provider:
+    """Base class of providers. ``complete`` returns ``request.n`` responses.
+
+    ``supports_n``: one request can carry n samples (OpenAI-compatible chat).
+    ``supports_batch``: ``complete_batch`` sends many prompts as one request.
+    ``default_temperature``: the temperature the provider uses when none is given;
+    it decides whether an unparameterized call is deterministic.
+    """
+
+    name = "provider"
+    supports_n = False
+    supports_batch = False
+    default_temperature = 1.0
+    # Limits Ember applies before the first response headers teach it the real ones.
+    default_rpm: float | None = None
+    default_tpm: float | None = None
+    default_concurrency: int = 64
+    # Set by the backend's rate limiter: called with the (lower-cased) headers of every
+    # successful HTTP response, e.g. ``x-ratelimit-*`` / ``anthropic-ratelimit-*``.
+    # Failures carry their headers on the `ProviderError` instead.
+    on_headers: Callable[[dict[str, str]], None] | None = None
+
+    async def complete(self, request: Request) -> list[Response]:  # pragma: no cover
+        raise NotImplementedError
+
+    async def complete_batch(self, requests: list[Request]) -> list[list[Response]]:
+        """Many requests at once. The default sends them concurrently."""
+        return list(await asyncio.gather(*(self.complete(r) for r in requests)))
+
+    async def aclose(self) -> None:
+        """Release pooled connections."""
+
+
+class FunctionProvider(Provider):
+    """Wraps a user's ``async def fn(request) -> str | Response | list`` as a provider."""
+
+    def __init__(self, name: str, fn: Callable[[Request], Awaitable[Any]], *,
+                 supports_n: bool = False, default_temperature: float = 1.0) -> None:
+        self.name = name
+        self.fn = fn
+        self.supports_n = supports_n
+        self.default_temperature = default_temperature
+
+    async def complete(self, request: Request) -> list[Response]:
+        if request.n > 1 and not self.supports_n:
+            singles = [self.complete(request.with_n(1)) for _ in range(request.n)]
+            return [r for rs in await asyncio.gather(*singles) for r in rs]
+        out = await self.fn(request)
+        items = out if isinstance(out, list) else [out]
+        result = []
+        for item in items:
+            if isinstance(item, Response):
+                result.append(item)
+            elif isinstance(item, str):
+                result.append(Response(item, model=request.model_id, usage=Usage(0, 0)))
+            else:
+                raise ResponseFormatError(
+                    f"Custom provider {self.name!r} returned {type(item).__name__}; "
+                    "return a str, a Response, or a list of them.", provider=self.name)
+        if len(result) != request.n:
+            raise ResponseFormatError(
+                f"Custom provider {self.name!r} returned {len(result)} answers for n={request.n}.",
+                provider=self.name)
+        return result

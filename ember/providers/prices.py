@@ -1,0 +1,94 @@
+"""A local, versioned price table: USD per 1M input and output tokens.
+
+Users override or extend it with `set_price`. Unknown models cost ``None`` and warn
+once; they never crash a program.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+__all__ = ["Price", "PRICES_VERSION", "price_for", "set_price", "cost_of", "context_window"]
+
+PRICES_VERSION = "2026-11-01"
+
+
+class Price(NamedTuple):
+    input: float  # USD per 1M input tokens
+    output: float  # USD per 1M output tokens
+    context: int | None = None  # context window in tokens, when known
+
+
+_PRICES: dict[str, Price] = {
+    # openai
+    "gpt-4o": Price(2.50, 10.00, 128_000),
+    "gpt-4o-mini": Price(0.15, 0.60, 128_000),
+    "gpt-4.1": Price(2.00, 8.00, 1_047_576),
+    "gpt-4.1-mini": Price(0.40, 1.60, 1_047_576),
+    "gpt-4.1-nano": Price(0.10, 0.40, 1_047_576),
+    "gpt-5": Price(1.25, 10.00, 400_000),
+    "gpt-5-mini": Price(0.25, 2.00, 400_000),
+    "gpt-5-nano": Price(0.05, 0.40, 400_000),
+    "o1": Price(15.00, 60.00, 200_000),
+    "o3": Price(2.00, 8.00, 200_000),
+    "o3-mini": Price(1.10, 4.40, 200_000),
+    "o4-mini": Price(1.10, 4.40, 200_000),
+    # anthropic
+    "claude-3-5-haiku-latest": Price(0.80, 4.00, 200_000),
+    "claude-3-5-sonnet-latest": Price(3.00, 15.00, 200_000),
+    "claude-3-7-sonnet-latest": Price(3.00, 15.00, 200_000),
+    "claude-haiku-4-5": Price(1.00, 5.00, 200_000),
+    "claude-sonnet-4-5": Price(3.00, 15.00, 200_000),
+    "claude-opus-4-1": Price(15.00, 75.00, 200_000),
+    # the built-in simulated model: priced like a small hosted model
+    "sim": Price(0.15, 0.60, 128_000),
+}
+_LOCAL = {"ollama", "vllm", "llamacpp", "local"}
+_warned: set[str] = set()
+
+
+def _lookup(provider: str, model: str) -> Price | None:
+    if provider == "sim":
+        return _PRICES.get(f"sim/{model}") or _PRICES["sim"]
+    for key in (f"{provider}/{model}", model):
+        if key in _PRICES:
+            return _PRICES[key]
+    # dated snapshots ("gpt-4o-mini-2024-07-18") take their family's price
+    best = max((k for k in _PRICES if model.startswith(k + "-")), key=len, default=None)
+    return _PRICES[best] if best else None
+
+
+def price_for(provider: str, model: str) -> Price | None:
+    """The price of a model, or ``None`` (with one warning per model) when unknown.
+    Local servers are free."""
+    if provider in _LOCAL:
+        return _PRICES.get(f"{provider}/{model}", Price(0.0, 0.0))
+    price = _lookup(provider, model)
+    if price is None and (provider, model) not in _warned:
+        _warned.add((provider, model))
+        warnings.warn(
+            f"No price known for {provider}/{model}; its cost is reported as None. "
+            f"Set one with ember.providers.prices.set_price({model!r}, input=..., output=...).",
+            stacklevel=3,
+        )
+    return price
+
+
+def set_price(model: str, *, input: float, output: float, context: int | None = None) -> None:
+    """Set USD per 1M input/output tokens for a model id ('gpt-4o' or 'openai/gpt-4o')."""
+    if input < 0 or output < 0:
+        raise ValueError("prices must be non-negative")
+    _PRICES[model] = Price(float(input), float(output), context)
+
+
+def cost_of(provider: str, model: str, input_tokens: int, output_tokens: int) -> float | None:
+    price = price_for(provider, model)
+    if price is None:
+        return None
+    return (input_tokens * price.input + output_tokens * price.output) / 1_000_000
+
+
+def context_window(provider: str, model: str) -> int | None:
+    price = _lookup(provider, model) if provider not in _LOCAL else None
+    return price.context if price else None

@@ -1,0 +1,220 @@
+"""`sim`: the built-in simulated model.
+
+Offline and deterministic: the answer is a function of the model name, the request
+and the sample index. Token counts are realistic (about four characters a token),
+the latency follows a configurable distribution, and it has a price. It is a real
+provider: use it to test your own programs without keys or network.
+
+    ember.providers.sim.configure(latency=0.3)                       # fixed 300 ms
+    ember.providers.sim.configure(latency=("lognormal", 0.2, 0.6))   # median, p95
+    ember.providers.sim.configure(latency=("uniform", 0.1, 0.5))
+    EMBER_SIM_LATENCY=0.05 ember demo
+
+Sampled calls (temperature > 0 without a seed) get a fresh sample index each time,
+so repeated calls differ as a real model's would; deterministic calls never do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import xxhash
+
+from .._request import Request
+from .._response import Response, Usage
+from ..errors import BadRequestError, ContextLengthError, RateLimitError, ServerError
+from .base import Provider
+
+__all__ = ["SimProvider", "configure", "stats", "reset_stats", "estimate_tokens"]
+
+_WORDS = (
+    "analysis shows the key point is that evidence supports a careful reading of "
+    "context while several factors remain uncertain however the main claim holds "
+    "because data and reasoning agree overall this suggests a clear answer with "
+    "moderate confidence further review could refine details and risks remain low"
+).split()
+_WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+
+
+def estimate_tokens(text: str) -> int:
+    """A calibrated character heuristic (~4 chars a token for English)."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+@dataclass
+class SimConfig:
+    latency: Any = 0.0  # seconds, or ("fixed"|"uniform"|"lognormal", a, b)
+    context_window: int = 128_000
+    error_rate: float = 0.0  # fraction of requests that fail with a transient error
+    fail_on: str | None = None  # prompts containing this fail with BadRequestError
+    seed: int = 0
+
+
+@dataclass
+class SimStats:
+    requests: int = 0  # HTTP-equivalent round trips
+    completions: int = 0  # answers produced (n per request)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    prompts: list[str] = field(default_factory=list)
+
+
+_config = SimConfig(latency=float(os.environ.get("EMBER_SIM_LATENCY", "0") or 0))
+_stats = SimStats()
+
+
+def configure(**options: Any) -> SimConfig:
+    """Change the simulated model's behaviour (latency, error_rate, fail_on, ...)."""
+    for key, value in options.items():
+        if not hasattr(_config, key):
+            raise TypeError(f"sim has no option {key!r}; options: {', '.join(vars(_config))}")
+        setattr(_config, key, value)
+    if "seed" in options:
+        SimProvider.rng = random.Random(options["seed"])
+    return _config
+
+
+def stats() -> SimStats:
+    """Counters of what the simulated model was asked (requests, completions, peak concurrency)."""
+    return _stats
+
+
+def reset_stats() -> None:
+    global _stats
+    _stats = SimStats()
+    SimProvider.sample_counters.clear()
+
+
+def _sample_latency(spec: Any, rng: random.Random) -> float:
+    if isinstance(spec, (int, float)):
+        return float(spec)
+    kind, a, b = spec
+    if kind == "fixed":
+        return float(a)
+    if kind == "uniform":
+        return rng.uniform(a, b)
+    if kind == "lognormal":  # a = median, b = p95
+        sigma = max(1e-9, math.log(b / a) / 1.645)
+        return rng.lognormvariate(math.log(a), sigma)
+    raise ValueError(f"unknown latency distribution {kind!r}")
+
+
+class SimProvider(Provider):
+    name = "sim"
+    supports_n = True
+    supports_batch = True
+    default_temperature = 0.0  # the simulated model is greedy unless asked to sample
+    sample_counters: dict[str, int] = {}
+    rng = random.Random(0)
+
+    async def complete(self, request: Request) -> list[Response]:
+        return (await self._round_trip([request]))[0]
+
+    async def complete_batch(self, requests: list[Request]) -> list[list[Response]]:
+        return await self._round_trip(requests)
+
+    async def _round_trip(self, requests: list[Request]) -> list[list[Response]]:
+        cfg, st = _config, _stats
+        st.requests += 1
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        try:
+            for req in requests:
+                prompt = req.prompt_text()
+                if estimate_tokens(prompt) > cfg.context_window:
+                    raise ContextLengthError(
+                        f"sim: prompt of ~{estimate_tokens(prompt)} tokens exceeds the "
+                        f"context window of {cfg.context_window}.", provider="sim",
+                        model=req.model_id, status=400)
+                if cfg.fail_on and cfg.fail_on in prompt:
+                    raise BadRequestError(f"sim: prompt contains {cfg.fail_on!r} (fail_on).",
+                                          provider="sim", model=req.model_id, status=400)
+            if cfg.error_rate and self.rng.random() < cfg.error_rate:
+                if self.rng.random() < 0.5:
+                    raise RateLimitError("sim: simulated 429", provider="sim", status=429,
+                                         retry_after=0.01)
+                raise ServerError("sim: simulated 503", provider="sim", status=503)
+            delay = _sample_latency(cfg.latency, self.rng)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            out = []
+            for req in requests:
+                st.prompts.append(req.prompt_text())
+                start = self._first_sample(req)
+                out.append([self._answer(req, start + i, delay) for i in range(req.n)])
+                st.completions += req.n
+            return out
+        finally:
+            st.in_flight -= 1
+
+    def _first_sample(self, req: Request) -> int:
+        if req.deterministic(self.default_temperature):
+            return 0
+        start = self.sample_counters.get(req.key, 0)
+        self.sample_counters[req.key] = start + req.n
+        return start
+
+    def _answer(self, req: Request, sample: int, latency: float) -> Response:
+        if req.deterministic(self.default_temperature):
+            sample = 0
+        prompt = req.prompt_text()
+        h = xxhash.xxh64_intdigest(f"{req.model}\x00{req.key}\x00{sample}".encode(), seed=_config.seed)
+        text = _generate(req, prompt, h)
+        max_tokens = req.param("max_tokens")
+        finish = "stop"
+        out_tokens = estimate_tokens(text)
+        if max_tokens is not None and out_tokens > max_tokens:
+            text, out_tokens, finish = text[: max_tokens * 4], max_tokens, "length"
+        in_tokens = estimate_tokens(prompt) + 4 * len(req.messages)
+        from .prices import cost_of
+
+        return Response(
+            text, model=req.model_id, usage=Usage(in_tokens, out_tokens),
+            cost=cost_of("sim", req.model, in_tokens, out_tokens), latency=latency,
+            finish_reason=finish,
+        )
+
+
+def _generate(req: Request, prompt: str, h: int) -> str:
+    rng = random.Random(h)
+    topic = _WORD_RE.findall(prompt)
+    fmt = req.response_format
+    wants_json = fmt is not None or "json" in prompt.lower()
+    if wants_json:
+        if isinstance(fmt, tuple) and fmt[0] == "schema":
+            return json.dumps(_from_schema(json.loads(fmt[2]), rng, topic))
+        if re.search(r"\b(list|array)\b", prompt, re.IGNORECASE):
+            picks = sorted({w.capitalize() for w in topic[-12:]}) or ["Item"]
+            rng.shuffle(picks)
+            return json.dumps(picks[: rng.randint(2, 4)])
+        return json.dumps({"answer": rng.choice(topic or _WORDS),
+                           "confidence": round(rng.uniform(0.5, 0.99), 2)})
+    n_words = rng.randint(12, 40)
+    words = [rng.choice(_WORDS) for _ in range(n_words)]
+    if topic:
+        words[rng.randrange(n_words)] = rng.choice(topic[-8:])
+    return (f"[{h % 10_000:04d}] " + " ".join(words)).rstrip() + "."
+
+
+def _from_schema(schema: dict, rng: random.Random, topic: list[str]) -> Any:
+    kind = schema.get("type")
+    if "enum" in schema:
+        return rng.choice(schema["enum"])
+    if kind == "object" or "properties" in schema:
+        return {k: _from_schema(v, rng, topic) for k, v in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [_from_schema(schema.get("items", {}), rng, topic) for _ in range(rng.randint(1, 3))]
+    if kind == "integer":
+        return rng.randint(0, 100)
+    if kind == "number":
+        return round(rng.uniform(0, 1), 3)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    return rng.choice(topic or _WORDS)
