@@ -5,9 +5,11 @@
 """
 
 from ._compose import chain, ensemble
+from ._inspect import inspect
 from ._jit import jit, op
 from ._models import amodels, models
 from ._response import Response, Usage
+from ._vmap import vmap
 from .errors import (
     AuthenticationError, BatchError, ConfigurationError, ContextLengthError, EmberError,
     MissingAPIKeyError, ModelNotFoundError, ParseError, ProviderError, QuotaExceededError,
@@ -17,7 +19,8 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "models", "amodels", "Response", "Usage", "jit", "op", "chain", "ensemble",
+    "models", "amodels", "Response", "Usage", "jit", "vmap", "op", "chain", "ensemble",
+    "inspect",
     "EmberError", "ConfigurationError", "MissingAPIKeyError", "TraceError", "ParseError",
     "TimeoutError", "ProviderError", "AuthenticationError", "ModelNotFoundError",
     "ContextLengthError", "RateLimitError", "QuotaExceededError", "BatchError",

@@ -29,7 +29,7 @@ import inspect as _inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
-from ._models import CheckRun, check_var
+from ._models import CheckRun, NeedAnswers, check_var
 from ._response import Response
 from ._runtime import run_async, run_sync
 from .backends.local import execute, node_request
@@ -40,7 +40,7 @@ from .ir.trace import (UNKNOWN, StopTrace, Suspend, Traced, TraceState, current_
                        trace_var)
 
 __all__ = ["jit", "Jitted", "op", "CompiledEntry", "MAX_ROUNDS", "signature_of",
-           "trace_inputs"]
+           "trace_inputs", "advance"]
 
 MAX_ROUNDS = 64  # suspend-and-replay rounds before falling back to plain execution
 
@@ -204,8 +204,18 @@ class Jitted:
             yield "run", execute(entry.graph, leaves, memo)
         else:
             yield from self._plan(args, kwargs, entry, memo)
-        check = CheckRun(memo)
-        result = yield "check", (self.fn, check, args, kwargs)
+        for _ in range(MAX_ROUNDS):
+            check = CheckRun(memo)
+            try:
+                result = yield "check", (self.fn, check, args, kwargs)
+                break
+            except NeedAnswers:  # the plan missed a call the Python reads: fetch, re-check
+                entry.graph, entry.strict = None, True
+                yield "run", check.fetch_pending()
+        else:  # pragma: no cover - a program that keeps reading new answers
+            check = CheckRun(memo)
+            check.suspendable = False
+            result = yield "check", (self.fn, check, args, kwargs)
         pending = _pending_leaves(result, [])
         if pending:
             yield "run", _settle(pending)
@@ -247,16 +257,14 @@ class Jitted:
                 graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
             optimized, passes = _compile(graph, self.verify)
             if not any(n.op.startswith("llm") for n in optimized.nodes):
-                if complete:
-                    return
-                continue
-            yield "run", execute(optimized, leaves, memo)
+                return  # nothing to send: the check run does the rest
             if complete:
                 if round_no == 0 and not state.guarded and not concrete:
-                    entry.graph = optimized
+                    entry.graph = optimized  # cached before it runs: vmap elements reuse it
                 entry.passes = passes
+            yield "run", execute(optimized, leaves, memo)
+            if complete:
                 return
-        return
 
 
 async def _settle(pending: list[Response]) -> None:
@@ -266,36 +274,52 @@ async def _settle(pending: list[Response]) -> None:
         r._force()
 
 
-def _drive_sync(program: Generator[Step, Any, Any]) -> Any:
-    value: Any = None
-    error: BaseException | None = None
+def advance(program: Generator[Step, Any, Any], value: Any = None,
+            error: BaseException | None = None) -> tuple[str, Any]:
+    """Step a program, running its Python steps inline, until it needs the backend
+    (returns ("run", coroutine)) or finishes (returns ("done", result))."""
     while True:
         try:
             kind, payload = program.throw(error) if error is not None else program.send(value)
         except StopIteration as stop:
-            return stop.value
+            return "done", stop.value
+        if kind == "run":
+            return kind, payload
         value, error = None, None
-        try:
-            if kind == "run":
-                value = run_sync(payload)
-            elif kind == "trace":
-                fn, state, targs, tkwargs = payload
-                token = trace_var.set(state)
-                try:
-                    value = fn(*targs, **tkwargs)
-                finally:
-                    trace_var.reset(token)
-            else:
-                fn, check, args, kwargs = payload
-                token = check_var.set(check)
-                try:
-                    value = fn(*args, **kwargs)
-                finally:
-                    check_var.reset(token)
-        except BaseException as exc:  # handed back to the program
-            if kind == "check":
+        if kind == "trace":
+            fn, state, targs, tkwargs = payload
+            token = trace_var.set(state)
+            try:
+                value = fn(*targs, **tkwargs)
+            except BaseException as exc:  # handed back to the program
+                error = exc
+            finally:
+                trace_var.reset(token)
+        else:  # "check": the answer; its exceptions are the caller's
+            fn, check, args, kwargs = payload
+            token = check_var.set(check)
+            try:
+                value = fn(*args, **kwargs)
+            except NeedAnswers as exc:
+                error = exc
+            except BaseException:
                 program.close()
                 raise
+            finally:
+                check_var.reset(token)
+
+
+def _drive_sync(program: Generator[Step, Any, Any]) -> Any:
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        kind, payload = advance(program, value, error)
+        if kind == "done":
+            return payload
+        value, error = None, None
+        try:
+            value = run_sync(payload)
+        except BaseException as exc:
             error = exc
 
 
@@ -326,7 +350,7 @@ async def _drive_async(program: Generator[Step, Any, Any]) -> Any:
                 finally:
                     check_var.reset(token)
         except BaseException as exc:
-            if kind == "check":
+            if kind == "check" and not isinstance(exc, NeedAnswers):
                 program.close()
                 raise
             error = exc

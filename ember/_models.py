@@ -21,7 +21,7 @@ from .ir.graph import Lit
 from .ir.trace import StopTrace, TracedResponse, current_trace, has_traced, user_location
 from .ir.types import ListT, ResponseT
 
-__all__ = ["models", "amodels", "CheckRun", "check_var", "canonical_model"]
+__all__ = ["models", "amodels", "CheckRun", "NeedAnswers", "check_var", "canonical_model"]
 
 
 def canonical_model(model: Any) -> tuple[str, str, Any]:
@@ -115,6 +115,17 @@ class CheckRun:
         self.occurrences: dict[str, int] = {}
         self.misses = 0
         self.pending: list[Response] = []
+        self.suspendable = True  # a read miss raises NeedAnswers instead of blocking
+
+    async def fetch_pending(self) -> None:
+        """Send every pending request of this run together; store the answers (or
+        errors) in the memo in call order."""
+        import asyncio
+
+        fetches = [r._thunk for r in self.pending if r._thunk is not None]
+        results = await asyncio.gather(*(f.fetch() for f in fetches), return_exceptions=True)
+        for f, result in zip(fetches, results, strict=True):
+            self.memo.put(f.request, result, f.det)
 
     def call(self, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
         loc = user_location(3)
@@ -130,7 +141,7 @@ class CheckRun:
             value = self.memo.get(single, det, occ)
             if value is MISSING:
                 self.misses += 1
-                value = Response.pending(_Fetch(single, loc, self.memo, det))
+                value = Response.pending(_Fetch(single, loc, det, self))
                 self.pending.append(value)
             elif isinstance(value, BaseException):
                 if hasattr(value, "where"):
@@ -140,13 +151,18 @@ class CheckRun:
         return out if request.n > 1 else out[0]
 
 
+class NeedAnswers(BaseException):
+    """Internal: the check run read an answer the plan did not fetch. The program
+    fetches every pending request of the run together and runs the check again."""
+
+
 class _Fetch:
     """A deferred request: sent when a pending response is first read."""
 
-    __slots__ = ("request", "loc", "memo", "det", "result")
+    __slots__ = ("request", "loc", "det", "check", "result")
 
-    def __init__(self, request: Request, loc: str | None, memo: Memo, det: bool) -> None:
-        self.request, self.loc, self.memo, self.det = request, loc, memo, det
+    def __init__(self, request: Request, loc: str | None, det: bool, check: CheckRun) -> None:
+        self.request, self.loc, self.det, self.check = request, loc, det, check
         self.result: Response | None = None
 
     async def fetch(self) -> Response:
@@ -159,6 +175,8 @@ class _Fetch:
         from ._runtime import on_loop
 
         if self.result is None:
+            if check_var.get() is self.check and self.check.suspendable:
+                raise NeedAnswers()
             if on_loop():  # pragma: no cover - reading a pending answer on Ember's loop
                 raise RuntimeError("a pending response was read on Ember's event loop")
             run_sync(self.fetch())

@@ -164,6 +164,15 @@ class TraceState:
         self.marks.append((tracer._var, spec))
         return f"{_MARK_OPEN}{self.nonce}{len(self.marks) - 1}{_MARK_CLOSE}"
 
+    def text_of(self, tracer: Traced) -> str:
+        """``.text`` / ``str()`` of a model answer: the real text once it is known (the
+        graph then depends on it), else a marker — or, in strict mode, a break."""
+        value = self.values.get(tracer._var.id, UNKNOWN)
+        if value is UNKNOWN or isinstance(value, BaseException):
+            return self.mark(tracer, "")
+        self.guarded = True
+        return value.text
+
     def atomize(self, value: Any, loc: str | None = None) -> Atom:
         """A traced value, a string holding markers, or a constant, as an atom."""
         if isinstance(value, Traced):
@@ -340,7 +349,10 @@ class TracedResponse(Traced):
 
     @property
     def text(self) -> str:
-        return self._state.mark(self, "")
+        return self._state.text_of(self)
+
+    def __str__(self) -> str:
+        return self._state.text_of(self)
 
     def json(self, schema: Any = None) -> TracedValue:
         st = self._state

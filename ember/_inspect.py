@@ -1,0 +1,127 @@
+"""`ember.inspect(fn, *example_args)`: the graph before and after the passes.
+
+Nothing is sent: the function is traced on the example arguments; a graph break that
+needs a model's answer ends the trace there and is listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .ir.graph import Graph
+from .ir.printing import format_graph, to_dot, to_mermaid
+from .ir.trace import StopTrace, Suspend, TraceState, trace_var
+
+__all__ = ["inspect", "InspectReport", "trace_graph"]
+
+
+@dataclass
+class InspectReport:
+    name: str
+    before: Graph
+    graph: Graph  # after the passes
+    passes: list = field(default_factory=list)
+    breaks: list = field(default_factory=list)
+    complete: bool = True  # False when a graph break stopped the trace
+    note: str | None = None
+
+    @property
+    def estimate(self) -> Any:
+        return self.graph.meta.get("estimate")
+
+    def dot(self) -> str:
+        return to_dot(self.graph, self.name)
+
+    def mermaid(self) -> str:
+        return to_mermaid(self.graph)
+
+    def svg(self) -> bytes:
+        """The graph drawn by Graphviz (``dot`` must be installed)."""
+        import shutil
+        import subprocess
+
+        exe = shutil.which("dot")
+        if exe is None:
+            raise RuntimeError("Graphviz is not installed (no `dot` on PATH); use .mermaid() "
+                               "or .dot() instead, or install graphviz.")
+        return subprocess.run([exe, "-Tsvg"], input=self.dot().encode(), check=True,
+                              capture_output=True).stdout
+
+    def __str__(self) -> str:
+        lines = [f"ember.inspect: {self.name}", "", "traced graph:", format_graph(self.before), ""]
+        if self.passes:
+            lines.append("passes:")
+            for p in self.passes:
+                lines.append(f"  {p}")
+            lines.append("")
+        lines += ["optimized graph:", format_graph(self.graph), ""]
+        if self.breaks:
+            lines.append("graph breaks:")
+            for b in self.breaks:
+                state = "value known" if b.known else "needs a model answer"
+                lines.append(f"  {b.loc or '?'}: {b.reason} ({state})")
+            lines.append("")
+        if not self.complete:
+            lines.append("the trace stopped at the first break that needs a model answer; "
+                         "jit runs what comes before it, then traces on.")
+        if self.note:
+            lines.append(self.note)
+        if self.estimate is not None:
+            lines += ["estimate:", _indent(str(self.estimate))]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython
+        p.text(str(self))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceState, bool, str | None]:
+    """Trace without running anything. Returns (graph, state, complete, note)."""
+    import asyncio
+    import inspect as _pyinspect
+
+    from ._jit import Jitted, trace_inputs
+
+    if isinstance(fn, Jitted):
+        fn = fn.fn
+    state = TraceState()
+    leaves: list[Any] = []
+    targs, tkwargs = trace_inputs((args, kwargs), state, leaves)
+    token = trace_var.set(state)
+    complete, note, result = True, None, None
+    try:
+        result = fn(*targs, **tkwargs)
+        if _pyinspect.iscoroutine(result):
+            result = asyncio.run(result)
+    except Suspend:
+        complete = False
+    except StopTrace as exc:
+        complete, note = False, f"tracing stopped: {exc}"
+    except Exception as exc:
+        complete, note = False, (f"tracing stopped: {type(exc).__name__}: {exc} (jit runs "
+                                 "such code on real values)")
+    finally:
+        trace_var.reset(token)
+    graph = state.graph(result)
+    if not complete:
+        graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
+    return graph, state, complete, note
+
+
+def inspect(fn: Callable, *example_args: Any, **example_kwargs: Any) -> InspectReport:
+    """Trace ``fn`` on example arguments and show the graph before/after the passes,
+    the graph breaks and a static estimate (requests, tokens, cost, critical path)."""
+    from .passes import run_passes
+
+    graph, state, complete, note = trace_graph(fn, example_args, example_kwargs)
+    optimized, passes = run_passes(graph, verify=True, inputs=state_inputs(state))
+    name = getattr(getattr(fn, "fn", fn), "__qualname__", repr(fn))
+    return InspectReport(name, graph, optimized, passes, list(state.breaks), complete, note)
+
+
+def state_inputs(state: TraceState) -> list[Any]:
+    return [state.values.get(v.id) for v in state.inputs]

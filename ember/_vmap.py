@@ -1,0 +1,200 @@
+"""`vmap`: map a function over lists, with a sliding window of elements in flight.
+
+Each element runs as a jitted program (plan / run / check, see ember/_jit.py) and
+all elements share one compiled-graph cache: a function without data-dependent
+Python is traced once and every element replays the optimized graph. Elements are
+interleaved on Ember's event loop — their Python steps run in the caller's thread
+(microseconds), their model calls overlap — and a new element starts the moment one
+finishes (never lock-step chunks). Identical deterministic requests across elements
+are sent once (in-flight coalescing). A failing element never loses the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from ._jit import Jitted, _drive_async, advance
+from ._models import check_var
+from ._runtime import submit
+from .backends.record import Recorder, recorder_var
+from .errors import BatchError
+from .ir.trace import current_trace
+
+__all__ = ["vmap", "Mapped"]
+
+
+def _split(args: tuple, in_axes: Any, name: str) -> list[tuple]:
+    axes = (in_axes,) * len(args) if isinstance(in_axes, int) or in_axes is None else tuple(in_axes)
+    if len(axes) != len(args):
+        raise ValueError(f"vmap({name}): in_axes has {len(axes)} entries for {len(args)} "
+                         "positional arguments; give one per argument (0 to map, None to "
+                         "broadcast).")
+    for ax in axes:
+        if ax not in (0, None):
+            raise ValueError(f"vmap({name}): in_axes entries must be 0 or None, got {ax!r}.")
+    mapped = [i for i, ax in enumerate(axes) if ax == 0]
+    if not mapped:
+        raise ValueError(f"vmap({name}): no argument is mapped (all in_axes are None).")
+    lengths = {}
+    for i in mapped:
+        if not isinstance(args[i], (list, tuple)):
+            raise TypeError(f"vmap({name}): argument {i} is mapped (in_axes 0) but is a "
+                            f"{type(args[i]).__name__}, not a list; pass a list or set its "
+                            "in_axes to None to broadcast it.")
+        lengths[i] = len(args[i])
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"argument {i} has {n}" for i, n in lengths.items())
+        raise ValueError(f"vmap({name}): mapped arguments differ in length ({detail}).")
+    n = next(iter(lengths.values()))
+    return [tuple(args[i][k] if axes[i] == 0 else args[i] for i in range(len(args)))
+            for k in range(n)]
+
+
+class _Progress:
+    """One status line on a terminal: done/failed/in flight, tokens and cost so far."""
+
+    def __init__(self, total: int, enabled: bool | None, recorder: Recorder) -> None:
+        if enabled is None:
+            enabled = total >= 50 and sys.stderr.isatty()
+        self.enabled = enabled
+        self.total, self.rec = total, recorder
+        self.last = 0.0
+
+    def update(self, done: int, failed: int, in_flight: int, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < 0.1):
+            return
+        self.last = now
+        tokens = sum(c.input_tokens + c.output_tokens for c in self.rec.calls)
+        cost = sum(c.cost or 0.0 for c in self.rec.calls)
+        width = 24
+        fill = int(width * done / max(1, self.total))
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} done"
+                         f", {failed} failed, {in_flight} in flight, {tokens:,} tokens, "
+                         f"${cost:.4f}" + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+class Mapped:
+    """``vmap(fn)``: call it with lists; returns the list of results in input order."""
+
+    def __init__(self, fn: Callable, in_axes: Any, batch_size: int | None,
+                 return_exceptions: bool, progress: bool | None) -> None:
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"vmap: batch_size must be a positive integer or None, got "
+                             f"{batch_size!r}.")
+        self.fn = fn
+        self.jitted = fn if isinstance(fn, Jitted) else Jitted(fn)
+        self.in_axes = in_axes
+        self.batch_size = batch_size
+        self.return_exceptions = return_exceptions
+        self.progress = progress
+        self.results: list[Any] = []  # the last call's results (also after a BatchError)
+        functools.update_wrapper(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<vmap {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__qualname__", "fn")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        elements = _split(args, self.in_axes, self.name)
+        if current_trace() is not None or check_var.get() is not None:
+            return [self.jitted.fn(*e, **kwargs) for e in elements]  # nested: inline
+        if self.jitted.is_async:
+            return self._amap(elements, kwargs)
+        return self._map(elements, kwargs)
+
+    def _finish(self, results: list[Any], errors: dict[int, BaseException]) -> list[Any]:
+        self.results = results
+        if errors and not self.return_exceptions:
+            raise BatchError(results, errors)
+        return results
+
+    def _map(self, elements: list[tuple], kwargs: dict) -> list[Any]:
+        n = len(elements)
+        window = n if self.batch_size is None else self.batch_size
+        results: list[Any] = [None] * n
+        errors: dict[int, BaseException] = {}
+        active: dict[concurrent.futures.Future, tuple[int, Any]] = {}
+        rec = Recorder()
+        token = recorder_var.set([*recorder_var.get(), rec])
+        bar = _Progress(n, self.progress, rec)
+        next_i = 0
+
+        def step(i: int, program: Any, value: Any = None, error: BaseException | None = None):
+            try:
+                kind, payload = advance(program, value, error)
+            except Exception as exc:
+                results[i] = exc
+                errors[i] = exc
+                return
+            if kind == "done":
+                results[i] = payload
+            else:
+                active[submit(payload)] = (i, program)
+
+        try:
+            while next_i < n or active:
+                while next_i < n and len(active) < window:
+                    i, next_i = next_i, next_i + 1
+                    step(i, self.jitted._program(elements[i], kwargs))
+                if not active:
+                    continue
+                done, _ = concurrent.futures.wait(
+                    active, timeout=0.25, return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in done:
+                    i, program = active.pop(fut)
+                    exc = fut.exception()
+                    step(i, program, None if exc else fut.result(), exc)
+                finished = next_i - len(active)
+                bar.update(finished - len(errors), len(errors), len(active))
+        except BaseException:
+            for fut in active:
+                fut.cancel()
+            raise
+        finally:
+            recorder_var.reset(token)
+        bar.update(n - len(errors), len(errors), 0, final=True)
+        return self._finish(results, errors)
+
+    async def _amap(self, elements: list[tuple], kwargs: dict) -> list[Any]:
+        n = len(elements)
+        gate = asyncio.Semaphore(n if self.batch_size is None else self.batch_size)
+        results: list[Any] = [None] * n
+        errors: dict[int, BaseException] = {}
+
+        async def one(i: int) -> None:
+            async with gate:
+                try:
+                    results[i] = await _drive_async(self.jitted._program(elements[i], kwargs))
+                except Exception as exc:
+                    results[i] = errors[i] = exc
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return self._finish(results, errors)
+
+
+def vmap(fn: Callable | None = None, *, in_axes: int | None | Sequence[int | None] = 0,
+         batch_size: int | None = None, return_exceptions: bool = False,
+         progress: bool | None = None) -> Any:
+    """Map ``fn`` over lists: ``vmap(f)(xs)`` == ``[f(x) for x in xs]``, concurrently.
+
+    ``in_axes``: 0 maps an argument, None broadcasts it; one int for all or one per
+    positional argument. ``batch_size`` bounds the elements in flight (a sliding
+    window). A failing element raises `BatchError` naming its index after every other
+    element finished (``.results`` keeps them); ``return_exceptions=True`` returns
+    the exceptions in place instead. ``progress``: a status line on a terminal
+    (default: on for 50+ elements when stderr is a terminal).
+    """
+    if fn is None:
+        return lambda f: vmap(f, in_axes=in_axes, batch_size=batch_size,
+                              return_exceptions=return_exceptions, progress=progress)
+    return Mapped(fn, in_axes, batch_size, return_exceptions, progress)
