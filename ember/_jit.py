@@ -204,6 +204,7 @@ class Jitted:
             yield "run", execute(entry.graph, leaves, memo)
         else:
             yield from self._plan(args, kwargs, entry, memo)
+        unplanned: str | None = None  # where the first call the plan missed was made
         for _ in range(MAX_ROUNDS):
             check = CheckRun(memo)
             try:
@@ -211,6 +212,7 @@ class Jitted:
                 break
             except NeedAnswers:  # the plan missed a call the Python reads: fetch, re-check
                 entry.graph, entry.strict = None, True
+                unplanned = unplanned or check.first_miss or "?"
                 yield "run", check.fetch_pending()
         else:  # pragma: no cover - a program that keeps reading new answers
             check = CheckRun(memo)
@@ -219,9 +221,17 @@ class Jitted:
         pending = _pending_leaves(result, [])
         if pending:
             yield "run", _settle(pending)
-        if check.misses or memo.unused():
+        if unplanned or check.misses or memo.unused():
             entry.graph = None  # the plan did not match the Python: never trust it again
             entry.strict = True
+            if self.fullgraph:
+                where = unplanned or check.first_miss
+                raise TraceError(
+                    "jit(fullgraph=True): the Python used a model's answer in a way the "
+                    "trace could not see (e.g. len(), re or json on the text), so the "
+                    f"graph did not match the calls it made; the first unplanned call is at "
+                    f"{where or 'an unknown line'}. Decide on the answer in an @ember.op "
+                    "function, or drop fullgraph=True.")
         return result
 
     def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo

@@ -114,6 +114,7 @@ class CheckRun:
         self.memo = memo
         self.occurrences: dict[str, int] = {}
         self.misses = 0
+        self.first_miss: str | None = None
         self.pending: list[Response] = []
         self.suspendable = True  # a read miss raises NeedAnswers instead of blocking
 
@@ -141,6 +142,7 @@ class CheckRun:
             value = self.memo.get(single, det, occ)
             if value is MISSING:
                 self.misses += 1
+                self.first_miss = self.first_miss or loc
                 value = Response.pending(_Fetch(single, loc, det, self))
                 self.pending.append(value)
             elif isinstance(value, BaseException):

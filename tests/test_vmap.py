@@ -1,0 +1,153 @@
+"""vmap: order, axes, nesting, windows and failures, against a plain map on `sim`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import ember
+from ember import jit, models, vmap
+from ember.backends.record import recording
+from ember.providers import sim
+
+
+def analyze(text: str):
+    return models("sim", f"Analyze: {text}").text
+
+
+def branchy(text: str):
+    r = models("sim", f"Q {text}")
+    if len(r.text) > 60:
+        return "long " + r.text
+    return "short " + r.text
+
+
+def test_matches_a_plain_map_in_order():
+    xs = [f"doc {i}" for i in range(25)]
+    assert vmap(analyze)(xs) == [analyze(x) for x in xs]
+    assert vmap(analyze, batch_size=4)(xs) == [analyze(x) for x in xs]
+
+
+def test_branching_function_matches_a_plain_map():
+    xs = [f"d{i}" for i in range(30)]
+    assert vmap(branchy, batch_size=7)(xs) == [branchy(x) for x in xs]
+
+
+def test_in_axes_broadcast_and_tuple():
+    def ask(prefix: str, text: str, k: int):
+        return models("sim", f"{prefix} {text} {k}").text
+
+    xs = ["a", "b", "c"]
+    got = vmap(ask, in_axes=(None, 0, None))("Q:", xs, 2)
+    assert got == [ask("Q:", x, 2) for x in xs]
+    got = vmap(ask, in_axes=(0, 0, None))(["1", "2", "3"], xs, 0)
+    assert got == [ask(p, x, 0) for p, x in zip(["1", "2", "3"], xs)]
+
+
+def test_bad_axes_and_lengths_are_clear():
+    with pytest.raises(ValueError, match="differ in length"):
+        vmap(lambda a, b: a)(["x"], ["y", "z"])
+    with pytest.raises(ValueError, match="one per argument"):
+        vmap(lambda a, b: a, in_axes=(0,))(["x"], ["y"])
+    with pytest.raises(TypeError, match="not a list"):
+        vmap(analyze)("just a string")
+    with pytest.raises(ValueError, match="no argument is mapped"):
+        vmap(analyze, in_axes=None)(["x"])
+    with pytest.raises(ValueError, match="0 or None"):
+        vmap(analyze, in_axes=1)(["x"])
+    with pytest.raises(ValueError, match="batch_size"):
+        vmap(analyze, batch_size=0)
+
+
+def test_nested_vmap_composes():
+    inner = vmap(analyze)
+    outer = vmap(lambda row: inner(row))
+    grid = [["a", "b"], ["c"], ["d", "e", "f"]]
+    assert outer(grid) == [[analyze(x) for x in row] for row in grid]
+
+
+def test_vmap_of_jit_and_jit_of_vmap_agree_with_a_map():
+    xs = ["p", "q", "r"]
+    expected = [analyze(x) for x in xs]
+    assert vmap(jit(analyze))(xs) == expected
+    assert jit(lambda items: vmap(analyze)(items))(xs) == expected
+
+
+def test_sliding_window_bounds_elements_in_flight():
+    sim.configure(latency=0.02)
+    vmap(analyze, batch_size=3)([f"x{i}" for i in range(12)])
+    assert sim.stats().max_in_flight == 3
+    sim.reset_stats()
+    vmap(analyze)([f"y{i}" for i in range(12)])
+    assert sim.stats().max_in_flight == 12
+
+
+def test_traced_once_for_all_elements():
+    mapped = vmap(analyze)
+    mapped([f"z{i}" for i in range(10)])
+    entry = next(iter(mapped.jitted.cache.values()))
+    assert entry.traces == 1 and entry.calls == 10
+
+
+def test_duplicates_across_elements_are_sent_once():
+    sim.configure(latency=0.02)  # concurrent identical requests coalesce in flight
+    with recording() as rec:
+        out = vmap(analyze)(["same"] * 8)
+    assert len(set(out)) == 1 and rec.requests == 1
+
+
+def test_one_failing_element_keeps_the_others():
+    sim.configure(fail_on="POISON")
+    xs = [f"ok {i}" for i in range(30)]
+    xs[7] = "POISON"
+    mapped = vmap(analyze)
+    with pytest.raises(ember.BatchError) as info:
+        mapped(xs)
+    err = info.value
+    assert list(err.errors) == [7] and "index 7" in str(err)
+    assert len(err.succeeded) == 29
+    assert err.results[0] == analyze("ok 0")
+    assert mapped.results is err.results
+    got = vmap(analyze, return_exceptions=True)(xs)
+    assert isinstance(got[7], ember.ProviderError) and got[8] == analyze("ok 8")
+
+
+def test_async_function_mapped():
+    async def f(x: str):
+        r = await ember.amodels("sim", f"A {x}")
+        return r.text
+
+    xs = ["1", "2", "3", "4"]
+    got = asyncio.run(vmap(f, batch_size=2)(xs))
+    assert got == [analyze_a(x) for x in xs]
+
+
+def analyze_a(x: str) -> str:
+    return models("sim", f"A {x}").text
+
+
+def test_async_failures_are_collected():
+    sim.configure(fail_on="BAD")
+
+    async def f(x: str):
+        return (await ember.amodels("sim", x)).text
+
+    with pytest.raises(ember.BatchError) as info:
+        asyncio.run(vmap(f)(["fine", "BAD", "good"]))
+    assert list(info.value.errors) == [1]
+
+
+def test_progress_line_when_asked(capsys):
+    vmap(analyze, progress=True)([f"p{i}" for i in range(5)])
+    err = capsys.readouterr().err
+    assert "5/5 done" in err and "0 failed" in err and "tokens" in err
+
+
+def test_decorator_form():
+    @vmap(batch_size=2)
+    def shout(x: str):
+        return models("sim", x).text.upper()
+
+    assert shout(["a", "b", "c"]) == [models("sim", x).text.upper() for x in "abc"]
+    assert "vmap" in repr(shout)
