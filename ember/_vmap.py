@@ -12,7 +12,6 @@ are sent once (in-flight coalescing). A failing element never loses the others.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from ._jit import Jitted, _drive_async, advance
 from ._models import check_var
-from ._runtime import submit
+from ._runtime import run_sync
 from .backends.record import Recorder, recorder_var
 from .errors import BatchError
 from .ir.trace import current_trace
@@ -119,47 +118,35 @@ class Mapped:
         return results
 
     def _map(self, elements: list[tuple], kwargs: dict) -> list[Any]:
+        # Everything runs on Ember's loop: an element's Python steps (trace, check) are
+        # short and never block (a missing answer becomes a fetch step), so stepping
+        # them there saves a thread hop per element.
+        return run_sync(self._map_on_loop(elements, kwargs))
+
+    async def _map_on_loop(self, elements: list[tuple], kwargs: dict) -> list[Any]:
         n = len(elements)
-        window = n if self.batch_size is None else self.batch_size
+        gate = asyncio.Semaphore(n if self.batch_size is None else self.batch_size)
         results: list[Any] = [None] * n
         errors: dict[int, BaseException] = {}
-        active: dict[concurrent.futures.Future, tuple[int, Any]] = {}
         rec = Recorder()
         token = recorder_var.set([*recorder_var.get(), rec])
         bar = _Progress(n, self.progress, rec)
-        next_i = 0
+        counts = {"done": 0, "active": 0}
 
-        def step(i: int, program: Any, value: Any = None, error: BaseException | None = None):
-            try:
-                kind, payload = advance(program, value, error)
-            except Exception as exc:
-                results[i] = exc
-                errors[i] = exc
-                return
-            if kind == "done":
-                results[i] = payload
-            else:
-                active[submit(payload)] = (i, program)
+        async def one(i: int) -> None:
+            async with gate:
+                counts["active"] += 1
+                try:
+                    results[i] = await _drive_on_loop(self.jitted._program(elements[i], kwargs))
+                except Exception as exc:
+                    results[i] = errors[i] = exc
+                finally:
+                    counts["active"] -= 1
+                    counts["done"] += 1
+                    bar.update(counts["done"] - len(errors), len(errors), counts["active"])
 
         try:
-            while next_i < n or active:
-                while next_i < n and len(active) < window:
-                    i, next_i = next_i, next_i + 1
-                    step(i, self.jitted._program(elements[i], kwargs))
-                if not active:
-                    continue
-                done, _ = concurrent.futures.wait(
-                    active, timeout=0.25, return_when=concurrent.futures.FIRST_COMPLETED)
-                for fut in done:
-                    i, program = active.pop(fut)
-                    exc = fut.exception()
-                    step(i, program, None if exc else fut.result(), exc)
-                finished = next_i - len(active)
-                bar.update(finished - len(errors), len(errors), len(active))
-        except BaseException:
-            for fut in active:
-                fut.cancel()
-            raise
+            await asyncio.gather(*(one(i) for i in range(n)))
         finally:
             recorder_var.reset(token)
         bar.update(n - len(errors), len(errors), 0, final=True)
@@ -180,6 +167,19 @@ class Mapped:
 
         await asyncio.gather(*(one(i) for i in range(n)))
         return self._finish(results, errors)
+
+
+async def _drive_on_loop(program: Any) -> Any:
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        kind, payload = advance(program, value, error)
+        if kind == "done":
+            return payload
+        try:
+            value, error = await payload, None
+        except Exception as exc:
+            value, error = None, exc
 
 
 def vmap(fn: Callable | None = None, *, in_axes: int | None | Sequence[int | None] = 0,

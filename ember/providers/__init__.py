@@ -39,6 +39,8 @@ def register(prefix: str, fn: Callable[[Request], Awaitable[Any]] | Provider, *,
     str, a `Response` or a list of them — or a `Provider` instance."""
     if not prefix or "/" in prefix or ":" in prefix:
         raise ValueError(f"A provider prefix is a plain name like 'mycorp', got {prefix!r}.")
+    if not isinstance(fn, Provider) and not callable(fn):
+        raise TypeError(f"A custom provider is an async function or a Provider, got {fn!r:.80}.")
     provider = fn if isinstance(fn, Provider) else FunctionProvider(
         prefix, fn, supports_n=supports_n, default_temperature=default_temperature)
     with _lock:

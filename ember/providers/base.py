@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any, Awaitable, Callable
 
 from .._request import Request
 from .._response import Response, Usage
-from ..errors import ResponseFormatError
+from ..errors import ConfigurationError, ResponseFormatError
 
 __all__ = ["Provider", "FunctionProvider"]
 
@@ -59,7 +60,12 @@ class FunctionProvider(Provider):
         if request.n > 1 and not self.supports_n:
             singles = [self.complete(request.with_n(1)) for _ in range(request.n)]
             return [r for rs in await asyncio.gather(*singles) for r in rs]
-        out = await self.fn(request)
+        out = self.fn(request)
+        if not inspect.isawaitable(out):
+            raise ConfigurationError(
+                f"Custom provider {self.name!r} must be an async function "
+                f"(`async def fn(request)`); calling it returned {type(out).__name__}.")
+        out = await out
         items = out if isinstance(out, list) else [out]
         result = []
         for item in items:
@@ -68,11 +74,18 @@ class FunctionProvider(Provider):
             elif isinstance(item, str):
                 result.append(Response(item, model=request.model_id, usage=Usage(0, 0)))
             else:
-                raise ResponseFormatError(
+                raise _bad_answer(
                     f"Custom provider {self.name!r} returned {type(item).__name__}; "
-                    "return a str, a Response, or a list of them.", provider=self.name)
+                    "return a str, a Response, or a list of them.", self.name)
         if len(result) != request.n:
-            raise ResponseFormatError(
+            raise _bad_answer(
                 f"Custom provider {self.name!r} returned {len(result)} answers for n={request.n}.",
-                provider=self.name)
+                self.name)
         return result
+
+
+def _bad_answer(message: str, provider: str) -> ResponseFormatError:
+    # a bug in the user's function, not a flaky server: retrying cannot fix it
+    exc = ResponseFormatError(message, provider=provider)
+    exc.transient = False
+    return exc

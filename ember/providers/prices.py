@@ -6,6 +6,7 @@ once; they never crash a program.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import NamedTuple
 
@@ -38,6 +39,10 @@ _PRICES: dict[str, Price] = {
     "claude-3-5-haiku-latest": Price(0.80, 4.00, 200_000),
     "claude-3-5-sonnet-latest": Price(3.00, 15.00, 200_000),
     "claude-3-7-sonnet-latest": Price(3.00, 15.00, 200_000),
+    # families, for dated snapshots ("claude-3-5-haiku-20241022")
+    "claude-3-5-haiku": Price(0.80, 4.00, 200_000),
+    "claude-3-5-sonnet": Price(3.00, 15.00, 200_000),
+    "claude-3-7-sonnet": Price(3.00, 15.00, 200_000),
     "claude-haiku-4-5": Price(1.00, 5.00, 200_000),
     "claude-sonnet-4-5": Price(3.00, 15.00, 200_000),
     "claude-opus-4-1": Price(15.00, 75.00, 200_000),
@@ -45,6 +50,8 @@ _PRICES: dict[str, Price] = {
     "sim": Price(0.15, 0.60, 128_000),
 }
 _LOCAL = {"ollama", "vllm", "llamacpp", "local"}
+# what may follow a family name in a snapshot id: a date or "latest" (not "-mini", "-pro")
+_SNAPSHOT = re.compile(r"\d{4}-?\d{2}-?\d{2}|latest")
 _warned: set[str] = set()
 
 
@@ -54,8 +61,10 @@ def _lookup(provider: str, model: str) -> Price | None:
     for key in (f"{provider}/{model}", model):
         if key in _PRICES:
             return _PRICES[key]
-    # dated snapshots ("gpt-4o-mini-2024-07-18") take their family's price
-    best = max((k for k in _PRICES if model.startswith(k + "-")), key=len, default=None)
+    # dated snapshots ("gpt-4o-mini-2024-07-18") take their family's price; other
+    # suffixes name other models ("o3-pro" is not priced like "o3")
+    best = max((k for k in _PRICES if model.startswith(k + "-")
+                and _SNAPSHOT.fullmatch(model[len(k) + 1:])), key=len, default=None)
     return _PRICES[best] if best else None
 
 

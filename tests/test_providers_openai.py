@@ -1,0 +1,417 @@
+"""The openai provider, through the real SDK, against a loopback OpenAI server."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import gc
+import json
+import socket
+
+import pytest
+from servers import OPENAI_KEY, FakeOpenAI, Fault, complete, complete_all, openai_server  # noqa: F401
+
+from ember import errors, providers
+from ember._request import build_request
+from ember.providers import prices
+from ember.providers.openai import (
+    OpenAIProvider,
+    error_fields,
+    is_reasoning_model,
+    parse_retry_after,
+    reset_hint,
+    safe_url,
+    scrub,
+    split_tokens,
+)
+
+MODEL = "gpt-4o-mini"
+
+
+def req(prompt="hello", model=MODEL, **params):
+    return build_request("openai", model, prompt, params)
+
+
+def fail(provider, request) -> BaseException:
+    with pytest.raises(errors.EmberError) as info:
+        complete(provider, request)
+    return info.value
+
+
+# ------------------------------------------------------------------------ success
+
+
+def test_success_text_usage_cost_and_latency(openai_server):
+    [r] = complete(OpenAIProvider(), req("hello"))
+    rec = openai_server.requests[0]
+    usage = rec.response["usage"]
+    assert r.text == "echo: hello"
+    assert r.model == "openai/gpt-4o-mini"
+    assert tuple(r.usage) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert r.cost == pytest.approx(prices.cost_of("openai", MODEL, *r.usage))
+    assert r.cost > 0 and r.latency > 0 and r.finish_reason == "stop"
+    assert rec.path == "/v1/chat/completions"
+    assert rec.headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert rec.headers["x-stainless-retry-count"] == "0"
+
+
+def test_n_choices_in_one_request_split_usage(openai_server):
+    rs = complete(OpenAIProvider(), req("hi", n=3, temperature=0.7))
+    assert [r.text for r in rs] == ["echo: hi", "echo 1: hi", "echo 2: hi"]
+    assert len(openai_server.requests) == 1
+    assert openai_server.requests[0].body["n"] == 3
+    usage = openai_server.requests[0].response["usage"]
+    # the prompt is billed once: all on the first choice; completions split by length
+    assert [r.usage.input_tokens for r in rs] == [usage["prompt_tokens"], 0, 0]
+    assert sum(r.usage.output_tokens for r in rs) == usage["completion_tokens"]
+    total = prices.cost_of("openai", MODEL, usage["prompt_tokens"], usage["completion_tokens"])
+    assert sum(r.cost for r in rs) == pytest.approx(total)
+
+
+def test_parameters_reach_the_wire(openai_server):
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"}]
+    complete(OpenAIProvider(), req(messages, system="be brief", temperature=0.2, top_p=0.9,
+                                   max_tokens=50, seed=7, stop="END", frequency_penalty=0.5))
+    body = openai_server.requests[0].body
+    assert body["messages"] == [{"role": "system", "content": "be brief"}] + messages
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["seed"]) == (0.2, 0.9, 50, 7)
+    assert body["stop"] == ["END"]
+    assert body["frequency_penalty"] == 0.5  # unknown params pass through extra_body
+    assert "n" not in body and "response_format" not in body
+
+
+def test_reasoning_models_use_max_completion_tokens_and_drop_temperature(openai_server):
+    complete(OpenAIProvider(), req(model="o3-mini", temperature=0.2, top_p=0.5, max_tokens=9,
+                                   reasoning_effort="low"))
+    complete(OpenAIProvider(), req(model="gpt-5", temperature=1))
+    first, second = openai_server.bodies()
+    assert first["max_completion_tokens"] == 9 and "max_tokens" not in first
+    assert "temperature" not in first and "top_p" not in first
+    assert first["reasoning_effort"] == "low"
+    assert second["temperature"] == 1
+
+
+def test_response_format_json_object(openai_server):
+    [r] = complete(OpenAIProvider(), req("give json", response_format="json"))
+    assert openai_server.requests[0].body["response_format"] == {"type": "json_object"}
+    assert r.json() == {"echo": "give json", "index": 0}
+
+
+def test_response_format_json_schema(openai_server):
+    schema = {"type": "object", "properties": {"echo": {"type": "string"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "my answer!", "schema": schema}}
+    complete(OpenAIProvider(), req(response_format=fmt))
+    sent = openai_server.requests[0].body["response_format"]
+    assert sent == {"type": "json_schema",
+                    "json_schema": {"name": "my_answer_", "schema": schema, "strict": False}}
+
+
+def test_finish_reasons_from_stop_and_max_tokens(openai_server):
+    [cut] = complete(OpenAIProvider(), req("a long prompt indeed", max_tokens=2))
+    [stopped] = complete(OpenAIProvider(), req("say STOP now", stop=["STOP"]))
+    assert cut.finish_reason == "length" and cut.text == "echo: a "
+    assert stopped.finish_reason == "stop" and stopped.text == "echo: say "
+
+
+def test_refusal_missing_usage_and_unordered_choices(openai_server):
+    body = {"choices": [
+        {"index": 1, "message": {"content": "second"}, "finish_reason": "stop"},
+        {"index": 0, "message": {"content": None, "refusal": "I can't"},
+         "finish_reason": "content_filter"}]}
+    openai_server.script(Fault("malformed", body=json.dumps(body).encode()))
+    first, second = complete(OpenAIProvider(), req(n=2))
+    assert (first.text, second.text) == ("I can't", "second")
+    assert first.finish_reason == "content_filter"
+    assert first.usage == (0, 0) and first.cost is None  # no usage reported: cost unknown
+
+
+def test_headers_go_to_on_headers_on_success_only(openai_server):
+    seen: list[dict] = []
+    provider = OpenAIProvider()
+    provider.on_headers = seen.append
+    complete_all(provider, [req(f"q{i}") for i in range(3)])
+    assert len(seen) == 3
+    assert all(h["x-ratelimit-limit-requests"] == "10000" for h in seen)
+    assert all("x-ratelimit-remaining-tokens" in h and "x-request-id" in h for h in seen)
+    openai_server.script("rate_limit")
+    err = fail(provider, req())
+    assert len(seen) == 3  # failures carry their headers instead
+    assert err.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_many_concurrent_slow_requests_are_served_in_parallel(openai_server):
+    openai_server.latency = 0.3
+    results = complete_all(OpenAIProvider(), [req(f"q{i}") for i in range(120)])
+    assert [r[0].text for r in results] == [f"echo: q{i}" for i in range(120)]
+    assert openai_server.max_in_flight >= 100  # served together, not one after another
+
+
+def test_slow_response_arrives(openai_server):
+    openai_server.script(Fault("slow", delay=0.2))
+    [r] = complete(OpenAIProvider(), req())
+    assert r.text == "echo: hello" and r.latency >= 0.2
+
+
+# ------------------------------------------------------------------------- errors
+
+STATUS_CASES = [
+    ("auth", errors.AuthenticationError, 401, "OPENAI_API_KEY"),
+    ("forbidden", errors.AuthenticationError, 403, "OPENAI_API_KEY"),
+    ("not_found", errors.ModelNotFoundError, 404, "gpt-4o-mini"),
+    ("context_length", errors.ContextLengthError, 400, "context window"),
+    ("bad_request", errors.BadRequestError, 400, "invalid"),
+    ("quota", errors.QuotaExceededError, 429, "billing"),
+    ("server", errors.ServerError, 500, "transient"),
+    (Fault("server", status=503), errors.ServerError, 503, "transient"),
+    ("overloaded", errors.ServerError, 503, "transient"),
+]
+
+
+@pytest.mark.parametrize("fault,cls,status,words", STATUS_CASES)
+def test_status_errors_map_to_ember_errors(openai_server, fault, cls, status, words):
+    openai_server.script(fault)
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is cls
+    assert (err.provider, err.model, err.status) == ("openai", "openai/gpt-4o-mini", status)
+    assert words in str(err) and "openai/gpt-4o-mini" in str(err)
+    assert err.headers["content-type"] == "application/json"
+    assert OPENAI_KEY not in str(err) and OPENAI_KEY not in repr(err)
+    assert len(openai_server.requests) == 1  # the SDK never retries
+    assert err.transient == (cls is errors.ServerError)
+
+
+def test_api_key_echoed_by_the_server_is_scrubbed(openai_server):
+    openai_server.script("auth")  # the fake echoes the whole key in its message
+    err = fail(OpenAIProvider(), req())
+    assert OPENAI_KEY in openai_server.requests[0].response["error"]["message"]
+    assert OPENAI_KEY not in str(err) and OPENAI_KEY not in repr(err) and "***" in str(err)
+    assert err.__cause__ is None and err.__suppress_context__
+
+
+@pytest.mark.parametrize("fault,expected", [
+    (Fault("rate_limit", retry_after=2), 2.0),
+    (Fault("rate_limit", retry_after=3, retry_after_ms=1500), 1.5),
+    (Fault("rate_limit", retry_after=None, retry_after_ms=250), 0.25),
+    (Fault("rate_limit", retry_after=None), 1.0),  # x-ratelimit-reset-requests: 1s
+])
+def test_rate_limit_retry_after(openai_server, fault, expected):
+    openai_server.script(fault)
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.RateLimitError and err.transient
+    assert err.retry_after == pytest.approx(expected)
+    assert f"{expected:.2f}s" in str(err)
+    assert "billing" in openai_server.requests[0].response["error"]["message"]
+
+
+def test_rate_limit_retry_after_http_date(openai_server):
+    openai_server.script(Fault("rate_limit", retry_after=5, retry_after_date=True))
+    err = fail(OpenAIProvider(), req())
+    assert isinstance(err, errors.RateLimitError) and 3 <= err.retry_after <= 5
+
+
+def test_429_without_any_retry_hint_is_quota(openai_server):
+    openai_server.script(Fault("server", status=429))  # no retry-after, no reset headers
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.QuotaExceededError and err.retry_after is None
+    assert not err.transient
+
+
+def test_requests_per_minute_limiter(openai_server):
+    openai_server.rpm = 2
+    results = [complete_all(OpenAIProvider(), [req(f"q{i}")])[0] for i in range(3)]
+    assert [r.text for r in results[0] + results[1]] == ["echo: q0", "echo: q1"]
+    err = results[2]
+    assert isinstance(err, errors.RateLimitError) and 50 < err.retry_after <= 60
+    assert len(openai_server.requests) == 3
+
+
+def test_dropped_connection(openai_server):
+    openai_server.script("drop")
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ConnectionError and err.transient
+    assert "Server disconnected" in str(err) and "OPENAI_BASE_URL" in str(err)
+    assert (err.provider, err.model) == ("openai", "openai/gpt-4o-mini")
+    assert len(openai_server.requests) == 1
+
+
+def test_connection_refused(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://user:pw@127.0.0.1:{port}/v1?x=1")
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ConnectionError
+    assert f"http://127.0.0.1:{port}/v1 " in str(err) and "pw" not in str(err)
+
+
+def test_timeout(openai_server):
+    openai_server.script(Fault("slow", delay=1.0))
+    err = fail(OpenAIProvider(timeout=0.2), req())
+    assert isinstance(err, errors.TimeoutError) and isinstance(err, builtins.TimeoutError)
+    assert "0.2s" in str(err) and "openai/gpt-4o-mini" in str(err)
+    assert len(openai_server.requests) == 1
+
+
+@pytest.mark.parametrize("body,words", [
+    (None, "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"id": "x"}', "no choices"),
+    (b'{"choices": []}', "no choices"),
+    (b'{"choices": [{"index": 0}]}', "no message"),
+    (b'{"choices": [{"message": {"content": 5}}]}', "not text"),
+])
+def test_malformed_bodies(openai_server, body, words):
+    openai_server.script(Fault("malformed", body=body))
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ResponseFormatError and err.transient
+    assert words in str(err) and err.provider == "openai"
+
+
+def test_wrong_number_of_choices(openai_server):
+    openai_server.script(Fault("malformed", body=b'{"choices": [{"message": {"content": "x"}}]}'))
+    err = fail(OpenAIProvider(), req(n=2))
+    assert isinstance(err, errors.ResponseFormatError) and "n=2" in str(err)
+
+
+def test_html_error_page(openai_server):
+    openai_server.script(Fault("server", status=502, body=b"<html>Bad gateway</html>"))
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ServerError and err.status == 502 and "Bad gateway" in str(err)
+
+
+def test_missing_key_names_the_variable(openai_server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    err = fail(OpenAIProvider(), req())
+    assert isinstance(err, errors.MissingAPIKeyError) and err.env_var == "OPENAI_API_KEY"
+    assert "OPENAI_API_KEY" in str(err) and not openai_server.requests
+
+
+def test_model_id_without_model(openai_server):
+    err = fail(OpenAIProvider(), build_request("openai", "", "hi", {}))
+    assert isinstance(err, errors.ConfigurationError) and "openai/gpt-4o-mini" in str(err)
+
+
+def test_unknown_exceptions_propagate(openai_server):
+    provider = OpenAIProvider()
+
+    async def broken(client, params):
+        raise RuntimeError("a bug")
+
+    provider.send = broken
+    with pytest.raises(RuntimeError, match="a bug"):
+        complete(provider, req())
+
+
+def test_sdk_and_transport_exceptions_map():
+    import httpx2
+    import openai
+
+    provider, request = OpenAIProvider(), req()
+    http_request = httpx2.Request("POST", "http://x/v1/chat/completions")
+    response = httpx2.Response(200, request=http_request, text="{}")
+    mapped = provider.map_error(openai.APIResponseValidationError(response, {}), request)
+    assert isinstance(mapped, errors.ResponseFormatError)
+    assert isinstance(provider.map_error(httpx2.ReadError("gone"), request), errors.ConnectionError)
+    assert isinstance(provider.map_error(httpx2.ReadTimeout("slow"), request), errors.TimeoutError)
+    assert provider.map_error(KeyError("x"), request) is None
+
+
+# ----------------------------------------------------------- clients and settings
+
+
+def test_clients_are_pooled_per_loop_and_follow_the_environment(openai_server, monkeypatch):
+    provider = OpenAIProvider()
+
+    async def same_loop():
+        try:
+            a, b = provider.client(), provider.client()
+            await provider.complete(req("one"))
+            monkeypatch.setenv("OPENAI_BASE_URL", other.url)
+            c = provider.client()
+            await provider.complete(req("two"))
+            return a, b, c
+        finally:
+            await provider.aclose()
+
+    with FakeOpenAI() as other:
+        a, b, c = asyncio.run(same_loop())
+        other_url = other.url
+    assert a is b and c is not a
+    assert [r.body["messages"][-1]["content"] for r in openai_server.requests] == ["one"]
+    assert [r.body["messages"][-1]["content"] for r in other.requests] == ["two"]
+    outside = provider.client()  # outside a loop: a client for inspection
+    assert str(outside.base_url) == other_url + "/" and outside.max_retries == 0
+    asyncio.run(provider.aclose())
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # dropped clients' sockets
+def test_clients_of_closed_loops_are_dropped(openai_server):
+    provider = OpenAIProvider()
+
+    async def call():
+        await provider.complete(req("again"))
+
+    for _ in range(3):  # each asyncio.run is a new loop; the old loops' clients go
+        asyncio.run(call())
+    assert len(provider._pool._by_loop) == 1
+    assert len(openai_server.requests) == 3
+    del provider
+    gc.collect()  # let the sockets go while the warnings are ignored
+
+
+def test_registry_builds_the_openai_provider(openai_server):
+    provider, name = providers.resolve("gpt-4o-mini")
+    assert isinstance(provider, OpenAIProvider) and name == "gpt-4o-mini"
+    assert provider.supports_n and provider.name == "openai"
+    assert providers.get("openai") is provider
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def test_parse_retry_after_variants():
+    assert parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after-ms": "x", "retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "-3"}) == 0.0
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00"}) == 0.0  # past, naive
+
+
+def test_reset_hint_variants():
+    assert reset_hint({}) is None
+    assert reset_hint({"x-ratelimit-reset-requests": "6m0s", "x-ratelimit-remaining-requests": "0",
+                       "x-ratelimit-reset-tokens": "1h", "x-ratelimit-remaining-tokens": "5"}) == 360
+    assert reset_hint({"x-ratelimit-reset-tokens": "20ms"}) == pytest.approx(0.02)
+    assert reset_hint({"x-ratelimit-reset-tokens": "soon"}) is None
+    assert reset_hint({"anthropic-ratelimit-tokens-reset": "2000-01-01T00:00:00"}) == 0.0
+    assert reset_hint({"anthropic-ratelimit-tokens-reset": "garbage"}) is None
+
+
+def test_split_tokens():
+    assert split_tokens(10, [1, 1, 1]) == [4, 3, 3]
+    assert split_tokens(7, [0, 0]) == [4, 3]
+    assert split_tokens(9, [8, 1]) == [8, 1]
+    assert split_tokens(5, []) == []
+
+
+def test_scrub_and_safe_url():
+    key = "my-very-secret-key"
+    text = f"key {key} and sk-abcdefghijklmnop and Bearer abc.def, x-api-key: zzz"
+    assert scrub(text, key, None) == "key *** and sk-*** and Bearer ***, x-api-key: ***"
+    assert safe_url("https://u:p@host:8443/v1?token=t") == "https://host:8443/v1"
+    assert safe_url(None) == ""
+
+
+def test_error_fields_shapes():
+    assert error_fields({"error": {"message": "m", "type": "t"}}, "f") == ("m", "t")
+    assert error_fields({"message": "m", "code": "c"}, "f") == ("m", "c")
+    assert error_fields({"error": "just text"}, "f") == ("f", "")
+    assert error_fields("<html>", "f") == ("<html>", "")
+    assert error_fields(None, "f") == ("f", "")
+
+
+def test_reasoning_model_names():
+    assert all(map(is_reasoning_model, ["o1", "o3-mini", "o4-mini-2025", "gpt-5", "GPT-5-nano"]))
+    assert not any(map(is_reasoning_model, ["gpt-4o", "o10", "gpt-50", "ollama-o1"]))
