@@ -6,8 +6,9 @@
 
 from ._compose import chain, ensemble
 from ._inspect import inspect
-from ._jit import jit, op
+from ._jit import jit
 from ._models import amodels, models
+from ._op import op
 from ._response import Response, Usage
 from ._vmap import vmap
 from .errors import (

@@ -34,12 +34,13 @@ from ._response import Response
 from ._runtime import run_async, run_sync
 from .backends.local import execute, node_request
 from .backends.memo import MISSING, Memo
+from .backends.policy import current_options
 from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
-from .ir.trace import (UNKNOWN, StopTrace, Suspend, Traced, TraceState, current_trace,
+from .ir.trace import (UNKNOWN, StopTrace, Suspend, TraceState, current_trace,
                        trace_var)
 
-__all__ = ["jit", "Jitted", "op", "CompiledEntry", "MAX_ROUNDS", "signature_of",
+__all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
            "trace_inputs", "advance"]
 
 MAX_ROUNDS = 64  # suspend-and-replay rounds before falling back to plain execution
@@ -187,12 +188,12 @@ class Jitted:
 
     def entry(self, *args: Any, **kwargs: Any) -> CompiledEntry | None:
         """The cache entry for these arguments' signature, if traced."""
-        return self.cache.get(signature_of((args, kwargs)))
+        return self.cache.get((signature_of((args, kwargs)), current_options()))
 
     # The program is a generator of steps, so one driver serves def and async def:
     # ("call", thunk) runs the user's function, ("run", coroutine) runs on the backend.
     def _program(self, args: tuple, kwargs: dict) -> Generator[Step, Any, Any]:
-        sig = signature_of((args, kwargs))
+        sig = (signature_of((args, kwargs)), current_options())  # retry/timeout scope too
         entry = self.cache.get(sig)
         if entry is None:
             entry = self.cache[sig] = CompiledEntry()
@@ -376,60 +377,3 @@ def jit(fn: Callable | None = None, *, fullgraph: bool = False, verify: bool = F
     if fn is None:
         return lambda f: Jitted(f, fullgraph=fullgraph, verify=verify)
     return Jitted(fn, fullgraph=fullgraph, verify=verify)
-
-
-# ---- ember.op ---------------------------------------------------------------------------
-def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
-    """Mark a Python function as one opaque graph node that runs on real values.
-
-    Inside a trace, calling it with traced arguments records a ``call`` node instead of
-    running it (like ``torch.fx.wrap``), so its inner Python is no graph break.
-    ``effectful=True`` keeps it even when its result is unused.
-    """
-    if fn is None:
-        return lambda f: op(f, effectful=effectful)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        state = current_trace()
-        if state is None:
-            return fn(*args, **kwargs)
-        from .ir.trace import has_traced, user_location, wrap
-
-        if not has_traced((args, kwargs), state):
-            return fn(*args, **kwargs)
-        loc = user_location(2)
-        names = tuple(kwargs)
-        atoms = [_op_atom(state, a, loc) for a in (*args, *kwargs.values())]
-        params = {"fn": fn, "kwargs": names}
-        if effectful:
-            params["effectful"] = True
-        var = state.add("call", atoms, params, None, loc)
-        return wrap(state, var)
-
-    wrapper.__ember_op__ = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _op_atom(state: TraceState, value: Any, loc: str | None) -> Any:
-    if isinstance(value, (list, tuple)) and not isinstance(value, Traced):
-        atoms = [_op_atom(state, v, loc) for v in value]
-        if all(isinstance(a, Lit) for a in atoms):
-            return Lit(tuple(a.value for a in atoms)) if isinstance(value, tuple) else \
-                _list_lit(state, value, atoms, loc)
-        kind = "tuple" if isinstance(value, tuple) else "list"
-        return state.add("pack", atoms, {"kind": kind}, None, loc)
-    if isinstance(value, dict):
-        atoms = [_op_atom(state, v, loc) for v in value.values()]
-        return state.add("pack", atoms, {"kind": "dict", "keys": tuple(value)}, None, loc)
-    atom = state.atomize(value, loc)
-    if isinstance(atom, Lit):
-        try:
-            hash(atom.value)
-        except TypeError:
-            raise StopTrace("an unhashable constant passed to an ember.op") from None
-    return atom
-
-
-def _list_lit(state: TraceState, value: list, atoms: list, loc: str | None) -> Any:
-    return state.add("pack", atoms, {"kind": "list"}, None, loc)

@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import sys
-import time
 from typing import Any, Sequence
 
 __all__ = ["main"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from .graph import Graph, Lit, Node, Var
+from .graph import Graph, Node, Var
 
 __all__ = ["format_graph", "format_node", "to_dot", "to_mermaid"]
 
@@ -55,8 +55,8 @@ def _options_repr(options: Any) -> str:
     parts = []
     if options.retry != DEFAULT_RETRY:
         parts.append(f"retry={options.retry.max_attempts}")
-    if options.deadline is not None:
-        parts.append("deadline")
+    if options.timeout is not None:
+        parts.append(f"timeout={options.timeout:g}s")
     return "{" + ", ".join(parts) + "}"
 
 
