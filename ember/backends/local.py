@@ -18,7 +18,7 @@ from ..ir.graph import Graph, Lit, Node, Var
 from ..ir.ops import OPS
 from .dispatch import send, send_batch
 from .memo import MISSING, Memo
-from .policy import CallOptions
+from .policy import CallOptions, deadlines_var
 
 __all__ = ["execute", "node_request", "split_model"]
 
@@ -121,7 +121,7 @@ class _Run:
     async def _batch(self, node: Node, requests: list[Request], options: CallOptions,
                      priority: float) -> list[Any]:
         provider = providers.get(requests[0].provider)
-        locs = list(node.param("locs", ())) or [node.loc] * len(requests)
+        locs = list(node.meta.get("locs") or node.param("locs", ())) or [node.loc] * len(requests)
         if provider.supports_batch and len(requests) > 1:
             from .dispatch import send_as_batch
 
@@ -157,6 +157,16 @@ class _Run:
 async def execute(graph: Graph, inputs: list[Any], memo: Memo | None = None,
                   known: dict[int, Any] | None = None) -> dict[int, Any]:
     """Run a graph; returns var id -> value (exceptions in place of failed values)."""
+    # time limits start per execution, when a region's first call starts
+    token = deadlines_var.set(dict(deadlines_var.get() or {}))
+    try:
+        return await _execute(graph, inputs, memo, known)
+    finally:
+        deadlines_var.reset(token)
+
+
+async def _execute(graph: Graph, inputs: list[Any], memo: Memo | None,
+                   known: dict[int, Any] | None) -> dict[int, Any]:
     env: dict[int, Any] = dict(known or {})
     for var, value in zip(graph.inputs, inputs, strict=True):
         env[var.id] = value

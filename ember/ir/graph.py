@@ -56,8 +56,6 @@ class Node:
 
     def __init__(self, op: str, inputs: Iterable[Atom], params: dict[str, Any] | tuple,
                  out: Var, loc: str | None = None, meta: dict[str, Any] | None = None) -> None:
-        from .ops import OPS
-
         if op not in OPS:
             raise GraphError(f"unknown op {op!r}; ops are {', '.join(sorted(OPS))}")
         self.op = op
@@ -120,8 +118,6 @@ class Graph:
 
 def check_graph(graph: Graph) -> Graph:
     """Verify: every var is defined once before use; node types follow the op's type rule."""
-    from .ops import OPS
-
     defined: dict[int, Var] = {}
     for v in graph.inputs:
         if v.id in defined:
@@ -155,3 +151,6 @@ def _around(graph: Graph, i: int) -> str:
     lo, hi = max(0, i - 2), min(len(graph.nodes), i + 3)
     lines = [("--> " if j == i else "    ") + format_node(graph.nodes[j]) for j in range(lo, hi)]
     return "\n" + "\n".join(lines)
+
+
+from .ops import OPS  # noqa: E402  (ops' type rules refer back to Var)

@@ -72,9 +72,12 @@ _stats = SimStats()
 
 def configure(**options: Any) -> SimConfig:
     """Change the simulated model's behaviour (latency, error_rate, fail_on, ...)."""
-    for key, value in options.items():
+    for key in options:
         if not hasattr(_config, key):
             raise TypeError(f"sim has no option {key!r}; options: {', '.join(vars(_config))}")
+    if "latency" in options:  # a bad distribution fails here, not inside a later call
+        _sample_latency(options["latency"], random.Random(0))
+    for key, value in options.items():
         setattr(_config, key, value)
     if "seed" in options:
         SimProvider.rng = random.Random(options["seed"])
@@ -95,7 +98,10 @@ def reset_stats() -> None:
 def _sample_latency(spec: Any, rng: random.Random) -> float:
     if isinstance(spec, (int, float)):
         return float(spec)
-    kind, a, b = spec
+    try:
+        kind, a, b = spec
+    except (TypeError, ValueError):
+        raise ValueError(f"sim latency must be seconds or (kind, a, b), got {spec!r}") from None
     if kind == "fixed":
         return float(a)
     if kind == "uniform":
@@ -148,7 +154,8 @@ class SimProvider(Provider):
             for req in requests:
                 st.prompts.append(req.prompt_text())
                 start = self._first_sample(req)
-                out.append([self._answer(req, start + i, delay) for i in range(req.n)])
+                out.append([self._answer(req, start + i, delay, first=i == 0)
+                            for i in range(req.n)])
                 st.completions += req.n
             return out
         finally:
@@ -161,7 +168,7 @@ class SimProvider(Provider):
         self.sample_counters[req.key] = start + req.n
         return start
 
-    def _answer(self, req: Request, sample: int, latency: float) -> Response:
+    def _answer(self, req: Request, sample: int, latency: float, first: bool = True) -> Response:
         if req.deterministic(self.default_temperature):
             sample = 0
         prompt = req.prompt_text()
@@ -172,7 +179,8 @@ class SimProvider(Provider):
         out_tokens = estimate_tokens(text)
         if max_tokens is not None and out_tokens > max_tokens:
             text, out_tokens, finish = text[: max_tokens * 4], max_tokens, "length"
-        in_tokens = estimate_tokens(prompt) + 4 * len(req.messages)
+        # the prompt is billed once per request: on its first answer
+        in_tokens = estimate_tokens(prompt) + 4 * len(req.messages) if first else 0
         from .prices import cost_of
 
         return Response(
@@ -203,14 +211,36 @@ def _generate(req: Request, prompt: str, h: int) -> str:
     return (f"[{h % 10_000:04d}] " + " ".join(words)).rstrip() + "."
 
 
-def _from_schema(schema: dict, rng: random.Random, topic: list[str]) -> Any:
-    kind = schema.get("type")
+def _from_schema(schema: dict, rng: random.Random, topic: list[str],
+                 root: dict | None = None, depth: int = 0) -> Any:
+    root = schema if root is None else root
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):  # pydantic's nested models and enums
+        target: Any = root
+        for part in ref.lstrip("#").strip("/").split("/") if ref != "#" else ():
+            target = target.get(part) if isinstance(target, dict) else None
+        return _from_schema(target if isinstance(target, dict) else {}, rng, topic, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
     if "enum" in schema:
         return rng.choice(schema["enum"])
+    for key in ("anyOf", "oneOf", "allOf"):  # Optional[X] is anyOf [X, null]: choose X
+        options = [o for o in schema.get(key) or () if isinstance(o, dict)]
+        if options:
+            chosen = next((o for o in options if o.get("type") != "null"), options[0])
+            return _from_schema(chosen, rng, topic, root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):  # {"type": ["integer", "null"]}
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "null":
+        return None
     if kind == "object" or "properties" in schema:
-        return {k: _from_schema(v, rng, topic) for k, v in schema.get("properties", {}).items()}
+        return {k: _from_schema(v, rng, topic, root, depth + 1)
+                for k, v in schema.get("properties", {}).items()}
     if kind == "array":
-        return [_from_schema(schema.get("items", {}), rng, topic) for _ in range(rng.randint(1, 3))]
+        count = rng.randint(1, 3) if depth < 6 else 0  # recursive schemas end
+        return [_from_schema(schema.get("items", {}), rng, topic, root, depth + 1)
+                for _ in range(count)]
     if kind == "integer":
         return rng.randint(0, 100)
     if kind == "number":

@@ -1,0 +1,90 @@
+"""Common-subexpression elimination: merge identical nodes.
+
+Two nodes are identical when they have the same op, params and inputs (after the
+inputs themselves were merged). One forward sweep with a hash table keyed by that
+triple, so the pass is linear in the graph size.
+
+Model calls merge only when they are deterministic (``deterministic=True`` on an
+``llm`` node; every element of an ``llm_batch``): a sampled call is a distinct
+sample, and merging two would silently break self-consistency and ensembles.
+Effectful nodes never merge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.graph import Graph, Lit, Node, Var
+from ..ir.ops import is_effectful
+from .dce import CALL_OPS, carry_meta, clone, plural
+
+__all__ = ["cse", "CseStats", "mergeable"]
+
+_LIT = object()  # tags literal keys apart from var ids
+
+
+@dataclass(frozen=True)
+class CseStats:
+    merged_nodes: int = 0
+    merged_calls: int = 0  # model-call nodes among them
+
+    @property
+    def summary(self) -> str:
+        if not self.merged_nodes:
+            return "cse: nothing merged"
+        return (f"cse: merged {plural(self.merged_calls, 'llm call')}, "
+                f"{plural(self.merged_nodes, 'node')}")
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+def mergeable(node: Node) -> bool:
+    if is_effectful(node):
+        return False
+    if node.op == "llm":
+        return node.param("deterministic", False) is True
+    if node.op == "llm_batch":
+        flags = node.param("deterministic", ())
+        return bool(flags) and all(f is True for f in flags)
+    return node.op not in CALL_OPS
+
+
+def cse(graph: Graph) -> tuple[Graph, CseStats]:
+    subst: dict[int, Var] = {}  # merged var id -> the representative's var
+    table: dict[tuple, Var] = {}
+    nodes: list[Node] = []
+    merged = merged_calls = 0
+    for node in graph.nodes:
+        ins = node.inputs
+        if subst:
+            for a in ins:
+                if isinstance(a, Var) and a.id in subst:
+                    ins = tuple(subst.get(b.id, b) if isinstance(b, Var) else b for b in ins)
+                    node = clone(node, inputs=ins)
+                    break
+        if mergeable(node):
+            # same op, params and inputs -> same value; literals are type-tagged because
+            # 1, 1.0 and True format differently (the output type follows from the rest)
+            key = (node.op, node.params,
+                   tuple([a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value)
+                          for a in ins]))
+            try:
+                rep = table.get(key)
+            except TypeError:  # an unhashable literal: leave the node alone
+                rep = key = None
+            if rep is not None:
+                subst[node.out.id] = rep
+                merged += 1
+                merged_calls += node.op in CALL_OPS
+                continue
+            if key is not None:
+                table[key] = node.out
+        nodes.append(node)
+    if not merged:
+        return (Graph(list(graph.inputs), nodes, list(graph.outputs), dict(graph.meta)),
+                CseStats())
+    outputs: list[Var | Lit] = [subst.get(a.id, a) if isinstance(a, Var) else a
+                                for a in graph.outputs]
+    return (Graph(list(graph.inputs), nodes, outputs, carry_meta(graph)),
+            CseStats(merged, merged_calls))

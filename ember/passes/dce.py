@@ -1,0 +1,111 @@
+"""Dead-code elimination: drop every node that cannot reach an output.
+
+Model calls are dropped like anything else (an unused call still costs money).
+Effectful nodes (``ops.is_effectful``: an impure op, or ``effectful=True`` in a
+``call``'s params) are kept with everything they need.
+
+Also home of the small counting helpers the other passes share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.graph import Graph, Node, Var
+from ..ir.ops import OPS, is_effectful
+
+__all__ = ["dce", "DceStats", "CALL_OPS", "completions", "count_calls", "plural",
+           "carry_meta", "clone"]
+
+CALL_OPS = frozenset(name for name, d in OPS.items() if d.calls_model)  # model-call ops
+_SLOTS = ("op", "inputs", "params", "out", "loc", "meta")
+_FAST_CLONE = tuple(Node.__slots__) == _SLOTS
+
+
+def clone(node: Node, *, inputs: tuple | None = None, meta: dict | None = None) -> Node:
+    """A new node like ``node.replace(inputs=..., meta=...)``, without re-running the
+    checks the node's constructor already made (known op, hashable params): ~0.2 µs
+    instead of ~1.5 µs, which matters for passes that touch every node."""
+    if not _FAST_CLONE:  # Node grew a field: take the general path
+        changes = {k: v for k, v in (("inputs", inputs), ("meta", meta)) if v is not None}
+        return node.replace(**changes)
+    new = Node.__new__(Node)
+    new.op = node.op
+    new.inputs = node.inputs if inputs is None else tuple(inputs)
+    new.params = node.params
+    new.out = node.out
+    new.loc = node.loc
+    new.meta = dict(node.meta) if meta is None else meta
+    return new
+
+
+def completions(node: Node) -> int:
+    """Answers a model-call node produces: ``n`` for ``llm``, one per pair for ``llm_batch``."""
+    if node.op == "llm":
+        return node.param("n", 1)
+    if node.op == "llm_batch":
+        return len(node.inputs) // 2
+    return 0
+
+
+def count_calls(graph: Graph) -> tuple[int, int]:
+    """(model-call nodes, completions) in a graph."""
+    calls = done = 0
+    call_ops = CALL_OPS
+    for node in graph.nodes:
+        if node.op in call_ops:
+            calls += 1
+            done += completions(node)
+    return calls, done
+
+
+def carry_meta(graph: Graph) -> dict:
+    """Graph meta for a rewritten graph: analyses of the old shape (the estimate) dropped."""
+    return {k: v for k, v in graph.meta.items() if k != "estimate"}
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+@dataclass(frozen=True)
+class DceStats:
+    removed_nodes: int = 0
+    removed_calls: int = 0  # model-call nodes among them
+    kept_effectful: int = 0  # nodes kept only because they are effectful
+
+    @property
+    def summary(self) -> str:
+        if not self.removed_nodes:
+            return "dce: nothing removed"
+        return (f"dce: removed {plural(self.removed_calls, 'llm call')}, "
+                f"{plural(self.removed_nodes, 'node')}")
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+def dce(graph: Graph) -> tuple[Graph, DceStats]:
+    """Keep the nodes that outputs or effectful nodes (transitively) need."""
+    live: set[int] = {a.id for a in graph.outputs if isinstance(a, Var)}
+    keep: list[Node] = []
+    removed = calls = effectful_only = 0
+    for node in reversed(graph.nodes):  # one backward sweep: users come after producers
+        if node.out.id in live:
+            pass
+        elif is_effectful(node):
+            effectful_only += 1
+        else:
+            removed += 1
+            calls += node.op in CALL_OPS
+            continue
+        keep.append(node)
+        for a in node.inputs:
+            if isinstance(a, Var):
+                live.add(a.id)
+    if not removed:
+        out = Graph(list(graph.inputs), list(graph.nodes), list(graph.outputs), dict(graph.meta))
+    else:
+        keep.reverse()
+        out = Graph(list(graph.inputs), keep, list(graph.outputs), carry_meta(graph))
+    return out, DceStats(removed, calls, effectful_only)

@@ -1,0 +1,387 @@
+"""A static estimate of what a graph will cost, before anything runs.
+
+Prompt tokens: literal text is counted (tiktoken for OpenAI models when it is
+installed and its encoding loads -- the first use may download it, a failure falls
+back for the rest of the process, ``EMBER_TIKTOKEN=0`` turns it off -- else a
+calibrated ~4 characters a token, the heuristic the ``sim`` model bills by). A
+``format`` node is its literal segments plus its inputs; a traced input is counted
+from an example value when ``inputs=[...]`` is given (``None`` for an unknown one),
+else taken as ``DEFAULT_INPUT_TOKENS``; a model output spliced into a later prompt
+counts its call's output range. Each message adds ``MESSAGE_OVERHEAD`` tokens. An
+``n=k`` request bills its prompt once where the provider supports ``n``.
+
+Output tokens per completion: worst case is the call's ``max_tokens`` or the
+per-provider default ``DEFAULT_OUTPUT_TOKENS`` (``FALLBACK_OUTPUT_TOKENS`` otherwise);
+the low end is a typical figure, a quarter of the worst case.
+
+Latency per request: ``sim`` uses its configured latency (a number, or the mean of
+its distribution); other providers ``BASE_LATENCY + PER_TOKEN_LATENCY * worst-case
+output tokens``. Pass ``latency=`` (seconds, or ``fn(node) -> seconds``) to override.
+The critical path is the longest chain of request latencies through the graph.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..ir.graph import Graph, Node, Var
+from ..providers.prices import price_for
+from .dce import CALL_OPS, completions, plural
+from .fuse import CapsCache, split_model
+
+__all__ = ["Estimate", "estimate", "analyze", "count_tokens", "output_tokens",
+           "DEFAULT_INPUT_TOKENS", "DEFAULT_OUTPUT_TOKENS", "FALLBACK_OUTPUT_TOKENS",
+           "MESSAGE_OVERHEAD", "BASE_LATENCY", "PER_TOKEN_LATENCY"]
+
+DEFAULT_INPUT_TOKENS = 100  # a traced input without an example value
+# worst-case output tokens of a call without max_tokens; sim answers stay under ~80
+DEFAULT_OUTPUT_TOKENS: dict[str, int] = {"sim": 128}
+FALLBACK_OUTPUT_TOKENS = 1024
+MESSAGE_OVERHEAD = 4  # role and framing tokens per message
+BASE_LATENCY = 0.4  # seconds per request, plus
+PER_TOKEN_LATENCY = 0.01  # seconds per worst-case output token
+_SMALL = (2.0, 8.0)  # a formatted number or short name (usage, cost, model, ...)
+_DEFAULT_IN = (float(DEFAULT_INPUT_TOKENS), float(DEFAULT_INPUT_TOKENS))
+
+Range = tuple[float, float]
+Latency = float | Callable[[Node], float] | None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    requests: int = 0  # round trips after fusion
+    calls: int = 0  # model-call nodes
+    completions: int = 0  # answers produced
+    input_tokens: int = 0  # worst case
+    input_tokens_min: int = 0
+    output_tokens_max: int = 0
+    output_tokens_min: int = 0
+    cost_min: float | None = 0.0  # USD; None when a model's price is unknown
+    cost_max: float | None = 0.0
+    critical_path_seconds: float = 0.0
+    unpriced: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        def rng(lo: float, hi: float, fmt: str = "{:,}") -> str:
+            return fmt.format(hi) if lo == hi else f"{fmt.format(lo)} - {fmt.format(hi)}"
+
+        if self.cost_min is None or self.cost_max is None:
+            cost = "unknown (no price for " + ", ".join(self.unpriced) + ")"
+        else:
+            cost = rng(self.cost_min, self.cost_max, "${:.6f}")
+        return "\n".join([
+            f"{plural(self.requests, 'request')} ({plural(self.calls, 'llm call')}, "
+            f"{plural(self.completions, 'completion')})",
+            f"  input tokens   {rng(self.input_tokens_min, self.input_tokens)}",
+            f"  output tokens  {rng(self.output_tokens_min, self.output_tokens_max)}"
+            " (worst case)",
+            f"  cost           {cost}",
+            f"  critical path  {self.critical_path_seconds:.2f} s",
+        ])
+
+
+# ---- tokens ------------------------------------------------------------------------
+_encodings: dict[str, Any] = {}
+_tiktoken_ok = os.environ.get("EMBER_TIKTOKEN", "1") != "0"
+
+
+def _encoding(name: str) -> Any:
+    """tiktoken's encoding for an OpenAI model, or None. Loaded lazily and cached; a
+    failure (not installed, encoding not downloadable offline) is remembered."""
+    global _tiktoken_ok
+    if not _tiktoken_ok:
+        return None
+    if name in _encodings:
+        return _encodings[name]
+    try:
+        import tiktoken
+
+        try:
+            enc = tiktoken.encoding_for_model(name)
+        except KeyError:
+            enc = tiktoken.get_encoding("o200k_base")
+    except Exception:
+        _tiktoken_ok = False
+        return None
+    _encodings[name] = enc
+    return enc
+
+
+_chars = lambda text: len(text) / 4  # noqa: E731 - ceil'd once per call, as sim bills
+
+
+def _counter(model: str) -> tuple[str, Callable[[str], float]]:
+    """(kind, count) for a model: tiktoken for OpenAI models if available, else ~4 chars."""
+    provider, name = split_model(model)
+    enc = _encoding(name) if provider == "openai" else None
+    if enc is None:
+        return "chars", _chars
+    return enc.name, lambda text: len(enc.encode(text, disallowed_special=()))
+
+
+def count_tokens(text: str, model: str = "sim") -> int:
+    """Tokens of a text for a model (tiktoken for OpenAI models if available, else ~4 chars)."""
+    return math.ceil(_counter(model)[1](text))
+
+
+def output_tokens(node: Node) -> int:
+    """Worst-case output tokens of one completion of a model-call node."""
+    return _max_tokens(node.param("params", ()), split_model(node.param("model", ""))[0])
+
+
+def _max_tokens(params: tuple, provider: str) -> int:
+    for k, v in params:
+        if k == "max_tokens" and isinstance(v, int):
+            return v
+    return DEFAULT_OUTPUT_TOKENS.get(provider, FALLBACK_OUTPUT_TOKENS)
+
+
+# ---- text sizes through the graph ----------------------------------------------------
+def _text_range(value: Any, count: Callable[[str], float]) -> tuple[Range, Any]:
+    """(token range, item ranges or None) of a concrete value."""
+    if value is None:
+        return (0.0, 0.0), None
+    if isinstance(value, str):
+        t = count(value)
+        return (t, t), None
+    if isinstance(value, dict):
+        if "content" in value and isinstance(value["content"], str):  # a chat message
+            t = count(value["content"])
+            return (t, t), None
+        items = {k: _text_range(v, count)[0] for k, v in value.items()}
+        return _sum(items.values()), items
+    if isinstance(value, (list, tuple)):
+        items = [_text_range(v, count)[0] for v in value]
+        return _sum(items), items
+    if getattr(value, "_thunk", None) is not None:  # a pending Response: reading it sends it
+        return _DEFAULT_IN, None
+    text = getattr(value, "text", None)  # a Response
+    t = count(text if isinstance(text, str) else str(value))
+    return (t, t), None
+
+
+def _sum(ranges: Any) -> Range:
+    lo = hi = 0.0
+    for a, b in ranges:
+        lo += a
+        hi += b
+    return lo, hi
+
+
+class _Sizes:
+    """Token ranges of every var under one token counter (one forward sweep)."""
+
+    def __init__(self, graph: Graph, count: Callable[[str], float],
+                 inputs: Sequence[Any] | None) -> None:
+        self.count = count
+        self.rng: dict[int, Range] = {}
+        self.items: dict[int, Any] = {}  # var id -> per-item ranges (list or dict)
+        for i, v in enumerate(graph.inputs):
+            if inputs is not None and inputs[i] is not None:  # None: value unknown
+                self.rng[v.id], items = _text_range(inputs[i], count)
+                if items is not None:
+                    self.items[v.id] = items
+        self._sweep(graph.nodes)
+
+    def atom(self, a: Any) -> Range:
+        if isinstance(a, Var):
+            return self.rng.get(a.id, _DEFAULT_IN)
+        return _text_range(a.value, self.count)[0]
+
+    def atom_items(self, a: Any) -> Any:
+        if isinstance(a, Var):
+            return self.items.get(a.id)
+        return _text_range(a.value, self.count)[1]
+
+    def _sweep(self, nodes: list[Node]) -> None:
+        rng, items, count, atom = self.rng, self.items, self.count, self.atom
+        get = rng.get
+        chars = count is _chars
+        for node in nodes:
+            op, out = node.op, node.out.id
+            if op == "format":
+                segs = node.param("segments")
+                lo = hi = sum(map(len, segs)) / 4 if chars else sum(map(count, segs))
+                for a in node.inputs:
+                    r = get(a.id, _DEFAULT_IN) if isinstance(a, Var) else atom(a)
+                    lo += r[0]
+                    hi += r[1]
+                rng[out] = (lo, hi)
+            elif op == "attr" or op == "method":
+                a = node.inputs[0]
+                keep = op == "method" or node.param("name") == "text"  # text in, text out
+                rng[out] = (get(a.id, _DEFAULT_IN) if isinstance(a, Var) else atom(a)) \
+                    if keep else _SMALL
+            elif op == "llm" or op == "llm_batch":
+                hi = float(output_tokens(node))
+                one = (max(1.0, hi // 4), hi)
+                k = completions(node)
+                if op == "llm" and k == 1:
+                    rng[out] = one
+                else:
+                    items[out] = [one] * k
+                    rng[out] = (one[0] * k, one[1] * k)
+            elif op == "getitem":
+                whole, key = node.inputs[0], node.param("key")
+                try:
+                    rng[out] = self.atom_items(whole)[key]
+                except (TypeError, KeyError, IndexError):
+                    rng[out] = (0.0, atom(whole)[1])  # some part of a bigger value
+            elif op == "pack":
+                ranges = [atom(a) for a in node.inputs]
+                keys = node.param("keys")
+                rng[out] = _sum(ranges)
+                items[out] = dict(zip(keys, ranges)) if node.param("kind") == "dict" and keys \
+                    else ranges
+            else:  # call, or an op added later: a guess, the size of its inputs
+                rng[out] = _sum(map(atom, node.inputs))
+
+    def prompt(self, prompt: Any, system: Any) -> Range:
+        """Input tokens of one request: prompt, system, and the per-message framing."""
+        if isinstance(prompt, Var):
+            lo, hi = self.rng.get(prompt.id, _DEFAULT_IN)
+            items = self.items.get(prompt.id)
+        else:
+            (lo, hi), items = _text_range(prompt.value, self.count)
+        if isinstance(system, Var):
+            slo, shi = self.rng.get(system.id, _DEFAULT_IN)
+        elif system.value is None:
+            slo = shi = 0.0
+        else:
+            slo, shi = _text_range(system.value, self.count)[0]
+        over = MESSAGE_OVERHEAD * (len(items) if isinstance(items, list) and items else 1)
+        return math.ceil(lo + slo) + over, math.ceil(hi + shi) + over
+
+
+# ---- the estimate ---------------------------------------------------------------------
+def _sim_latency() -> float:
+    from ..providers import sim
+
+    spec = sim._config.latency
+    if isinstance(spec, (int, float)):
+        return float(spec)
+    kind, a, b = spec
+    if kind == "uniform":
+        return (a + b) / 2
+    if kind == "lognormal":  # a = median, b = p95: the mean is median * exp(sigma^2 / 2)
+        sigma = max(1e-9, math.log(b / a) / 1.645)
+        return a * math.exp(sigma * sigma / 2)
+    return float(a)
+
+
+class _Tally:
+    """Accumulates requests, tokens and cost call by call."""
+
+    def __init__(self, graph: Graph, inputs: Sequence[Any] | None, latency: Latency) -> None:
+        self.graph, self.inputs, self.latency = graph, inputs, latency
+        self.caps = CapsCache()
+        self.sizes: dict[str, _Sizes] = {}  # one sweep per token counter in use
+        self.models: dict[str, tuple] = {}  # model -> (provider, counter kind, count, price)
+        self.sim_latency: float | None = None
+        self.requests = self.calls = self.answers = 0
+        self.in_lo = self.in_hi = self.out_lo = self.out_hi = 0
+        self.cost_lo: float | None = 0.0
+        self.cost_hi: float | None = 0.0
+        self.unpriced: list[str] = []
+
+    def call(self, node: Node) -> float:
+        """Account for one model-call node; return its latency in seconds."""
+        p = dict(node.params)
+        model = p.get("model", "")
+        info = self.models.get(model)
+        if info is None:
+            provider, name = split_model(model)
+            kind, count = _counter(model)
+            info = self.models[model] = (provider, kind, count, price_for(provider, name),
+                                         self.caps(model))
+        provider, kind, count, price, caps = info
+        s = self.sizes.get(kind)
+        if s is None:
+            s = self.sizes[kind] = _Sizes(self.graph, count, self.inputs)
+        ins = node.inputs
+        per_out = _max_tokens(p.get("params", ()), provider)
+        if node.op == "llm":
+            k = p.get("n", 1)
+            i_lo, i_hi = s.prompt(ins[0], ins[1])
+            reqs = 1 if (k == 1 or caps.supports_n) else k  # without n: k full requests
+            i_lo, i_hi = i_lo * reqs, i_hi * reqs
+        else:
+            k = len(ins) // 2
+            reqs = 1 if caps.supports_batch else k
+            i_lo = i_hi = 0
+            for j in range(0, len(ins), 2):
+                lo, hi = s.prompt(ins[j], ins[j + 1])
+                i_lo += lo
+                i_hi += hi
+        o_lo, o_hi = max(1, per_out // 4) * k, per_out * k
+        self.requests += reqs
+        self.calls += 1
+        self.answers += k
+        self.in_lo += i_lo
+        self.in_hi += i_hi
+        self.out_lo += o_lo
+        self.out_hi += o_hi
+        if price is None:
+            self.cost_lo = self.cost_hi = None
+            if model not in self.unpriced:
+                self.unpriced.append(model)
+        elif self.cost_lo is not None and self.cost_hi is not None:
+            self.cost_lo += (i_lo * price.input + o_lo * price.output) / 1e6
+            self.cost_hi += (i_hi * price.input + o_hi * price.output) / 1e6
+        if self.latency is not None:
+            lat = self.latency
+            return float(lat(node) if callable(lat) else lat)
+        if provider == "sim":
+            if self.sim_latency is None:
+                self.sim_latency = _sim_latency()
+            return self.sim_latency
+        return BASE_LATENCY + PER_TOKEN_LATENCY * per_out
+
+
+def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
+            latency: Latency = None) -> tuple[Estimate, list[float], list[int]]:
+    """The estimate, plus per node (in order) its latency (0 for local ops) and its
+    level (model calls on the longest path from the inputs, itself included)."""
+    if inputs is not None and len(inputs) != len(graph.inputs):
+        raise ValueError(f"estimate: the graph has {len(graph.inputs)} inputs, "
+                         f"got {len(inputs)} example values")
+    t = _Tally(graph, inputs, latency)
+    calls = CALL_OPS
+    lat: list[float] = []
+    lev: list[int] = []
+    state: dict[int, tuple[float, int]] = {}  # var id -> (finish time, level)
+    get = state.get
+    critical = 0.0
+    for node in graph.nodes:
+        start, level = 0.0, 0
+        for a in node.inputs:
+            if isinstance(a, Var):
+                st = get(a.id)
+                if st is not None:
+                    if st[0] > start:
+                        start = st[0]
+                    if st[1] > level:
+                        level = st[1]
+        if node.op in calls:
+            level += 1
+            seconds = t.call(node)
+        else:
+            seconds = 0.0
+        lat.append(seconds)
+        lev.append(level)
+        end = start + seconds
+        state[node.out.id] = (end, level)
+        if end > critical:
+            critical = end
+    est = Estimate(t.requests, t.calls, t.answers, int(t.in_hi), int(t.in_lo), int(t.out_hi),
+                   int(t.out_lo), t.cost_lo, t.cost_hi, critical, tuple(t.unpriced))
+    return est, lat, lev
+
+
+def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,
+             latency: Latency = None) -> Estimate:
+    """A static estimate of requests, tokens, cost and critical-path latency."""
+    return analyze(graph, inputs=inputs, latency=latency)[0]
