@@ -205,7 +205,7 @@ def _generate(req: Request, prompt: str, h: int) -> str:
         return json.dumps({"answer": rng.choice(topic or _WORDS),
                            "confidence": round(rng.uniform(0.5, 0.99), 2)})
     n_words = rng.randint(12, 40)
-    words = [rng.choice(_WORDS) for _ in range(n_words)]
+    words = rng.choices(_WORDS, k=n_words)
     if topic:
         words[rng.randrange(n_words)] = rng.choice(topic[-8:])
     return (f"[{h % 10_000:04d}] " + " ".join(words)).rstrip() + "."
