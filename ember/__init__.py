@@ -9,6 +9,7 @@ from ._inspect import inspect
 from ._jit import jit
 from ._models import amodels, models
 from ._op import op
+from ._report import RunReport, record
 from ._response import Response, Usage
 from ._vmap import vmap
 from .errors import (
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "models", "amodels", "Response", "Usage", "jit", "vmap", "op", "chain", "ensemble",
-    "inspect",
+    "inspect", "record", "RunReport",
     "EmberError", "ConfigurationError", "MissingAPIKeyError", "TraceError", "ParseError",
     "TimeoutError", "ProviderError", "AuthenticationError", "ModelNotFoundError",
     "ContextLengthError", "RateLimitError", "QuotaExceededError", "BatchError",

@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 import inspect as _inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator
 
 from ._models import CheckRun, NeedAnswers, check_var
+from ._report import RunReport
 from ._response import Response
 from ._runtime import run_async, run_sync
 from .backends.local import execute, node_request
 from .backends.memo import MISSING, Memo
+from .backends.record import Recorder, recorder_var
 from .backends.policy import current_options
 from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
@@ -171,6 +174,8 @@ class Jitted:
         self.verify = verify  # run the IR verifier after every pass (tests)
         self.is_async = _inspect.iscoroutinefunction(fn)
         self.cache: dict[Any, CompiledEntry] = {}
+        self.last_run: RunReport | None = None  # what the latest call did
+        self._bound = 0.0
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -183,8 +188,19 @@ class Jitted:
         if current_trace() is not None or check_var.get() is not None:
             return self.fn(*args, **kwargs)  # nested: trace through / answer from the memo
         if self.is_async:
-            return _drive_async(self._program(args, kwargs))
-        return _drive_sync(self._program(args, kwargs))
+            return self._call_async(args, kwargs)
+        rec, token, start = _start_recording()
+        try:
+            return _drive_sync(self._program(args, kwargs))
+        finally:
+            self.last_run = _finish_recording(rec, token, start, self)
+
+    async def _call_async(self, args: tuple, kwargs: dict) -> Any:
+        rec, token, start = _start_recording()
+        try:
+            return await _drive_async(self._program(args, kwargs))
+        finally:
+            self.last_run = _finish_recording(rec, token, start, self)
 
     def entry(self, *args: Any, **kwargs: Any) -> CompiledEntry | None:
         """The cache entry for these arguments' signature, if traced."""
@@ -199,7 +215,9 @@ class Jitted:
             entry = self.cache[sig] = CompiledEntry()
         entry.calls += 1
         memo = Memo()
+        self._bound = 0.0
         if entry.graph is not None:
+            self._bound = _critical_path(entry.graph)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
             yield "run", execute(entry.graph, leaves, memo)
@@ -273,9 +291,26 @@ class Jitted:
                 if round_no == 0 and not state.guarded and not concrete:
                     entry.graph = optimized  # cached before it runs: vmap elements reuse it
                 entry.passes = passes
+            self._bound += _critical_path(optimized)
             yield "run", execute(optimized, leaves, memo)
             if complete:
                 return
+
+
+def _critical_path(graph: Graph) -> float:
+    estimate = graph.meta.get("estimate")
+    return getattr(estimate, "critical_path_seconds", 0.0) or 0.0
+
+
+def _start_recording() -> tuple[Recorder, Any, float]:
+    rec = Recorder()
+    return rec, recorder_var.set([*recorder_var.get(), rec]), time.perf_counter()
+
+
+def _finish_recording(rec: Recorder, token: Any, start: float, jitted: Jitted) -> RunReport:
+    recorder_var.reset(token)
+    name = getattr(jitted.fn, "__qualname__", "jit")
+    return RunReport(rec.calls, time.perf_counter() - start, jitted._bound or None, label=name)
 
 
 async def _settle(pending: list[Response]) -> None:

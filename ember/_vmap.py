@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 from ._jit import Jitted, _drive_async, advance
 from ._models import check_var
+from ._report import RunReport
 from ._runtime import run_sync
 from .backends.record import Recorder, recorder_var
 from .errors import BatchError
@@ -94,6 +95,7 @@ class Mapped:
         self.return_exceptions = return_exceptions
         self.progress = progress
         self.results: list[Any] = []  # the last call's results (also after a BatchError)
+        self.last_run: RunReport | None = None
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
@@ -145,10 +147,13 @@ class Mapped:
                     counts["done"] += 1
                     bar.update(counts["done"] - len(errors), len(errors), counts["active"])
 
+        start = time.perf_counter()
         try:
             await asyncio.gather(*(one(i) for i in range(n)))
         finally:
             recorder_var.reset(token)
+            self.last_run = RunReport(rec.calls, time.perf_counter() - start,
+                                      label=f"vmap({self.name})")
         bar.update(n - len(errors), len(errors), 0, final=True)
         return self._finish(results, errors)
 
@@ -157,6 +162,9 @@ class Mapped:
         gate = asyncio.Semaphore(n if self.batch_size is None else self.batch_size)
         results: list[Any] = [None] * n
         errors: dict[int, BaseException] = {}
+        rec = Recorder()
+        token = recorder_var.set([*recorder_var.get(), rec])
+        start = time.perf_counter()
 
         async def one(i: int) -> None:
             async with gate:
@@ -165,7 +173,12 @@ class Mapped:
                 except Exception as exc:
                     results[i] = errors[i] = exc
 
-        await asyncio.gather(*(one(i) for i in range(n)))
+        try:
+            await asyncio.gather(*(one(i) for i in range(n)))
+        finally:
+            recorder_var.reset(token)
+            self.last_run = RunReport(rec.calls, time.perf_counter() - start,
+                                      label=f"vmap({self.name})")
         return self._finish(results, errors)
 
 

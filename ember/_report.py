@@ -1,0 +1,199 @@
+"""Run reports and timelines: what a jitted or vmapped call actually did.
+
+    fast = ember.jit(program)
+    fast(x)
+    print(fast.last_run)                       # requests, tokens, cost, wall vs bound
+    fast.last_run.timeline("run.json")         # open in https://ui.perfetto.dev
+
+    with ember.record() as run:                # any code, eager or compiled
+        ...
+    print(run.report())
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from .backends.record import CallRecord, Recorder, recorder_var
+
+__all__ = ["RunReport", "record", "Run"]
+
+
+@dataclass
+class RunReport:
+    """Facts about one run. ``cost`` is the sum of the per-call costs (``None`` when
+    any call's price is unknown)."""
+
+    calls: list[CallRecord]
+    wall_seconds: float
+    bound_seconds: float | None = None  # the critical-path estimate, when known
+    label: str = "run"
+
+    @property
+    def requests(self) -> int:
+        """Round trips to providers (coalesced duplicates and batch members excluded)."""
+        return sum(1 for c in self.calls if not (c.cached or c.coalesced or c.batched))
+
+    @property
+    def completions(self) -> int:
+        return sum(c.n for c in self.calls if not (c.cached or c.coalesced))
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(1 for c in self.calls if c.cached)
+
+    @property
+    def coalesced(self) -> int:
+        return sum(1 for c in self.calls if c.coalesced)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for c in self.calls if c.error)
+
+    @property
+    def retries(self) -> int:
+        return sum(max(0, c.attempts - 1) for c in self.calls)
+
+    @property
+    def throttle_seconds(self) -> float:
+        return sum(c.throttle_wait for c in self.calls)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(c.input_tokens for c in self.calls)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(c.output_tokens for c in self.calls)
+
+    @property
+    def cost(self) -> float | None:
+        total = 0.0
+        for c in self.calls:
+            if c.cost is None:
+                return None
+            total += c.cost
+        return total
+
+    @property
+    def peak_concurrency(self) -> int:
+        events = sorted([(c.start, 1) for c in self._sent()] + [(c.end, -1) for c in self._sent()])
+        peak = level = 0
+        for _, step in events:
+            level += step
+            peak = max(peak, level)
+        return peak
+
+    @property
+    def mean_concurrency(self) -> float:
+        busy = sum(c.end - c.start for c in self._sent())
+        return busy / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def _sent(self) -> list[CallRecord]:
+        return [c for c in self.calls if not (c.cached or c.coalesced)]
+
+    def lanes(self) -> list[int]:
+        """A lane per call such that calls in one lane never overlap (fewest lanes)."""
+        order = sorted(range(len(self.calls)), key=lambda i: self.calls[i].start)
+        lane_end: list[float] = []
+        lanes = [0] * len(self.calls)
+        for i in order:
+            c = self.calls[i]
+            for k, end in enumerate(lane_end):
+                if end <= c.start + 1e-9:
+                    lane_end[k] = c.end
+                    lanes[i] = k
+                    break
+            else:
+                lane_end.append(c.end)
+                lanes[i] = len(lane_end) - 1
+        return lanes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "requests": self.requests, "completions": self.completions,
+            "cache_hits": self.cache_hits, "coalesced": self.coalesced,
+            "failures": self.failures, "retries": self.retries,
+            "throttle_seconds": self.throttle_seconds, "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens, "cost": self.cost,
+            "wall_seconds": self.wall_seconds, "bound_seconds": self.bound_seconds,
+            "peak_concurrency": self.peak_concurrency,
+            "mean_concurrency": self.mean_concurrency,
+        }
+
+    def trace_events(self) -> dict[str, Any]:
+        """The run in Chrome Trace Event format (Perfetto, chrome://tracing): one track
+        per concurrent lane, one slice per model call."""
+        t0 = min((c.start for c in self.calls), default=0.0)
+        events: list[dict[str, Any]] = [
+            {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": f"ember: {self.label}"}}]
+        lanes = self.lanes()
+        for lane in sorted(set(lanes)):
+            events.append({"ph": "M", "pid": 1, "tid": lane + 1, "name": "thread_name",
+                           "args": {"name": f"lane {lane + 1}"}})
+        for c, lane in zip(self.calls, lanes, strict=True):
+            kind = "cache hit" if c.cached else "coalesced" if c.coalesced else "call"
+            events.append({
+                "ph": "X", "pid": 1, "tid": lane + 1, "name": c.model, "cat": kind,
+                "ts": round((c.start - t0) * 1e6, 3),
+                "dur": round(max(c.end - c.start, 1e-6) * 1e6, 3),
+                "args": {"model": c.model, "input_tokens": c.input_tokens,
+                         "output_tokens": c.output_tokens, "cost_usd": c.cost,
+                         "samples": c.n, "attempts": c.attempts, "error": c.error,
+                         "source": c.location},
+            })
+        return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+    def timeline(self, path: str) -> str:
+        """Write the Chrome trace to ``path`` (open it in ui.perfetto.dev); returns path."""
+        with open(path, "w") as fh:
+            json.dump(self.trace_events(), fh)
+        return path
+
+    def __str__(self) -> str:
+        cost = "unknown (unpriced model)" if self.cost is None else f"${self.cost:.6f}"
+        bound = ""
+        if self.bound_seconds:
+            bound = (f" (critical-path bound {self.bound_seconds:.3f}s, "
+                     f"{self.wall_seconds / self.bound_seconds:.2f}x)")
+        lines = [
+            f"{self.label}: {self.requests} requests, {self.completions} completions, "
+            f"{self.cache_hits} cache hits, {self.coalesced} coalesced",
+            f"  tokens   {self.input_tokens:,} in + {self.output_tokens:,} out",
+            f"  cost     {cost}",
+            f"  wall     {self.wall_seconds:.3f}s{bound}",
+            f"  concurrency  peak {self.peak_concurrency}, mean {self.mean_concurrency:.1f}",
+            f"  retries  {self.retries}, throttled {self.throttle_seconds:.2f}s, "
+            f"failures {self.failures}",
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
+class Run:
+    """What `ember.record()` collects."""
+
+    recorder: Recorder = field(default_factory=Recorder)
+    start: float = field(default_factory=time.perf_counter)
+    end: float | None = None
+    label: str = "run"
+
+    def report(self) -> RunReport:
+        end = self.end if self.end is not None else time.perf_counter()
+        return RunReport(list(self.recorder.calls), end - self.start, label=self.label)
+
+
+@contextmanager
+def record(label: str = "run") -> Iterator[Run]:
+    """Record every model call made inside the block — eager, jitted or vmapped."""
+    run = Run(label=label)
+    token = recorder_var.set([*recorder_var.get(), run.recorder])
+    try:
+        yield run
+    finally:
+        run.end = time.perf_counter()
+        recorder_var.reset(token)

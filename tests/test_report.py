@@ -1,0 +1,85 @@
+"""Run reports and Chrome-trace timelines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import ember
+from ember import jit, models, vmap
+from ember.providers import sim
+
+
+def ensemble_judge(q: str):
+    opinions = [models("sim", f"Expert {i}: {q}") for i in range(5)]
+    return models("sim", "Judge:\n" + "\n".join(o.text for o in opinions)).text
+
+
+def test_jit_run_report_adds_up():
+    sim.configure(latency=0.02)
+    fast = jit(ensemble_judge)
+    fast("q")
+    report = fast.last_run
+    assert report.completions == 6
+    assert report.cost == pytest.approx(sum(c.cost for c in report.calls))
+    assert report.input_tokens == sum(c.input_tokens for c in report.calls)
+    assert report.peak_concurrency == 5
+    assert report.bound_seconds == pytest.approx(0.04)
+    assert report.wall_seconds >= 0.04
+    text = str(report)
+    assert "ensemble_judge" in text and "critical-path bound" in text and "$" in text
+    data = report.to_dict()
+    assert data["completions"] == 6 and data["retries"] == 0 and data["failures"] == 0
+
+
+def test_timeline_shows_five_parallel_slices_then_one(tmp_path):
+    sim.configure(latency=0.02)
+    fast = jit(ensemble_judge)
+    fast("q")
+    path = fast.last_run.timeline(str(tmp_path / "run.json"))
+    events = json.loads(open(path).read())["traceEvents"]
+    slices = sorted((e for e in events if e["ph"] == "X"), key=lambda e: e["ts"])
+    assert len(slices) == 6
+    experts, judge = slices[:5], slices[5]
+    assert len({e["tid"] for e in experts}) == 5  # five lanes at once
+    assert all(judge["ts"] >= e["ts"] + e["dur"] - 1 for e in experts)  # then one
+    assert judge["args"]["model"] == "sim" and judge["args"]["input_tokens"] > 0
+    names = [e for e in events if e["ph"] == "M" and e["name"] == "thread_name"]
+    assert len(names) == 5
+
+
+def test_record_context_and_vmap_report():
+    with ember.record("eager") as run:
+        ensemble_judge("x")
+    report = run.report()
+    assert report.requests == 6 and report.peak_concurrency == 1
+    assert report.label == "eager" and report.mean_concurrency <= 1.01
+    mapped = vmap(ensemble_judge)
+    mapped(["a", "b"])
+    assert mapped.last_run.completions == 12
+
+
+def test_unpriced_model_cost_is_none():
+    async def echo(request):
+        return "hi"
+
+    ember.providers.register("unpriced", echo)
+    with ember.record() as run:
+        models("unpriced/model-x", "hello")
+    report = run.report()
+    assert report.cost is None and "unknown" in str(report)
+
+
+def test_failures_and_coalesced_calls_are_counted():
+    sim.configure(fail_on="BAD", latency=0.02)
+
+    def f(x: str):
+        a = models("sim", f"same {x}")
+        return a.text
+
+    mapped = vmap(f, return_exceptions=True)
+    mapped(["1", "1", "BAD"])
+    report = mapped.last_run
+    assert report.failures == 1 and report.coalesced == 1
+    assert report.requests == 2
