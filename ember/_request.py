@@ -238,17 +238,20 @@ def normalize_params(params: dict[str, Any]) -> tuple[Any, tuple[tuple[str, Any]
     if system is not None and not isinstance(system, str) and not hasattr(system, "_thunk"):
         raise ConfigurationError(f"`system` must be a string, got {type(system).__name__}.")
     n = params.pop("n", 1)
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigurationError(f"`n` must be a positive integer, got {n!r}.")
     if "response_format" in params:
         params["response_format"] = _normalize_format(params["response_format"])
         if params["response_format"] is None:
             del params["response_format"]
     temperature = params.get("temperature")
-    if temperature is not None and not (isinstance(temperature, (int, float)) and 0 <= temperature <= 2):
+    if temperature is not None and not (isinstance(temperature, (int, float))
+                                        and not isinstance(temperature, bool)
+                                        and 0 <= temperature <= 2):
         raise ConfigurationError(f"`temperature` must be a number in [0, 2], got {temperature!r}.")
     max_tokens = params.get("max_tokens")
-    if max_tokens is not None and not (isinstance(max_tokens, int) and max_tokens > 0):
+    if max_tokens is not None and not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+                                       and max_tokens > 0):
         raise ConfigurationError(f"`max_tokens` must be a positive integer, got {max_tokens!r}.")
     if isinstance(params.get("stop"), str):
         params["stop"] = [params["stop"]]

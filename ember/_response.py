@@ -206,7 +206,10 @@ def _first_balanced(text: str) -> Any:
         if ch in "{[":
             try:
                 value, _ = decoder.raw_decode(text, i)
-                return value
             except ValueError:
                 continue
+            if isinstance(value, list) and value and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                continue  # "[1]", "[2, 3]" in prose are citation marks or tags, not an answer
+            return value
     return _MISSING

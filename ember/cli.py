@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -38,16 +39,21 @@ def _load(target: str) -> Any:
     module_name, sep, attr = target.partition(":")
     if not sep or not attr:
         raise SystemExit(f"ember inspect: expected module:function, got {target!r}")
-    sys.path.insert(0, ".")
+    cwd = os.getcwd()  # `ember inspect mymod:fn` finds mymod.py in the current directory
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"ember inspect: cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # ImportError, or the module itself failed (SyntaxError, ...)
+        raise SystemExit(f"ember inspect: cannot import {module_name!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise SystemExit(f"ember inspect: {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise SystemExit(f"ember inspect: {target!r} is a {type(obj).__name__}, not a function")
     return obj
 
 

@@ -305,13 +305,14 @@ class Resp:
         return format(self.text, spec)
 
 
-Run = namedtuple("Run", "outputs effects requests completions")
+Run = namedtuple("Run", "outputs effects requests completions samples")
 
 
 def interpret(g, inputs, caps):
-    """Evaluate what the outputs and effects need, in node order. Samples are numbered at
-    run time per identical request, as the sim provider does, so a fused n=k call gives
-    the same answers as its k calls made in graph order."""
+    """Evaluate what the outputs and effects need, in node order. Samples of one request
+    are exchangeable (a pass may reorder identical sampled calls), so every sample of a
+    request gets the same fake text; `samples` counts them, so merging sampled calls
+    (fewer samples) is still caught."""
     need = {a.id for a in g.outputs if isinstance(a, Var)}
     for n in reversed(g.nodes):
         if n.out.id in need or is_effectful(n):
@@ -322,9 +323,8 @@ def interpret(g, inputs, caps):
 
     def answer(model, prompt, system, params, det):
         key = repr((model, prompt, system, params))
-        i = 0 if det else counter.get(key, 0)
-        counter[key] = i + (not det)
-        return Resp(hashlib.sha1(f"{key}#{i}".encode()).hexdigest())
+        counter[key] = counter.get(key, 0) + (not det)
+        return Resp(hashlib.sha1(f"{key}#{'det' if det else 'sampled'}".encode()).hexdigest())
 
     for n in g.nodes:
         if n.out.id not in need:
@@ -344,7 +344,7 @@ def interpret(g, inputs, caps):
             if is_effectful(n):
                 effects.append(repr(vals))
     outs = [env[a.id] if isinstance(a, Var) else a.value for a in g.outputs]
-    return Run(outs, sorted(effects), reqs, done)
+    return Run(outs, sorted(effects), reqs, done, sum(counter.values()))
 
 
 @st.composite
@@ -394,6 +394,7 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     after = interpret(cur, inputs, CAPS)
     assert (after.outputs, after.effects) == (before.outputs, before.effects)
     assert after.requests <= before.requests and after.completions <= before.completions
+    assert after.samples == before.samples  # sampled calls are never merged
     assert dce(cur)[1].removed_nodes == 0  # no pass leaves dead nodes behind
     est = cur.meta["estimate"]  # the static estimate counts what the interpreter sent
     assert (est.requests, est.completions) == (after.requests, after.completions)

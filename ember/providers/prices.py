@@ -99,5 +99,9 @@ def cost_of(provider: str, model: str, input_tokens: int, output_tokens: int) ->
 
 
 def context_window(provider: str, model: str) -> int | None:
+    if provider == "sim":  # configurable: sim.configure(context_window=...)
+        from .sim import _config
+
+        return _config.context_window
     price = _lookup(provider, model) if provider not in _LOCAL else None
     return price.context if price else None

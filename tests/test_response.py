@@ -1,0 +1,217 @@
+"""`Response`: text, usage, cost, JSON parsing, pending answers, pickling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pydantic
+import pytest
+
+import ember
+from ember import ParseError, Response, Usage
+from ember._response import parse_json
+from ember.backends.limits import limiter
+from ember.providers import sim
+
+
+def _reset_limiter():
+    # admission state (AIMD cuts after a 429, learned limits) must not leak between tests
+    reset = getattr(limiter, "reset", None)
+    if reset is not None:
+        reset()
+
+
+@pytest.fixture(autouse=True)
+def _reset_sim():
+    _reset_limiter()
+    yield
+    sim.configure(latency=0, error_rate=0, fail_on=None)
+    sim.reset_stats()
+    _reset_limiter()
+
+
+class Verdict(pydantic.BaseModel):
+    label: str
+    score: float
+
+
+def make(text="hello", **kw) -> Response:
+    kw.setdefault("model", "openai/gpt-4o-mini")
+    kw.setdefault("usage", Usage(10, 5))
+    return Response(text, **kw)
+
+
+# -------------------------------------------------------------------- basics
+
+
+def test_fields_and_str():
+    r = make("hi there", cost=0.25, latency=0.5, finish_reason="stop")
+    assert str(r) == r.text == "hi there"
+    assert f"[{r}]" == "[hi there]" and f"{r:>10}" == "  hi there"
+    assert r.model == "openai/gpt-4o-mini"
+    assert r.usage == Usage(10, 5) and r.usage.total_tokens == 15
+    assert (r.usage.input_tokens, r.usage.output_tokens) == (10, 5)
+    assert (r.cost, r.latency, r.finish_reason) == (0.25, 0.5, "stop")
+    assert not r.is_pending
+
+
+def test_defaults():
+    r = Response()
+    assert (r.text, r.model, r.usage, r.cost, r.latency, r.finish_reason) == (
+        "", "", Usage(0, 0), None, 0.0, None)
+    assert Usage().total_tokens == 0
+
+
+def test_repr_is_short_and_shows_cost():
+    r = make("x" * 500, cost=0.0012345)
+    text = repr(r)
+    assert text.startswith("Response(model='openai/gpt-4o-mini'")
+    assert "[500 chars]" in text and len(text) < 160
+    assert "tokens=15" in text and "cost=$0.001234" in text  # 6 decimals
+    assert "cost=unknown" in repr(make(cost=None))
+
+
+def test_equality_and_hash():
+    a, b = make("same"), make("same", cost=9.0, latency=3.0)
+    assert a == b and hash(a) == hash(b)  # cost and timing are not part of the answer
+    assert a != make("other") and a != make("same", model="sim")
+    assert a != make("same", usage=Usage(1, 1))
+    assert a != "same"  # not equal to its text
+    assert len({a, b, make("other")}) == 2
+
+
+def test_to_dict_from_dict_round_trip():
+    r = make("t", cost=0.5, latency=1.5, finish_reason="length")
+    d = r.to_dict()
+    assert json.loads(json.dumps(d)) == d  # JSON-able
+    back = Response.from_dict(d)
+    assert back == r and (back.cost, back.latency, back.finish_reason) == (0.5, 1.5, "length")
+    minimal = Response.from_dict({"text": "only text"})
+    assert (minimal.text, minimal.usage, minimal.cost) == ("only text", Usage(0, 0), None)
+
+
+def test_pickle_round_trip():
+    r = make("pickled", cost=0.1, latency=0.2, finish_reason="stop")
+    back = pickle.loads(pickle.dumps(r))
+    assert back == r and (back.cost, back.latency, back.finish_reason) == (0.1, 0.2, "stop")
+
+
+# ------------------------------------------------------------------- pending
+
+
+def test_pending_response_is_forced_once_on_first_read():
+    calls = []
+
+    def thunk():
+        calls.append(1)
+        return make("late answer", cost=0.3)
+
+    r = Response.pending(thunk)
+    assert r.is_pending and repr(r) == "Response(<pending>)" and calls == []
+    assert r.text == "late answer" and calls == [1]
+    assert not r.is_pending
+    assert (r.model, r.usage, r.cost) == ("openai/gpt-4o-mini", Usage(10, 5), 0.3)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("read", [
+    lambda r: r.model, lambda r: r.usage, lambda r: r.cost, lambda r: r.latency,
+    lambda r: r.finish_reason, str, lambda r: r.json(), lambda r: r.to_dict(),
+])
+def test_any_read_forces_a_pending_response(read):
+    r = Response.pending(lambda: make('{"a": 1}'))
+    read(r)
+    assert not r.is_pending
+
+
+def test_pickling_a_pending_response_forces_it():
+    r = Response.pending(lambda: make("done"))
+    back = pickle.loads(pickle.dumps(r))
+    assert back.text == "done" and not back.is_pending
+
+
+def test_a_failing_thunk_leaves_the_response_pending():
+    def thunk():
+        raise ember.ProviderError("boom")
+
+    r = Response.pending(thunk)
+    with pytest.raises(ember.ProviderError):
+        r.text
+    assert r.is_pending
+
+
+# ---------------------------------------------------------------------- json
+
+
+@pytest.mark.parametrize("text, value", [
+    ('{"a": 1, "b": [1, 2]}', {"a": 1, "b": [1, 2]}),
+    ('  [1, 2, 3]\n', [1, 2, 3]),
+    ('"just a string"', "just a string"),
+    ("42", 42),
+    ('```json\n{"a": 1}\n```', {"a": 1}),
+    ('```\n["x", "y"]\n```', ["x", "y"]),
+    ('```JSON {"a": 2}```', {"a": 2}),
+    ('Here is the answer:\n```json\n{"ok": true}\n```\nAnything else?', {"ok": True}),
+    ('Sure! {"name": "Ada", "age": 36} Hope that helps.', {"name": "Ada", "age": 36}),
+    ('The list: ["a", "b"].', ["a", "b"]),
+    ('```json\n{"cut": "by max_tokens"}', {"cut": "by max_tokens"}),  # unclosed fence
+    ('not {valid} but then {"a": 1}', {"a": 1}),
+    ('As shown in [1] and [2, 3], the result is {"x": 1}.', {"x": 1}),
+])
+def test_json_parses_bare_fenced_and_embedded(text, value):
+    assert make(text).json() == value
+    assert parse_json(text) == value
+
+
+@pytest.mark.parametrize("text", [
+    "The answer is yes.",
+    "",
+    "Results are in [1] and [2].",  # citation marks are not a JSON answer
+    "[4821] analysis shows the key point.",  # the sim model's prose
+    "{broken: json",
+])
+def test_json_on_prose_raises_parse_error_showing_the_text(text):
+    with pytest.raises(ParseError) as info:
+        make(text).json()
+    err = info.value
+    assert isinstance(err, ValueError) and isinstance(err, ember.EmberError)
+    assert "not JSON" in str(err) and f"Text was: {text}" in str(err)
+    assert err.text == text
+    assert 'response_format="json"' in str(err)
+    assert err.transient  # a new sample may parse: ember.retry retries it
+
+
+def test_parse_error_shortens_long_text():
+    text = "word " * 1000
+    with pytest.raises(ParseError) as info:
+        make(text).json()
+    assert f"[{len(text)} chars]" in str(info.value)
+    assert len(str(info.value)) < 800 and info.value.text == text
+
+
+def test_sim_prose_is_not_json():
+    r = ember.models("sim", "Tell me a story about otters.")
+    assert not r.text.lstrip().startswith("{")
+    with pytest.raises(ParseError, match="Text was: "):
+        r.json()
+
+
+def test_json_with_pydantic_schema_validates():
+    r = make('```json\n{"label": "good", "score": 0.9}\n```')
+    v = r.json(schema=Verdict)
+    assert isinstance(v, Verdict) and (v.label, v.score) == ("good", 0.9)
+
+
+def test_json_with_pydantic_schema_mismatch_is_a_parse_error():
+    r = make('{"label": "good"}')
+    with pytest.raises(ParseError) as info:
+        r.json(schema=Verdict)
+    msg = str(info.value)
+    assert "does not match Verdict" in msg and "score" in msg
+    assert 'Text was: {"label": "good"}' in msg and info.value.text == r.text
+
+
+def test_json_with_schema_on_prose_is_a_parse_error():
+    with pytest.raises(ParseError, match="not JSON"):
+        make("no json here").json(schema=Verdict)
