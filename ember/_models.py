@@ -161,15 +161,16 @@ class NeedAnswers(BaseException):
 class _Fetch:
     """A deferred request: sent when a pending response is first read."""
 
-    __slots__ = ("request", "loc", "det", "check", "result")
+    __slots__ = ("request", "loc", "det", "check", "result", "options")
 
     def __init__(self, request: Request, loc: str | None, det: bool, check: CheckRun) -> None:
         self.request, self.loc, self.det, self.check = request, loc, det, check
         self.result: Response | None = None
+        self.options = current_options()  # the retry / timeout scope of the call site
 
     async def fetch(self) -> Response:
         if self.result is None:
-            responses = await send(self.request, location=self.loc)
+            responses = await send(self.request, options=self.options, location=self.loc)
             self.result = responses[0]
         return self.result
 

@@ -1,28 +1,36 @@
 """The one path every model request takes to a provider.
 
 send(request) = size check -> in-flight coalescing (identical deterministic requests
-are sent once) -> admission control -> provider.complete -> retries under the
-current policy -> costs -> a `CallRecord`.
+are sent once) -> [admission control -> provider.complete] under the call's deadline
+-> retries under the current policy -> costs -> a `CallRecord`.
+
+This loop is the only retry layer: the SDK clients are made with ``max_retries=0``,
+and an error that leaves it is marked ``final`` so `ember.retry` does not re-run the
+function for it (attempts never multiply).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 from .. import providers
 from .._request import Request
 from .._response import Response
-from ..errors import ContextLengthError, EmberError, ProviderError, TimeoutError
+from ..errors import ContextLengthError, EmberError, TimeoutError
 from ..providers.prices import context_window, cost_of
 from .limits import limiter
-from .policy import CallOptions, current_options
+from .policy import CallOptions, RetryPolicy, current_options, deadline_of
 from .record import CallRecord, record
 
-__all__ = ["send", "send_batch", "estimate_prompt_tokens"]
+__all__ = ["send", "send_batch", "send_as_batch", "estimate_prompt_tokens", "describe_error"]
 
+T = TypeVar("T")
+log = logging.getLogger("ember")
 _inflight: dict[tuple[str, int], asyncio.Future] = {}
+DEFAULT_OUTPUT_TOKENS = 256  # reserved against a TPM limit when max_tokens is not given
 
 
 def estimate_prompt_tokens(request: Request) -> int:
@@ -41,16 +49,118 @@ def _check_size(request: Request) -> int:
     return tokens
 
 
+def _reservation(request: Request) -> int:
+    """Tokens to reserve against a TPM bucket: prompt plus expected output, per sample
+    (as providers count them); settled against the real usage afterwards."""
+    out = request.param("max_tokens") or DEFAULT_OUTPUT_TOKENS
+    return _check_size(request) * request.n + int(out) * request.n
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, secret-free description of one failed attempt."""
+    text = type(exc).__name__
+    status = getattr(exc, "status", None)
+    if status:
+        text += f" (HTTP {status})"
+    after = getattr(exc, "retry_after", None)
+    if after is not None:
+        text += f", retry after {after:.2f}s"
+    return text
+
+
+def _deadline_error(request_label: str) -> TimeoutError:
+    exc = TimeoutError(f"The call to {request_label} did not finish within the time limit "
+                       "set by ember.timeout; the request was cancelled.")
+    exc.final = True  # type: ignore[attr-defined]  # retrying cannot beat a passed deadline
+    return exc
+
+
+async def _within(aw: Awaitable[T], deadline: float | None, label: str) -> T:
+    """Await ``aw``, cancelling it (and so its HTTP request) at the deadline."""
+    if deadline is None:
+        return await aw
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        if asyncio.iscoroutine(aw):
+            aw.close()
+        raise _deadline_error(label)
+    try:
+        return await asyncio.wait_for(aw, remaining)
+    except EmberError:
+        raise  # includes a provider's own (client) timeout, which is retryable
+    except asyncio.TimeoutError:
+        raise _deadline_error(label) from None
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]], policy: RetryPolicy,
+                    deadline: float | None, label: str) -> tuple[T, int]:
+    """Run ``attempt`` until it succeeds or the policy gives up; (result, attempts)."""
+    history: list[str] = []
+    while True:
+        try:
+            return await attempt(), len(history) + 1
+        except EmberError as exc:
+            history.append(describe_error(exc))
+            n = len(history)
+            wait = policy.delay(n, exc) if n < policy.max_attempts and policy.retryable(exc) \
+                else None
+            if wait is not None and deadline is not None and time.monotonic() + wait >= deadline:
+                late = _deadline_error(label)
+                late.notes.append(f"gave up: the next retry (in {wait:.2f}s) would pass the "
+                                  f"time limit; last error: {describe_error(exc)}")
+                _give_up(late, history)
+                raise late from exc
+            if wait is None:
+                _give_up(exc, history)
+                raise
+            log.info("%s: %s on attempt %d/%d; retrying in %.2fs", label,
+                     history[-1], n, policy.max_attempts, wait)
+            await asyncio.sleep(wait)
+
+
+def _give_up(exc: EmberError, history: list[str]) -> None:
+    exc.final = True  # type: ignore[attr-defined]
+    exc.attempts = len(history)  # type: ignore[attr-defined]
+    if len(history) > 1:
+        exc.notes.append(f"failed after {len(history)} attempts: " +
+                         "; ".join(f"{i}) {h}" for i, h in enumerate(history, 1)))
+
+
+async def _admitted(provider: Any, tokens: int, priority: float, waited: list[float],
+                    call: Callable[[], Awaitable[list]], used: Callable[[list], int]) -> list:
+    """One attempt: wait for admission, make the call, settle with the limiter."""
+    ticket = await limiter.acquire(provider, tokens, priority)
+    waited[0] += ticket.waited
+    try:
+        result = await call()
+    except Exception as exc:
+        limiter.release(ticket, None, exc)
+        raise
+    except BaseException:  # cancelled (deadline or caller): the tokens count as spent
+        limiter.release(ticket, None)
+        raise
+    limiter.release(ticket, used(result))
+    return result
+
+
+def _usage(responses: list[Response]) -> int:
+    return sum(r.usage.total_tokens for r in responses)
+
+
 async def send(request: Request, *, options: CallOptions | None = None,
                priority: float = 0.0, location: str | None = None) -> list[Response]:
     """Send one request (``request.n`` samples) and return its responses."""
     provider = providers.get(request.provider)
     options = options or current_options()
+    deadline = deadline_of(options)
     if request.deterministic(provider.default_temperature):
         key = (request.key, request.n)
         fut = _inflight.get(key)
         if fut is not None:  # an identical request is on its way: share its answer
-            responses = await asyncio.shield(fut)
+            try:
+                responses = await _within(asyncio.shield(fut), deadline, request.model_id)
+            except EmberError as exc:
+                raise exc.where(request.model_id, location)
             now = time.monotonic()
             record(CallRecord(request.model_id, now, now, request.n, coalesced=True,
                               cost=0.0, location=location))
@@ -58,7 +168,7 @@ async def send(request: Request, *, options: CallOptions | None = None,
         fut = asyncio.get_running_loop().create_future()
         _inflight[key] = fut
         try:
-            responses = await _send(provider, request, options, priority, location)
+            responses = await _send(provider, request, options, priority, location, deadline)
         except BaseException as exc:
             if not fut.done():
                 fut.set_exception(exc)
@@ -69,62 +179,38 @@ async def send(request: Request, *, options: CallOptions | None = None,
             return responses
         finally:
             _inflight.pop(key, None)
-    return await _send(provider, request, options, priority, location)
+    return await _send(provider, request, options, priority, location, deadline)
 
 
 async def _send(provider: Any, request: Request, options: CallOptions, priority: float,
-                location: str | None) -> list[Response]:
-    tokens = _check_size(request)
-    policy = options.retry
-    attempt = 0
-    start = time.monotonic()
-    while True:
-        attempt += 1
-        try:
-            responses = await _attempt(provider, request, options, tokens, priority)
-        except EmberError as exc:
-            if isinstance(exc, ProviderError) and exc.status == 429:
-                limiter.throttled(provider, exc.retry_after)
-            if attempt >= policy.max_attempts or not policy.retryable(exc):
-                if attempt > 1:
-                    exc.notes.append(f"failed after {attempt} attempts")
-                record(CallRecord(request.model_id, start, time.monotonic(), request.n,
-                                  attempts=attempt, error=type(exc).__name__, cost=0.0,
-                                  location=location))
-                raise exc.where(request.model_id, location)
-            wait = policy.delay(attempt, exc)
-            if options.deadline is not None and time.monotonic() + wait > options.deadline:
-                raise exc.where(request.model_id, location)
-            await asyncio.sleep(wait)
-            continue
-        end = time.monotonic()
-        usage_in = sum(r.usage.input_tokens for r in responses)
-        usage_out = sum(r.usage.output_tokens for r in responses)
-        cost = _fill_costs(request, responses)
-        record(CallRecord(request.model_id, start, end, request.n, usage_in, usage_out, cost,
-                          attempts=attempt, location=location))
-        return responses
-
-
-async def _attempt(provider: Any, request: Request, options: CallOptions, tokens: int,
-                   priority: float) -> list[Response]:
-    await limiter.acquire(provider, tokens * request.n, priority)
-    used = 0
+                location: str | None, deadline: float | None) -> list[Response]:
     try:
-        coro = provider.complete(request)
-        if options.deadline is not None:
-            remaining = options.deadline - time.monotonic()
-            try:
-                responses = await asyncio.wait_for(coro, max(remaining, 0.0))
-            except asyncio.TimeoutError:
-                raise TimeoutError(
-                    f"The call to {request.model_id} did not finish within its time limit.")
-        else:
-            responses = await coro
-        used = sum(r.usage.total_tokens for r in responses)
-        return responses
-    finally:
-        limiter.release(provider, used)
+        tokens = _reservation(request)
+    except EmberError as exc:
+        raise exc.where(request.model_id, location)
+    waited = [0.0]
+    start = time.monotonic()
+    label = request.model_id
+
+    def attempt() -> Awaitable[list[Response]]:
+        call = _admitted(provider, tokens, priority, waited,
+                         lambda: provider.complete(request), _usage)
+        return _within(call, deadline, label)
+
+    try:
+        responses, attempts = await _retrying(attempt, options.retry, deadline, label)
+    except EmberError as exc:
+        record(CallRecord(request.model_id, start, time.monotonic(), request.n,
+                          attempts=getattr(exc, "attempts", 1), error=type(exc).__name__,
+                          cost=0.0, location=location, throttle_wait=waited[0]))
+        raise exc.where(request.model_id, location)
+    end = time.monotonic()
+    usage_in = sum(r.usage.input_tokens for r in responses)
+    usage_out = sum(r.usage.output_tokens for r in responses)
+    cost = _fill_costs(request, responses)
+    record(CallRecord(request.model_id, start, end, request.n, usage_in, usage_out, cost,
+                      attempts=attempts, location=location, throttle_wait=waited[0]))
+    return responses
 
 
 def _fill_costs(request: Request, responses: list[Response]) -> float | None:
@@ -153,30 +239,30 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
     """One round trip for many prompts, on a provider with a batch interface, under one
     admission reservation. Returns each element's first response (or its error)."""
     options = options or current_options()
-    policy = options.retry
-    tokens = sum(_check_size(r) for r in requests)
+    deadline = deadline_of(options)
+    locations = locations or [None] * len(requests)
+    tokens = sum(_reservation(r) for r in requests)
+    waited = [0.0]
+    label = requests[0].model_id
     start = time.monotonic()
-    attempt = 0
-    while True:
-        attempt += 1
-        await limiter.acquire(provider, tokens, priority)
-        try:
-            batches = await provider.complete_batch(requests)
-        except EmberError as exc:
-            if attempt >= policy.max_attempts or not policy.retryable(exc):
-                loc = locations[0] if locations else None
-                return [exc.where(requests[0].model_id, loc)] * len(requests)
-            await asyncio.sleep(policy.delay(attempt, exc))
-            continue
-        finally:
-            limiter.release(provider)
-        end = time.monotonic()
-        out = []
-        for k, (req, responses, loc) in enumerate(
-                zip(requests, batches, locations or [None] * len(requests), strict=True)):
-            cost = _fill_costs(req, responses)
-            usage = [sum(r.usage[i] for r in responses) for i in (0, 1)]
-            record(CallRecord(req.model_id, start, end, req.n, usage[0], usage[1], cost,
-                              attempts=attempt, location=loc, batched=k > 0))
-            out.append(responses[0])
-        return out
+
+    def attempt() -> Awaitable[list[list[Response]]]:
+        call = _admitted(provider, tokens, priority, waited,
+                         lambda: provider.complete_batch(requests),
+                         lambda batches: sum(_usage(b) for b in batches))
+        return _within(call, deadline, label)
+
+    try:
+        batches, attempts = await _retrying(attempt, options.retry, deadline, label)
+    except EmberError as exc:
+        return [exc.where(label, locations[0])] * len(requests)
+    end = time.monotonic()
+    out = []
+    for k, (req, responses, loc) in enumerate(zip(requests, batches, locations, strict=True)):
+        cost = _fill_costs(req, responses)
+        usage = [sum(r.usage[i] for r in responses) for i in (0, 1)]
+        record(CallRecord(req.model_id, start, end, req.n, usage[0], usage[1], cost,
+                          attempts=attempts, location=loc, batched=k > 0,
+                          throttle_wait=waited[0] if k == 0 else 0.0))
+        out.append(responses[0])
+    return out

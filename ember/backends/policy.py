@@ -1,19 +1,30 @@
-"""Per-call options that travel with a request: the retry policy and a deadline.
+"""Per-call options that travel with a request: the retry policy and time limits.
 
 They are context variables, so `ember.retry` / `ember.timeout` scope every model call
 made inside the wrapped function — eagerly, and under jit, where the tracer copies
 them onto the recorded nodes.
+
+Time limits are *relative*: a `CallOptions` holds ``(region, seconds)`` pairs, one per
+enclosing `ember.timeout`, never an absolute time (a cached graph may run hours after
+it was traced). The absolute deadline of a region lives in a per-execution table
+(`deadlines_var`): an eager `timeout(fn)` starts its clock when it is called; in a
+replayed graph the clock starts when the region's first call starts.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 from ..errors import EmberError, QuotaExceededError
 
-__all__ = ["RetryPolicy", "CallOptions", "DEFAULT_RETRY", "current_options", "options_var"]
+__all__ = ["RetryPolicy", "CallOptions", "DEFAULT_RETRY", "current_options", "options_var",
+           "deadlines_var", "new_region", "deadline_of"]
+
+_rng = random.Random()
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,13 +37,21 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: bool = True
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
+            raise ValueError("delays must be >= 0 and multiplier >= 1")
+
     def retryable(self, exc: BaseException) -> bool:
-        if isinstance(exc, QuotaExceededError):
+        """Transient errors: 429 throttling, 5xx, timeouts, dropped connections, malformed
+        bodies, parse errors. Never 4xx, context length or quota exhaustion."""
+        if isinstance(exc, QuotaExceededError) or getattr(exc, "final", False):
             return False
         return isinstance(exc, EmberError) and exc.transient
 
     def delay(self, attempt: int, exc: BaseException | None = None,
-              rng: random.Random = random.Random()) -> float:
+              rng: random.Random = _rng) -> float:
         """Seconds to wait before attempt ``attempt + 1`` (attempts count from 1)."""
         base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
         wait = rng.uniform(base / 2, base) if self.jitter else base
@@ -49,15 +68,50 @@ DEFAULT_RETRY = RetryPolicy()
 
 @dataclass(frozen=True, slots=True)
 class CallOptions:
+    """What a call carries besides its request. Hashable: it is a node param and part
+    of jit's cache key."""
+
     retry: RetryPolicy = DEFAULT_RETRY
-    deadline: float | None = None  # time.monotonic() by which the call must finish
+    timeouts: tuple[tuple[int, float], ...] = ()  # (region id, seconds), outermost first
 
     def with_(self, **changes) -> CallOptions:
         return replace(self, **changes)
 
+    @property
+    def timeout(self) -> float | None:
+        """The tightest time limit in seconds (for display), or None."""
+        return min((s for _, s in self.timeouts), default=None)
+
 
 options_var: ContextVar[CallOptions] = ContextVar("ember_call_options", default=CallOptions())
+# region id -> time.monotonic() deadline. Shared (mutated) by every task of one
+# execution; a new execution or an eager `timeout` call installs its own copy.
+deadlines_var: ContextVar[dict[int, float] | None] = ContextVar("ember_deadlines", default=None)
+_regions = itertools.count(1)
 
 
 def current_options() -> CallOptions:
     return options_var.get()
+
+
+def new_region() -> int:
+    """A fresh region id (one per `timeout` wrapper, stable across its calls)."""
+    return next(_regions)
+
+
+def deadline_of(options: CallOptions, now: float | None = None) -> float | None:
+    """The absolute deadline of a call: the earliest of its regions' deadlines. A region
+    not started in this execution starts now."""
+    if not options.timeouts:
+        return None
+    now = time.monotonic() if now is None else now
+    table = deadlines_var.get()
+    if table is None:
+        table = {}
+    deadline = None
+    for region, seconds in options.timeouts:
+        d = table.get(region)
+        if d is None:
+            d = table[region] = now + seconds
+        deadline = d if deadline is None else min(deadline, d)
+    return deadline

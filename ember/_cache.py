@@ -1,0 +1,383 @@
+"""`cache`: a persistent result cache for functions.
+
+    @ember.cache(ttl=86_400)
+    def summarize(text): return models("gpt-4o-mini", f"Summarize: {text}")
+
+Results live in one SQLite file (WAL mode, safe under concurrent threads and
+processes) at ``$EMBER_CACHE_DIR/cache.sqlite3``, else under the user cache directory
+(``~/.cache/ember`` on Linux, ``~/Library/Caches/ember`` on macOS,
+``%LOCALAPPDATA%\\ember\\Cache`` on Windows); the directory is made 0700 and the files
+0600. The key is an xxhash of the function's identity (module, qualified name and a
+fingerprint of its code, so editing the function starts afresh) and its arguments.
+Arguments are only hashed, never stored. Values are JSON, never pickle: str, numbers,
+bool, None, lists, tuples, dicts and `Response` (via `Response.to_dict`, with a type
+tag). A call whose arguments or result are of another type runs uncached, with a
+one-time warning naming the type — caching is an optimization and never breaks a call.
+
+Under `jit`, a cached function whose arguments are known is looked up while tracing:
+a hit becomes a constant, so its calls are never recorded; a miss is traced through.
+Arguments computed by a model call are first awaited (a graph break), so a hit never
+pays for calls. The result is stored when the function's Python returns on real
+values (jit's check run), so a `vmap` over a cached function stores each element as
+it finishes and an interrupted run pays again only for the unfinished ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import json
+import os
+import sys
+import threading
+import time
+import types
+import warnings
+from typing import Any, Callable
+
+import xxhash
+
+from ._response import Response
+from .ir.trace import UNKNOWN, Traced, current_trace
+
+__all__ = ["cache", "cache_dir", "CacheStore"]
+
+_VERSION = 1
+_TAG = "__ember__"
+
+
+def cache_dir() -> str:
+    """Where `cache` keeps its file by default (``EMBER_CACHE_DIR`` overrides)."""
+    env = os.environ.get("EMBER_CACHE_DIR")
+    if env:
+        return os.path.expanduser(env)
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
+        return os.path.join(base, "ember", "Cache")
+    if sys.platform == "darwin":
+        return os.path.expanduser("~/Library/Caches/ember")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "ember")
+
+
+# ---- the store ----------------------------------------------------------------------------
+class CacheStore:
+    """One SQLite file; a connection per thread (and per process, after a fork)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def _conn(self) -> Any:  # sqlite3.Connection (imported on first use)
+        import sqlite3
+
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        folder = os.path.dirname(self.path) or "."
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            os.chmod(folder, 0o700)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)  # private before any data
+        os.close(fd)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)
+        for _ in range(50):  # WAL switch / schema creation can race another process
+            try:
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, "
+                             "fn TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL)")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(0.05)
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(self.path + suffix, 0o600)
+            except OSError:
+                pass
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def get(self, key: str, ttl: float | None) -> str | None:
+        row = self._conn().execute("SELECT value, created FROM results WHERE key = ?",
+                                   (key,)).fetchone()
+        if row is None or (ttl is not None and time.time() - row[1] > ttl):
+            return None
+        return row[0]
+
+    def put(self, key: str, fn: str, value: str) -> None:
+        self._conn().execute("INSERT OR REPLACE INTO results (key, fn, value, created) "
+                             "VALUES (?, ?, ?, ?)", (key, fn, value, time.time()))
+
+    def clear(self, fn: str | None = None) -> int:
+        conn = self._conn()
+        cur = conn.execute("DELETE FROM results" + (" WHERE fn = ?" if fn else ""),
+                           (fn,) if fn else ())
+        return cur.rowcount
+
+
+_stores: dict[str, CacheStore] = {}
+_lock = threading.Lock()
+
+
+def _store(path: str | None) -> CacheStore:
+    path = os.path.expanduser(path) if path else cache_dir()
+    if os.path.isdir(path) or not os.path.splitext(path)[1]:
+        path = os.path.join(path, "cache.sqlite3")
+    path = os.path.abspath(path)
+    with _lock:
+        st = _stores.get(path)
+        if st is None:
+            st = _stores[path] = CacheStore(path)
+        return st
+
+
+# ---- keys and values ----------------------------------------------------------------------
+class Unsupported(TypeError):
+    """A value `cache` cannot key or store as JSON."""
+
+
+def _code_print(code: types.CodeType, h: Any) -> None:
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code_print(const, h)
+        else:
+            h.update(repr(const).encode())
+
+
+def identity(fn: Callable) -> str:
+    """``module:qualname@fingerprint`` of a function (its code included)."""
+    inner = getattr(fn, "fn", None)  # a jit wrapper
+    if callable(inner):
+        fn = inner
+    fn = inspect_unwrap(fn)
+    name = f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(type(fn)))}"
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return name
+    h = xxhash.xxh3_64()
+    _code_print(code, h)
+    return f"{name}@{h.hexdigest()}"
+
+
+def inspect_unwrap(fn: Callable) -> Callable:
+    while hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__
+    return fn
+
+
+def closure(fn: Callable) -> Any:
+    """What a function captured (closure cells, a partial's arguments), read at call time:
+    ``[cache(lambda x: models(m, x)) for m in names]`` are different functions."""
+    fn = inspect_unwrap(getattr(fn, "fn", fn))
+    if isinstance(fn, functools.partial):
+        return [identity(fn.func), closure(fn.func), _loose(list(fn.args)),
+                _loose(fn.keywords)]
+    values = list(getattr(fn, "__defaults__", None) or ())
+    values += sorted((getattr(fn, "__kwdefaults__", None) or {}).items())
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            values.append(None)
+    return [_loose(v) for v in values]
+
+
+def _loose(value: Any) -> Any:
+    """Immutable values as themselves, functions by identity, anything else (a list
+    used as an accumulator, a client) by its type only, so it does not change keys."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if type(value) is tuple:
+        return ["tuple", [_loose(v) for v in value]]
+    if hasattr(value, "__code__") or isinstance(value, functools.partial):
+        return ["fn", identity(value), closure(value)]
+    return ["object", type(value).__qualname__]
+
+
+def canonical(value: Any) -> Any:
+    """A JSON form of an argument, distinct for values that may give distinct results."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)) and type(value) in (int, float):
+        return ["float", repr(value)] if isinstance(value, float) else value
+    if isinstance(value, Response):
+        return ["Response", value.text, value.model]
+    if isinstance(value, (list, tuple)):
+        return [type(value).__name__, [canonical(v) for v in value]]
+    if isinstance(value, dict):
+        items = [[canonical(k), canonical(v)] for k, v in value.items()]
+        return ["dict", sorted(items, key=lambda kv: json.dumps(kv[0], sort_keys=True))]
+    if isinstance(value, enum.Enum):
+        return ["enum", type(value).__qualname__, canonical(value.value)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return ["dataclass", type(value).__qualname__, canonical(dataclasses.asdict(value))]
+    if hasattr(value, "model_dump") and hasattr(type(value), "model_fields"):  # pydantic
+        return ["pydantic", type(value).__qualname__, canonical(value.model_dump(mode="json"))]
+    raise Unsupported(type(value).__name__)
+
+
+def encode(value: Any) -> Any:
+    """A JSON-able form of a result that `decode` restores exactly."""
+    if value is None or isinstance(value, (bool, str, int, float)):
+        if type(value) not in (bool, str, int, float, type(None)):
+            raise Unsupported(type(value).__name__)
+        return value
+    if isinstance(value, Response):
+        return {_TAG: "Response", "data": value.to_dict()}
+    if type(value) is list:
+        return [encode(v) for v in value]
+    if type(value) is tuple:
+        return {_TAG: "tuple", "items": [encode(v) for v in value]}
+    if type(value) is dict:
+        if all(type(k) is str for k in value) and _TAG not in value:
+            return {k: encode(v) for k, v in value.items()}
+        return {_TAG: "dict", "items": [[encode(k), encode(v)] for k, v in value.items()]}
+    raise Unsupported(type(value).__name__)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, dict):
+        tag = value.get(_TAG)
+        if tag == "Response":
+            r = Response.from_dict(value["data"])
+            r._latency = 0.0  # a cache hit takes no time
+            return r
+        if tag == "tuple":
+            return tuple(decode(v) for v in value["items"])
+        if tag == "dict":
+            return {_hashable(decode(k)): decode(v) for k, v in value["items"]}
+        return {k: decode(v) for k, v in value.items()}
+    return value
+
+
+# ---- the wrapper ------------------------------------------------------------------------
+class _Cached:
+    """What `cache` wraps a function in."""
+
+    def __init__(self, fn: Callable, ttl: float | None, path: str | None) -> None:
+        self.fn, self.ttl, self.path = fn, ttl, path
+        self.ident = identity(fn)
+        self.warned: set[str] = set()
+
+    def store(self) -> CacheStore:
+        return _store(self.path)
+
+    def key(self, args: tuple, kwargs: dict) -> str | None:
+        try:
+            blob = json.dumps([_VERSION, self.ident, closure(self.fn), canonical(list(args)),
+                               canonical(kwargs)], sort_keys=True)
+        except Unsupported as exc:
+            self._warn(f"an argument of type {exc}")
+            return None
+        return xxhash.xxh3_128_hexdigest(blob.encode())
+
+    def lookup(self, key: str) -> Any:
+        text = self.store().get(key, self.ttl)
+        return UNKNOWN if text is None else decode(json.loads(text))
+
+    def save(self, key: str, result: Any) -> None:
+        try:
+            text = json.dumps(encode(result))
+        except Unsupported as exc:
+            self._warn(f"a result of type {exc}")
+            return
+        self.store().put(key, self.ident.partition("@")[0], text)
+
+    def _warn(self, what: str) -> None:
+        if what not in self.warned:
+            self.warned.add(what)
+            warnings.warn(f"ember.cache: {self.ident.partition('@')[0]} got {what}, which "
+                          "the cache cannot hash or store as JSON; such calls run uncached.",
+                          stacklevel=4)
+
+    def concrete_args(self, state: Any, args: tuple, kwargs: dict) -> Any:
+        """Arguments with tracers replaced by their values, suspending the trace (a
+        graph break) where a value is not computed yet."""
+        def real(v: Any) -> Any:
+            if isinstance(v, Traced):
+                known = state.values.get(v._var.id, UNKNOWN)
+                if known is UNKNOWN or isinstance(known, BaseException):
+                    return state.need(v, "an ember.cache lookup needs its arguments")
+                return known
+            if isinstance(v, str) and "\ue000" in v and state.nonce in v:  # holds markers
+                from .ir.graph import Var
+                from .ir.trace import wrap
+
+                atom = state.atomize(v)
+                return real(wrap(state, atom)) if isinstance(atom, Var) else v
+            if isinstance(v, (list, tuple)):
+                return type(v)(real(x) for x in v)
+            if isinstance(v, dict):
+                return {k: real(x) for k, x in v.items()}
+            return v
+        state.guarded = True  # the graph depends on the cache's contents
+        return real(args), real(kwargs)
+
+
+def cache(fn: Callable | None = None, *, ttl: float | None = None,
+          path: str | None = None) -> Any:
+    """Cache a function's results on disk: ``cache(fn, ttl=3600)`` or ``@cache(...)``.
+
+    ``ttl``: seconds an entry stays valid (None: forever). ``path``: the SQLite file
+    (or its directory); default under the user cache dir, ``EMBER_CACHE_DIR`` overrides.
+    The wrapper's ``cache_clear()`` deletes this function's entries.
+    """
+    if ttl is not None and not ttl > 0:
+        raise ValueError(f"cache() ttl must be positive seconds or None, got {ttl!r}")
+    if fn is None:
+        return lambda f: cache(f, ttl=ttl, path=path)
+    if not callable(fn):
+        raise TypeError(f"cache() needs a function, got {fn!r}")
+    from ._reliability import is_async
+
+    c = _Cached(fn, ttl, path)
+
+    if is_async(fn):
+        @functools.wraps(fn)
+        async def acached(*args: Any, **kwargs: Any) -> Any:
+            key = _trace_key(c, args, kwargs)
+            if key is None:
+                return await fn(*args, **kwargs)
+            hit = c.lookup(key)
+            if hit is not UNKNOWN:
+                return hit
+            result = await fn(*args, **kwargs)
+            if current_trace() is None:
+                c.save(key, result)
+            return result
+        wrapper: Any = acached
+    else:
+        @functools.wraps(fn)
+        def cached(*args: Any, **kwargs: Any) -> Any:
+            key = _trace_key(c, args, kwargs)
+            if key is None:
+                return fn(*args, **kwargs)
+            hit = c.lookup(key)
+            if hit is not UNKNOWN:
+                return hit
+            result = fn(*args, **kwargs)
+            if current_trace() is None:
+                c.save(key, result)
+            return result
+        wrapper = cached
+    wrapper.cache_clear = lambda: c.store().clear(c.ident.partition("@")[0])
+    return wrapper
+
+
+def _trace_key(c: _Cached, args: tuple, kwargs: dict) -> str | None:
+    state = current_trace()
+    if state is not None:
+        args, kwargs = c.concrete_args(state, args, kwargs)
+    return c.key(args, kwargs)

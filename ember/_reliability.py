@@ -1,0 +1,203 @@
+"""`retry` and `timeout`: reliability as plain function wrappers.
+
+Both set the call options (ember/backends/policy.py) for the duration of the wrapped
+function, so every model call inside — eager, traced under `jit` (the tracer copies
+the options onto each node), or answered in jit's check run — carries them:
+
+- `retry`: failed *calls* are retried where they fail, in the backend's one retry
+  loop (a 429 waits for its ``Retry-After``; under jit only the failed calls and what
+  depends on them run again). Errors raised by the function itself — a `ParseError`
+  from ``.json()`` — re-run the function: a sampled call then gets a fresh sample (in
+  a jit check run, the memo has no answer for the next occurrence, so it is fetched).
+  An error a retry layer already gave up on is ``final``: no outer layer repeats it.
+- `timeout`: a relative limit. Eagerly the clock starts when the function is called;
+  in a replayed graph, when the region's first call starts. Every model call inside
+  is cancelled at the limit (closing its HTTP request). An ``async def`` function is
+  also cancelled as a whole (`asyncio.wait_for` semantics); a sync function cannot be
+  interrupted between model calls, so its pure-Python time is not bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from typing import Any, Callable
+
+from ._models import check_var
+from .backends.dispatch import describe_error
+from .backends.policy import (CallOptions, RetryPolicy, current_options, deadlines_var,
+                              new_region, options_var)
+from .errors import EmberError, ParseError, TimeoutError
+from .ir.trace import current_trace
+
+__all__ = ["retry", "timeout", "is_async"]
+
+log = logging.getLogger("ember")
+
+
+def is_async(fn: Callable) -> bool:
+    """``async def`` functions, and wrappers of them (jit, retry, ...)."""
+    if inspect.iscoroutinefunction(fn) or getattr(fn, "is_async", False) is True:
+        return True
+    return inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", type(fn).__name__)
+
+
+# ---- retry ------------------------------------------------------------------------------
+def retry(fn: Callable | None = None, *, max_attempts: int = 3, initial_delay: float = 0.5,
+          max_delay: float = 30.0, multiplier: float = 2.0, jitter: bool = True) -> Any:
+    """Retry transient failures: ``retry(fn, max_attempts=3)`` or ``@retry(...)``.
+
+    Retried: throttling 429s (never before their ``Retry-After``), 5xx, timeouts,
+    dropped connections, malformed bodies, and `ParseError` raised inside ``fn`` (which
+    re-runs ``fn`` at once, for a new sample). Never retried: 400/401/403/404, context
+    length, quota exhaustion. Backoff: ``initial_delay * multiplier**k`` seconds, capped
+    at ``max_delay``, with full jitter. The final error lists the attempts.
+    """
+    policy = RetryPolicy(max_attempts, initial_delay, max_delay, multiplier, jitter)
+    if fn is None:
+        return lambda f: _retrying(f, policy)
+    return _retrying(fn, policy)
+
+
+def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"retry() needs a function, got {fn!r}")
+
+    def options() -> CallOptions:
+        return current_options().with_(retry=policy)
+
+    if is_async(fn):
+        @functools.wraps(fn)
+        async def aretried(*args: Any, **kwargs: Any) -> Any:
+            token = options_var.set(options())
+            try:
+                if current_trace() is not None:
+                    return await fn(*args, **kwargs)
+                history: list[str] = []
+                while True:
+                    try:
+                        return await fn(*args, **kwargs)
+                    except EmberError as exc:
+                        wait = _after_failure(fn, policy, exc, history)
+                    if wait:
+                        await asyncio.sleep(wait)
+            finally:
+                options_var.reset(token)
+        return aretried
+
+    @functools.wraps(fn)
+    def retried(*args: Any, **kwargs: Any) -> Any:
+        token = options_var.set(options())
+        try:
+            if current_trace() is not None:  # calls are retried per node; trace once
+                return fn(*args, **kwargs)
+            history: list[str] = []
+            while True:
+                try:
+                    return fn(*args, **kwargs)
+                except EmberError as exc:
+                    wait = _after_failure(fn, policy, exc, history)
+                if wait:
+                    time.sleep(wait)
+        finally:
+            options_var.reset(token)
+    return retried
+
+
+def _after_failure(fn: Callable, policy: RetryPolicy, exc: EmberError,
+                   history: list[str]) -> float:
+    """Seconds to wait before running ``fn`` again, or re-raise ``exc``."""
+    if not policy.retryable(exc):
+        raise exc
+    history.append(describe_error(exc))
+    n = len(history)
+    if n >= policy.max_attempts:
+        exc.final = True  # type: ignore[attr-defined]  # an outer retry must not repeat it
+        if n > 1:
+            exc.notes.append(f"ember.retry gave up on {_name(fn)} after {n} attempts: " +
+                             "; ".join(f"{i}) {h}" for i, h in enumerate(history, 1)))
+        raise exc
+    wait = 0.0 if isinstance(exc, ParseError) else policy.delay(n, exc)
+    log.info("%s raised %s on attempt %d/%d; running it again in %.2fs", _name(fn),
+             history[-1], n, policy.max_attempts, wait)
+    return wait
+
+
+# ---- timeout ----------------------------------------------------------------------------
+def timeout(fn: Callable | None = None, *, seconds: float) -> Any:
+    """Give ``fn`` at most ``seconds``: ``timeout(fn, seconds=10)`` or
+    ``@timeout(seconds=10)``. At the limit, in-flight requests are cancelled and
+    `ember.TimeoutError` (a builtin `TimeoutError`) is raised."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
+        raise ValueError(f"timeout() needs seconds > 0, got {seconds!r}")
+    if fn is None:
+        return lambda f: _limited(f, float(seconds))
+    return _limited(fn, float(seconds))
+
+
+def _limited(fn: Callable, seconds: float) -> Callable:
+    if not callable(fn):
+        raise TypeError(f"timeout() needs a function, got {fn!r}")
+    region = new_region()  # stable per wrapper: part of jit's cache key
+
+    def enter() -> tuple[Any, Any, float | None]:
+        """Scope the options; start the clock unless tracing. (tokens, deadline)"""
+        opts = current_options()
+        if all(r != region for r, _ in opts.timeouts):
+            opts = opts.with_(timeouts=opts.timeouts + ((region, seconds),))
+        otoken = options_var.set(opts)
+        if current_trace() is not None:
+            return otoken, None, None
+        table = dict(deadlines_var.get() or {})
+        deadline = time.monotonic() + seconds
+        deadline = table[region] = min(deadline, table.get(region, deadline))
+        return otoken, deadlines_var.set(table), deadline
+
+    def leave(otoken: Any, dtoken: Any) -> None:
+        if dtoken is not None:
+            deadlines_var.reset(dtoken)
+        options_var.reset(otoken)
+
+    def expired(exc: EmberError, deadline: float | None) -> EmberError:
+        # this region is over: an outer retry may run it again with a new clock
+        if deadline is not None and time.monotonic() >= deadline - 0.01:
+            exc.final = False  # type: ignore[attr-defined]
+        return exc
+
+    if is_async(fn):
+        @functools.wraps(fn)
+        async def alimited(*args: Any, **kwargs: Any) -> Any:
+            otoken, dtoken, deadline = enter()
+            try:
+                if deadline is None or check_var.get() is not None:
+                    return await fn(*args, **kwargs)
+                try:
+                    return await asyncio.wait_for(fn(*args, **kwargs),
+                                                  max(0.0, deadline - time.monotonic()))
+                except EmberError as exc:
+                    raise expired(exc, deadline)
+                except asyncio.TimeoutError:
+                    raise TimeoutError(
+                        f"{_name(fn)} did not finish within {seconds:g}s (ember.timeout); "
+                        "its in-flight requests were cancelled.") from None
+            finally:
+                leave(otoken, dtoken)
+        return alimited
+
+    @functools.wraps(fn)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        otoken, dtoken, deadline = enter()
+        try:
+            return fn(*args, **kwargs)
+        except TimeoutError as exc:
+            raise expired(exc, deadline)
+        finally:
+            leave(otoken, dtoken)
+    return limited

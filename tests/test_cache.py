@@ -1,0 +1,274 @@
+"""`cache`: a persistent, private, JSON-only result store that survives restarts and
+concurrent writers, and works eagerly, under jit and under vmap."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import pytest
+from servers import OPENAI_KEY
+
+import ember
+from ember._cache import cache, cache_dir, identity
+from ember.providers import sim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def rows(folder) -> int:
+    with sqlite3.connect(str(folder / "cache.sqlite3")) as conn:
+        return conn.execute("SELECT count(*) FROM results").fetchone()[0]
+
+
+def analyze(text):
+    return ember.models("sim", f"Analyze: {text}")
+
+
+# ---- eager ------------------------------------------------------------------------------
+def test_hit_and_miss(cache_home):
+    cached = cache(analyze)
+    first = cached("a")
+    again = cached("a")
+    assert sim.stats().requests == 1
+    assert again == first and again.usage == first.usage and again.cost == first.cost
+    assert again.latency == 0.0
+    cached("b")
+    cached(text="a")  # keyword arguments are a different key
+    assert sim.stats().requests == 3
+    assert cache_dir() == str(cache_home)
+
+
+def test_decorator_forms_and_ttl():
+    calls = []
+
+    @cache(ttl=0.2)
+    def f(x):
+        calls.append(x)
+        return {"x": x, "pair": (1, 2), 3: [None, 1.5, True]}
+
+    assert f("a") == f("a") == {"x": "a", "pair": (1, 2), 3: [None, 1.5, True]}
+    assert calls == ["a"]
+    time.sleep(0.25)
+    f("a")
+    assert calls == ["a", "a"]
+
+
+def test_argument_types_are_distinguished():
+    seen = []
+    f = cache(lambda x: seen.append(x) or len(seen))
+    for value in (1, 1.0, True, "1", [1], (1,), {"a": 1}, None):
+        f(value)
+    assert len(seen) == 8
+    f([1])
+    assert len(seen) == 8
+
+
+def test_unsupported_types_run_uncached_with_one_warning():
+    class Thing:
+        pass
+
+    calls = []
+    f = cache(lambda x: calls.append(x) or Thing())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f(1)
+        f(1)
+    assert len(calls) == 2
+    assert len([w for w in caught if "cannot hash or store" in str(w.message)]) == 1
+    g = cache(lambda x: 1)
+    with pytest.warns(UserWarning, match="argument of type Thing"):
+        assert g(Thing()) == 1
+
+
+def test_identity_follows_the_code():
+    def f(x):
+        return x + 1
+
+    def g(x):
+        return x + 2
+
+    assert identity(f).split("@")[0].endswith("f") and identity(f) != identity(g)
+    assert identity(ember.jit(f)) == identity(f)
+
+
+def test_closures_are_part_of_the_identity():
+    makers = [cache(lambda x, m=None, k=k: f"{k}:{x}") for k in "ab"]
+    captured = []
+    for k in "ab":
+        captured.append(cache((lambda k: lambda x: f"{k}:{x}")(k)))
+    assert [f("x") for f in makers] == ["a:x", "b:x"]
+    assert [f("x") for f in captured] == ["a:x", "b:x"]
+
+
+def test_async_functions():
+    calls = []
+
+    @cache
+    async def f(x):
+        calls.append(x)
+        return (await ember.amodels("sim", x)).text
+
+    assert asyncio.run(f("q")) == asyncio.run(f("q"))
+    assert calls == ["q"]
+
+
+def test_cache_clear():
+    f = cache(analyze)
+    f("x")
+    assert f.cache_clear() == 1
+    f("x")
+    assert sim.stats().requests == 2
+
+
+# ---- the file ---------------------------------------------------------------------------
+def test_file_is_private_and_holds_no_secret(cache_home, openai_server):
+    f = cache(lambda x: ember.models("openai/gpt-4o-mini", x))
+    for i in range(5):
+        f(f"prompt {i}")
+    assert stat.S_IMODE(os.stat(cache_home).st_mode) == 0o700
+    blob = b""
+    for name in os.listdir(cache_home):
+        path = cache_home / name
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, name
+        blob += path.read_bytes()
+    assert OPENAI_KEY.encode() not in blob and b"sk-" not in blob
+    assert b"pickle" not in blob and b"echo: prompt 3" in blob  # JSON values
+
+
+def test_explicit_path(tmp_path):
+    target = tmp_path / "elsewhere" / "mine.db"
+    f = cache(lambda x: x * 2, path=str(target))
+    assert f(2) == 4
+    assert target.exists() and stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+def test_survives_a_process_restart(cache_home):
+    script = textwrap.dedent("""
+        import ember
+        from ember._cache import cache
+        from ember.providers import sim
+
+        @cache
+        def analyze(text):
+            return ember.models("sim", f"Analyze: {text}")
+
+        texts = [analyze(t).text for t in ["a", "b", "c"]]
+        print(sim.stats().requests, "|".join(texts).replace(" ", "_"))
+    """)
+    env = {**os.environ, "EMBER_CACHE_DIR": str(cache_home), "PYTHONPATH": ROOT}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout.split() for _ in range(2)]
+    assert runs[0][0] == "3" and runs[1][0] == "0"
+    assert runs[0][1] == runs[1][1]
+
+
+def square(x):
+    return {"x": x, "square": x * x, "by": os.getpid()}
+
+
+def _writer(args) -> int:
+    folder, worker = args
+    os.environ["EMBER_CACHE_DIR"] = folder
+    from ember._cache import cache
+
+    cached = cache(square)
+    for i in range(60):
+        assert cached(i % 40)["square"] == (i % 40) ** 2
+    return worker
+
+
+def test_concurrent_writers(cache_home):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        assert sorted(pool.map(_writer, [(str(cache_home), w) for w in range(4)])) == [0, 1, 2, 3]
+    assert rows(cache_home) == 40
+
+
+# ---- jit and vmap -----------------------------------------------------------------------
+def test_hit_under_jit_records_no_call():
+    cached = cache(analyze)
+    expected = ember.models("sim", f"Judge: {cached('p').text}").text
+    pipeline = ember.jit(lambda x: ember.models("sim", f"Judge: {cached(x)}").text)
+    assert sim.stats().requests == 2
+    assert pipeline("p") == expected
+    assert sim.stats().requests == 3  # the judge again; the cached call was not sent
+
+
+def test_miss_under_jit_is_stored_by_the_check_run(cache_home):
+    cached = cache(analyze)
+    fan = ember.jit(lambda xs: [cached(x).text for x in xs])
+    assert fan(["a", "b", "c"]) == [analyze(x).text for x in "abc"]
+    assert rows(cache_home) == 3
+    before = sim.stats().requests
+    fan(["a", "b", "c"])
+    assert sim.stats().requests == before
+
+
+def test_arguments_from_a_model_are_awaited_then_looked_up():
+    summarize = cache(lambda t: ember.models("sim", f"Summarize: {t}").text)
+    pipeline = ember.jit(lambda x: summarize(ember.models("sim", f"Draft {x}").text))
+    first = pipeline("z")
+    n = sim.stats().requests
+    assert pipeline("z") == first
+    assert sim.stats().requests == n + 1  # the draft is deterministic but not cached: 1
+
+
+def test_failed_elements_rerun_alone(cache_home):
+    sim.configure(fail_on="item 7")
+    mapped = ember.vmap(cache(lambda i: ember.models("sim", f"item {i}").text))
+    with pytest.raises(ember.BatchError):
+        mapped(list(range(12)))
+    assert rows(cache_home) == 11
+    sim.configure(fail_on=None)
+    before = sim.stats().requests
+    assert len(mapped(list(range(12)))) == 12
+    assert sim.stats().requests == before + 1
+
+
+def test_interrupted_vmap_pays_only_for_unfinished(cache_home):
+    script = textwrap.dedent("""
+        import sys, ember
+        from ember._cache import cache
+        from ember.providers import sim
+
+        sim.configure(latency=float(sys.argv[1]))
+        work = cache(lambda i: ember.models("sim", f"element {i}").text)
+        ember.vmap(work, batch_size=4)(list(range(40)))
+        print(sim.stats().requests)
+    """)
+    env = {**os.environ, "EMBER_CACHE_DIR": str(cache_home), "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-c", script, "0.05"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    db = cache_home / "cache.sqlite3"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                if rows(cache_home) >= 12:
+                    break
+            except sqlite3.OperationalError:
+                pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    done = rows(cache_home)
+    assert 12 <= done < 40
+    rerun = subprocess.run([sys.executable, "-c", script, "0"], env=env, capture_output=True,
+                           text=True, timeout=60, check=True)
+    assert int(rerun.stdout.split()[-1]) == 40 - done

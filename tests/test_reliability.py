@@ -1,0 +1,334 @@
+"""`retry` and `timeout` against a loopback OpenAI server that injects faults."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import random
+import threading
+import time
+
+import pytest
+from faults import MODEL, OPENAI_KEY, Fault, fault_server, retry_gaps  # noqa: F401
+
+import ember
+from ember import providers
+from ember._reliability import retry, timeout
+from ember._runtime import loop
+from ember.errors import (AuthenticationError, BadRequestError, ContextLengthError,
+                          ModelNotFoundError, ParseError, QuotaExceededError, ServerError)
+from ember.providers import sim
+
+pytestmark = pytest.mark.filterwarnings("ignore:No price known")  # the custom provider
+
+def call(prompt: str, **params):
+    return ember.models(MODEL, prompt, **params)
+
+
+def statuses(server) -> list:
+    return [r.status for r in server.requests]
+
+
+# ---- retry: what is retried, and how long it waits ----------------------------------------
+def test_retry_waits_for_retry_after_ms(fault_server):
+    fault_server.script(Fault("rate_limit", retry_after=None, retry_after_ms=300))
+    r = retry(call, max_attempts=3, initial_delay=0.01)("hello")
+    assert r.text == "echo: hello"
+    assert statuses(fault_server) == [429, 200]
+    [(asked, gap)] = retry_gaps(fault_server)
+    assert asked == 0.3 and gap >= 0.3
+
+
+def test_retry_waits_for_retry_after_seconds(fault_server):
+    fault_server.script(Fault("rate_limit", retry_after=1))
+    start = time.monotonic()
+    assert retry(call, initial_delay=0.01)("x").text == "echo: x"
+    [(asked, gap)] = retry_gaps(fault_server)
+    assert asked == 1 and gap >= 1.0
+    assert time.monotonic() - start < 2.0
+
+
+def test_retries_5xx_timeouts_and_dropped_connections(fault_server):
+    fault_server.script("overloaded", Fault("server", status=502), "drop", "malformed")
+    r = retry(call, max_attempts=5, initial_delay=0.01)("y")
+    assert r.text == "echo: y"
+    assert len(fault_server.requests) == 5
+
+
+@pytest.mark.parametrize("kind, error", [
+    ("auth", AuthenticationError), ("forbidden", AuthenticationError),
+    ("not_found", ModelNotFoundError), ("bad_request", BadRequestError),
+    ("context_length", ContextLengthError), ("quota", QuotaExceededError)])
+def test_non_retryable_errors_are_attempted_once(fault_server, kind, error):
+    fault_server.script(kind)
+    start = time.monotonic()
+    with pytest.raises(error):
+        retry(call, max_attempts=5, initial_delay=0.2)("z")
+    assert len(fault_server.requests) == 1
+    assert time.monotonic() - start < 0.5
+
+
+def test_bare_429_is_a_quota_error_and_fails_fast(fault_server):
+    # a 429 with neither Retry-After nor rate-limit headers comes from a spend cap
+    fault_server.script(Fault("rate_limit", retry_after=None))
+    start = time.monotonic()
+    with pytest.raises(QuotaExceededError):
+        retry(call, max_attempts=5)("q")
+    assert len(fault_server.requests) == 1
+    assert time.monotonic() - start < 0.5
+    assert call("after").text == "echo: after"  # a quota error pauses nothing
+    assert time.monotonic() - start < 0.5
+
+
+def test_final_error_lists_attempts_and_attempts_never_multiply(fault_server):
+    fault_server.hook = lambda rec: "overloaded"
+
+    @retry(max_attempts=3, initial_delay=0.01)
+    def outer(x):
+        return retry(call, max_attempts=3, initial_delay=0.01)(x)
+
+    with pytest.raises(ServerError) as info:
+        outer("w")
+    assert len(fault_server.requests) == 3  # not 9: one layer decides
+    assert "failed after 3 attempts" in str(info.value)
+    assert str(info.value).count("ServerError (HTTP 503)") == 3
+    assert OPENAI_KEY not in str(info.value)
+
+
+def test_default_policy_retries_twice(fault_server):
+    fault_server.script("overloaded", "overloaded", "overloaded")
+    with pytest.raises(ServerError):
+        call("d")
+    assert len(fault_server.requests) == 3  # like the SDKs' default, but in one place
+
+
+def test_retry_logs_one_line_per_retry_without_secrets(fault_server, caplog):
+    fault_server.script(Fault("rate_limit", retry_after=None, retry_after_ms=50), "overloaded")
+    with caplog.at_level(logging.INFO, logger="ember"):
+        retry(call, initial_delay=0.01)("a secret prompt")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ember"]
+    assert sum("retrying in" in line for line in lines) == 2
+    assert sum("throttling" in line for line in lines) == 1
+    assert not any("secret prompt" in line or OPENAI_KEY in line for line in lines)
+
+
+# ---- retry: both forms, async, parse errors ---------------------------------------------
+class Flip:
+    """A provider that answers prose first, then JSON: a parse error to retry."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, request):
+        self.calls += 1
+        return "Sure! Here it is" if self.calls == 1 else '{"ok": true}'
+
+
+@pytest.fixture
+def flip():
+    provider = Flip()
+    providers.register("flip", provider)  # sampled: default temperature 1.0
+    yield provider
+    providers._custom.pop("flip", None)
+    providers.reset()
+
+
+def ask_json(x):
+    return ember.models("flip/m", f"JSON for {x}").json()
+
+
+def test_parse_error_reruns_the_function_eagerly(flip):
+    assert retry(ask_json)("a") == {"ok": True}
+    assert flip.calls == 2
+
+
+def test_decorator_form_and_give_up(flip):
+    @retry(max_attempts=1)
+    def once(x):
+        return ask_json(x)
+
+    with pytest.raises(ParseError):
+        once("b")
+    assert flip.calls == 1
+
+
+def test_parse_error_retry_under_jit_fetches_a_fresh_sample(flip):
+    fast = ember.jit(retry(ask_json, max_attempts=3))
+    assert fast("c") == {"ok": True}
+    assert flip.calls == 2  # the failed sample, then one new one: nothing else re-sent
+
+
+def test_retry_around_jit(flip):
+    assert retry(ember.jit(ask_json))("d") == {"ok": True}
+    assert flip.calls == 2
+
+
+def test_retry_under_jit_reruns_only_failed_calls(fault_server):
+    fault_server.hook = lambda rec: "overloaded" if b"bad" in rec.raw and rec.status is None \
+        and sum(b"bad" in r.raw for r in fault_server.requests) == 1 else None
+
+    @ember.jit
+    @retry(max_attempts=3, initial_delay=0.01)
+    def pipeline(x):
+        a, b = call(f"good {x}"), call(f"bad {x}")
+        return call(f"join {a} {b}").text
+
+    assert pipeline("1") == "echo: join echo: good 1 echo: bad 1"
+    prompts = [r.body["messages"][-1]["content"] for r in fault_server.requests]
+    assert prompts.count("good 1") == 1 and prompts.count("bad 1") == 2
+    assert len(prompts) == 4
+
+
+def test_async_retry(fault_server):
+    fault_server.script("overloaded")
+
+    @retry(initial_delay=0.01)
+    async def acall(x):
+        return await ember.amodels(MODEL, x)
+
+    assert asyncio.run(acall("e")).text == "echo: e"
+    assert len(fault_server.requests) == 2
+
+
+def test_retry_validates_arguments():
+    with pytest.raises(ValueError):
+        retry(max_attempts=0)
+    with pytest.raises(TypeError):
+        retry(42)
+
+
+# ---- timeout ------------------------------------------------------------------------------
+def ember_tasks() -> int:
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1
+    return asyncio.run_coroutine_threadsafe(count(), loop()).result()
+
+
+def eventually(check, limit: float = 1.0) -> bool:
+    end = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def settled(baseline: int, limit: float = 1.0) -> bool:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if ember_tasks() <= baseline:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_timeout_cancels_in_flight_requests(fault_server):
+    fault_server.stall = 5.0
+    call("warm up")
+    tasks, threads = ember_tasks(), threading.active_count()
+    slow = timeout(lambda x: call(f"STALL {x}"), seconds=0.5)
+    start = time.monotonic()
+    with pytest.raises(ember.TimeoutError) as info:
+        slow("a")
+    took = time.monotonic() - start
+    assert isinstance(info.value, builtins.TimeoutError)
+    assert 0.5 <= took < 0.7
+    assert eventually(lambda: fault_server.hangups)  # the HTTP request was closed
+    assert fault_server.hangups[0] - start < 0.7
+    assert settled(tasks) and threading.active_count() <= threads
+    assert len(fault_server.requests) == 2  # a passed deadline is not retried
+
+
+def test_async_timeout_cancels_the_function(fault_server):
+    fault_server.stall = 5.0
+
+    async def slow(x):
+        first = await ember.amodels(MODEL, x)
+        return await ember.amodels(MODEL, f"STALL {first}")
+
+    async def main():
+        start = time.monotonic()
+        with pytest.raises(ember.TimeoutError):
+            await timeout(slow, seconds=0.4)("b")
+        return time.monotonic() - start
+
+    took = asyncio.run(main())
+    assert 0.4 <= took < 0.6
+    assert eventually(lambda: len(fault_server.hangups) == 1)
+
+
+def test_timeout_under_jit_bounds_parallel_calls(fault_server):
+    fault_server.stall = 5.0
+
+    @ember.jit
+    @timeout(seconds=0.4)
+    def fan(x):
+        return [call(f"STALL {x} {i}") for i in range(3)]
+
+    start = time.monotonic()
+    with pytest.raises(ember.TimeoutError):
+        fan("c")
+    assert time.monotonic() - start < 0.6
+    assert len(fault_server.requests) == 3
+    assert eventually(lambda: len(fault_server.hangups) == 3)
+
+
+def test_replayed_graph_starts_its_clock_per_call():
+    sim.configure(latency=0.15)
+    fast = ember.jit(timeout(lambda x: ember.models("sim", f"say {x}"), seconds=0.4))
+    fast("a")
+    time.sleep(0.5)  # an absolute deadline captured at trace time would have passed
+    assert fast("b").text
+    assert fast.entry("b").graph is not None  # the second call replayed the graph
+    assert sim.stats().requests == 2
+
+
+def test_retry_of_timeout_runs_a_new_region(fault_server):
+    fault_server.stall = 5.0
+    seen = []
+
+    def flaky(x):
+        seen.append(x)
+        return call(f"STALL {x}" if len(seen) == 1 else x)
+
+    assert retry(timeout(flaky, seconds=0.3), initial_delay=0.01)("f").text == "echo: f"
+    assert len(seen) == 2
+
+
+def test_timeout_inside_retry_is_not_retried(fault_server):
+    fault_server.stall = 5.0
+    start = time.monotonic()
+    with pytest.raises(ember.TimeoutError):
+        timeout(retry(lambda x: call(f"STALL {x}"), max_attempts=5), seconds=0.3)("g")
+    assert time.monotonic() - start < 0.5
+    assert len(fault_server.requests) == 1
+
+
+def test_timeout_validates_arguments():
+    with pytest.raises(ValueError):
+        timeout(lambda: None, seconds=0)
+    with pytest.raises(TypeError):
+        timeout(seconds=1)(None)
+
+
+# ---- acceptance ------------------------------------------------------------------------------
+def test_acceptance_40_calls_through_429s_and_503s(fault_server):
+    rng = random.Random(5)
+    lock = threading.Lock()
+
+    def hook(rec):
+        with lock:
+            r = rng.random()
+        if r < 0.15:
+            return Fault("rate_limit", retry_after=1, retry_after_ms=200)
+        return "overloaded" if r < 0.25 else None
+
+    fault_server.hook = hook
+    safe = retry(lambda i: call(f"item {i}"), max_attempts=10, initial_delay=0.02)
+    results = ember.vmap(safe)(list(range(40)))
+    assert [r.text for r in results] == [f"echo: item {i}" for i in range(40)]
+    codes = statuses(fault_server)
+    assert codes.count(200) == 40 and codes.count(429) >= 3 and codes.count(503) >= 3
+    gaps = retry_gaps(fault_server)
+    assert all(gap >= asked for asked, gap in gaps), gaps
