@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import Any, Iterator
 from dataclasses import dataclass, field
 
 __all__ = ["CallRecord", "Recorder", "recorder_var", "record", "recording"]
@@ -53,6 +53,17 @@ def recording() -> Iterator[Recorder]:
         recorder_var.reset(token)
 
 
+_UNSET: Any = object()
+_emit: Any = _UNSET  # OpenTelemetry span emitter, resolved on the first record
+
+
 def record(call: CallRecord) -> None:
+    global _emit
     for rec in recorder_var.get():
         rec.calls.append(call)
+    if _emit is _UNSET:
+        from .._otel import span_emitter
+
+        _emit = span_emitter()
+    if _emit is not None:
+        _emit(call)
