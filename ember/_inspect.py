@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .ir.graph import Graph
-from .ir.printing import format_graph, to_dot, to_mermaid
+from .ir.printing import format_graph, pass_effects, to_dot, to_mermaid
 from .ir.trace import StopTrace, Suspend, TraceState, trace_var
 
 __all__ = ["inspect", "InspectReport", "trace_graph"]
@@ -30,14 +30,31 @@ class InspectReport:
     def estimate(self) -> Any:
         return self.graph.meta.get("estimate")
 
-    def dot(self) -> str:
-        return to_dot(self.graph, self.name)
+    def effects(self) -> dict[int, tuple[str, str]]:
+        """What the passes did to each traced node: var id -> (kind, note)."""
+        return pass_effects(self.before, self.graph)
 
-    def mermaid(self) -> str:
-        return to_mermaid(self.graph)
+    def dot(self, view: str = "passes") -> str:
+        """Graphviz DOT. ``view="passes"`` (default): the traced graph with the nodes the
+        passes removed, merged or fused marked; ``"optimized"``: the graph that runs;
+        ``"traced"``: the graph before the passes, unmarked."""
+        graph, effects = self._view(view)
+        return to_dot(graph, self.name, effects)
 
-    def svg(self) -> bytes:
-        """The graph drawn by Graphviz (``dot`` must be installed)."""
+    def mermaid(self, view: str = "passes") -> str:
+        """Mermaid flowchart text; ``view`` as for `dot`."""
+        graph, effects = self._view(view)
+        return to_mermaid(graph, effects)
+
+    def _view(self, view: str) -> tuple[Graph, dict | None]:
+        if view == "passes":
+            return self.before, self.effects()
+        if view in ("optimized", "traced"):
+            return (self.graph if view == "optimized" else self.before), None
+        raise ValueError(f"view must be 'passes', 'optimized' or 'traced', not {view!r}")
+
+    def svg(self, view: str = "passes") -> bytes:
+        """The graph drawn by Graphviz (``dot`` must be installed); ``view`` as for `dot`."""
         import shutil
         import subprocess
 
@@ -45,7 +62,7 @@ class InspectReport:
         if exe is None:
             raise RuntimeError("Graphviz is not installed (no `dot` on PATH); use .mermaid() "
                                "or .dot() instead, or install graphviz.")
-        return subprocess.run([exe, "-Tsvg"], input=self.dot().encode(), check=True,
+        return subprocess.run([exe, "-Tsvg"], input=self.dot(view).encode(), check=True,
                               capture_output=True).stdout
 
     def __str__(self) -> str:

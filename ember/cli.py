@@ -25,6 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     insp.add_argument("target", help="module:function, e.g. examples.quickstart:analyze")
     insp.add_argument("args", nargs="*", help="example arguments (JSON if they parse, else strings)")
     insp.add_argument("--format", choices=("text", "dot", "mermaid", "svg"), default="text")
+    insp.add_argument("--view", choices=("passes", "optimized", "traced"), default="passes",
+                      help="pictures: the traced graph with the passes' effects marked "
+                           "(default), the optimized graph, or the traced graph")
     insp.add_argument("-o", "--output", help="write to this file instead of stdout")
 
     ns = parser.parse_args(argv)
@@ -70,13 +73,13 @@ def _inspect_command(ns: argparse.Namespace) -> int:
     report = inspect(_load(ns.target), *[_parse_arg(a) for a in ns.args])
     if ns.format == "svg":
         try:
-            data: bytes | str = report.svg()
+            data: bytes | str = report.svg(ns.view)
         except RuntimeError as exc:
             print(f"ember inspect: {exc}", file=sys.stderr)
             return 2
     else:
-        data = {"text": str, "dot": lambda r: r.dot() + "\n",
-                "mermaid": lambda r: r.mermaid() + "\n"}[ns.format](report)
+        data = {"text": str, "dot": lambda r: r.dot(ns.view) + "\n",
+                "mermaid": lambda r: r.mermaid(ns.view) + "\n"}[ns.format](report)
     if ns.output:
         mode = "wb" if isinstance(data, bytes) else "w"
         with open(ns.output, mode) as fh:

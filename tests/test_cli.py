@@ -228,7 +228,7 @@ def test_svg_without_graphviz(program, capsys):
 
 
 def test_svg_bytes_go_to_stdout_or_a_file(program, capsysbinary, monkeypatch, tmp_path):
-    monkeypatch.setattr(InspectReport, "svg", lambda self: b"<svg>fake</svg>")
+    monkeypatch.setattr(InspectReport, "svg", lambda self, view="passes": b"<svg>fake</svg>")
     assert cli.main(["inspect", f"{program}:analyze", "x", "--format", "svg"]) == 0
     assert capsysbinary.readouterr().out == b"<svg>fake</svg>"
     target = tmp_path / "g.svg"

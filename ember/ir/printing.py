@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from .graph import Graph, Node, Var
 
-__all__ = ["format_graph", "format_node", "to_dot", "to_mermaid"]
+__all__ = ["format_graph", "format_node", "to_dot", "to_mermaid", "pass_effects"]
 
 _HIDDEN_PARAMS = {"options"}  # shown only when not default
 
@@ -113,14 +113,71 @@ def _edges(graph: Graph):
                 yield ("n" + str(a.id) if a.id in produced else "in" + str(a.id)), f"n{node.out.id}"
 
 
-def to_dot(graph: Graph, title: str = "ember") -> str:
+def pass_effects(before: Graph, after: Graph) -> dict[int, tuple[str, str]]:
+    """What the passes did to each node of ``before``: out var id -> (kind, note), kind
+    one of "removed" (dce), "merged" (cse) and "fused" (n-samples or a batch). Nodes
+    that went through unchanged are absent."""
+    labels = {n.out.id: _label(n) for n in before.nodes}
+    effects: dict[int, tuple[str, str]] = {}
+    for vid in after.meta.get("removed", ()):
+        effects[vid] = ("removed", "removed by dce: cannot reach an output")
+    for vid, rep in after.meta.get("merged", {}).items():
+        effects[vid] = ("merged", f"merged by cse into n{rep} ({labels.get(rep, '?')})")
+    fused = _fusions(after)
+    for node in after.nodes:  # a fused member's result is a getitem of the fused call
+        if node.op == "getitem" and node.inputs and isinstance(node.inputs[0], Var):
+            note = fused.get(node.inputs[0].id)
+            if note is not None and node.out.id in labels:
+                effects[node.out.id] = ("fused", note)
+    return effects
+
+
+def _fusions(after: Graph) -> dict[int, str]:
+    out = {}
+    for node in after.nodes:
+        k = len(node.meta.get("locs", ()))
+        if k and node.op == "llm":
+            out[node.out.id] = f"fused by fuse into one request with n={k}"
+        elif k and node.op == "llm_batch":
+            out[node.out.id] = f"fused by fuse into one batch of {k}"
+    return out
+
+
+_STYLE_DOT = {"removed": 'style="dashed,filled", fillcolor="#eeeeee", fontcolor="#888888"',
+              "merged": 'style="dotted,filled", fillcolor="#f3e5f5"',
+              "fused": 'style=filled, fillcolor="#bbdefb"'}
+_MARK = {"removed": "✗ removed", "merged": "≡ merged", "fused": "⊕ fused"}
+
+
+def _mark(effect: tuple[str, str]) -> str:
+    kind, note = effect
+    if kind == "fused":  # "... with n=3" -> "n=3"; "... batch of 4" -> "batch of 4"
+        return f"{_MARK[kind]} " + (note.rsplit(" ", 1)[-1] if "n=" in note
+                                    else note[note.index("batch"):])
+    return _MARK[kind]
+
+
+def to_dot(graph: Graph, title: str = "ember",
+           effects: dict[int, tuple[str, str]] | None = None) -> str:
+    """Graphviz DOT. With ``effects`` (from `pass_effects`), nodes the passes removed,
+    merged or fused are drawn marked, with a legend."""
+    effects = effects or {}
     lines = [f'digraph "{title}" {{', "  rankdir=TB;", '  node [fontname="Helvetica"];']
     for i, v in enumerate(graph.inputs):
         lines.append(f'  in{v.id} [label="input {i}: {v.type}", shape=oval];')
     for node in graph.nodes:
-        shape = "box, style=filled, fillcolor=\"#ffe0b2\"" if node.op.startswith("llm") else "box"
+        style = "style=filled, fillcolor=\"#ffe0b2\"" if node.op.startswith("llm") else ""
         loc = f"\\n{_loc(node)[4:]}" if node.loc else ""
-        lines.append(f'  n{node.out.id} [label="{_label(node)}{loc}", shape={shape}];')
+        label = _label(node).replace('"', "'")
+        effect = effects.get(node.out.id)
+        if effect is not None:
+            style = _STYLE_DOT[effect[0]]
+            label += f"\\n{_mark(effect)}"
+            tooltip = f', tooltip="{effect[1]}"'
+        else:
+            tooltip = ""
+        attrs = ", ".join(a for a in ("shape=box", style) if a)
+        lines.append(f'  n{node.out.id} [label="{label}{loc}", {attrs}{tooltip}];')
     for src, dst in _edges(graph):
         lines.append(f"  {src} -> {dst};")
     for i, a in enumerate(graph.outputs):
@@ -128,16 +185,32 @@ def to_dot(graph: Graph, title: str = "ember") -> str:
             lines.append(f'  out{i} [label="output {i}", shape=oval];')
             src = f"n{a.id}" if any(n.out.id == a.id for n in graph.nodes) else f"in{a.id}"
             lines.append(f"  {src} -> out{i};")
+    kinds = sorted({k for k, _ in effects.values()})
+    if kinds:
+        lines.append('  subgraph cluster_legend { label="passes"; fontname="Helvetica";')
+        for k in kinds:
+            lines.append(f'    legend_{k} [label="{_MARK[k]}", shape=box, {_STYLE_DOT[k]}];')
+        lines.append("  }")
     lines.append("}")
     return "\n".join(lines)
 
 
-def to_mermaid(graph: Graph) -> str:
+_STYLE_MERMAID = {"removed": "fill:#eee,stroke:#999,stroke-dasharray:5 5,color:#888",
+                  "merged": "fill:#f3e5f5,stroke:#8e24aa,stroke-dasharray:2 2",
+                  "fused": "fill:#bbdefb,stroke:#1565c0"}
+
+
+def to_mermaid(graph: Graph, effects: dict[int, tuple[str, str]] | None = None) -> str:
+    """Mermaid flowchart; with ``effects``, removed/merged/fused nodes get classes."""
+    effects = effects or {}
     lines = ["flowchart TD"]
     for i, v in enumerate(graph.inputs):
         lines.append(f'  in{v.id}(["input {i}: {v.type}"])')
     for node in graph.nodes:
         label = _label(node).replace('"', "'")
+        effect = effects.get(node.out.id)
+        if effect is not None:
+            label += f"<br/>{_mark(effect)}"
         if node.op.startswith("llm"):
             lines.append(f'  n{node.out.id}[["{label}"]]')
         else:
@@ -149,4 +222,8 @@ def to_mermaid(graph: Graph) -> str:
             src = f"n{a.id}" if any(n.out.id == a.id for n in graph.nodes) else f"in{a.id}"
             lines.append(f'  out{i}(["output {i}"])')
             lines.append(f"  {src} --> out{i}")
+    for kind in sorted({k for k, _ in effects.values()}):
+        ids = ",".join(f"n{vid}" for vid, (k, _) in effects.items() if k == kind)
+        lines.append(f"  classDef {kind} {_STYLE_MERMAID[kind]}")
+        lines.append(f"  class {ids} {kind}")
     return "\n".join(lines)

@@ -86,5 +86,6 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
                 CseStats())
     outputs: list[Var | Lit] = [subst.get(a.id, a) if isinstance(a, Var) else a
                                 for a in graph.outputs]
-    return (Graph(list(graph.inputs), nodes, outputs, carry_meta(graph)),
-            CseStats(merged, merged_calls))
+    meta = carry_meta(graph)  # who was merged into whom, for inspect's pictures
+    meta["merged"] = {**meta.get("merged", {}), **{k: v.id for k, v in subst.items()}}
+    return (Graph(list(graph.inputs), nodes, outputs, meta), CseStats(merged, merged_calls))

@@ -90,6 +90,7 @@ def dce(graph: Graph) -> tuple[Graph, DceStats]:
     live: set[int] = {a.id for a in graph.outputs if isinstance(a, Var)}
     keep: list[Node] = []
     removed = calls = effectful_only = 0
+    gone: list[int] = []  # ids of removed nodes' outputs, for inspect's pictures
     for node in reversed(graph.nodes):  # one backward sweep: users come after producers
         if node.out.id in live:
             pass
@@ -98,6 +99,7 @@ def dce(graph: Graph) -> tuple[Graph, DceStats]:
         else:
             removed += 1
             calls += node.op in CALL_OPS
+            gone.append(node.out.id)
             continue
         keep.append(node)
         for a in node.inputs:
@@ -107,5 +109,7 @@ def dce(graph: Graph) -> tuple[Graph, DceStats]:
         out = Graph(list(graph.inputs), list(graph.nodes), list(graph.outputs), dict(graph.meta))
     else:
         keep.reverse()
-        out = Graph(list(graph.inputs), keep, list(graph.outputs), carry_meta(graph))
+        meta = carry_meta(graph)
+        meta["removed"] = (*meta.get("removed", ()), *gone)
+        out = Graph(list(graph.inputs), keep, list(graph.outputs), meta)
     return out, DceStats(removed, calls, effectful_only)
