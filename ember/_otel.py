@@ -22,9 +22,12 @@ _UNRESOLVED: Any = object()
 _tracer: Any = _UNRESOLVED
 
 
+_idle: Callable[[], bool] = lambda: True  # noqa: E731  # set by _resolve
+
+
 def _resolve() -> Any:
     """The ``ember`` tracer, or None when opentelemetry-api is not installed."""
-    global _tracer
+    global _tracer, _idle
     try:
         from opentelemetry import trace
     except ImportError:
@@ -33,6 +36,12 @@ def _resolve() -> Any:
         from . import __version__
 
         _tracer = trace.get_tracer("ember", __version__)
+        get_provider = trace.get_tracer_provider
+        noop = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+        def _idle() -> bool:
+            """No tracer provider is configured yet: every span would be a no-op."""
+            return isinstance(get_provider(), noop)
     return _tracer
 
 
@@ -65,7 +74,7 @@ def attributes(call: CallRecord) -> dict[str, Any]:
 def emit(call: CallRecord) -> None:
     """Record ``call`` as a finished span under the current context's span."""
     tracer = _tracer if _tracer is not _UNRESOLVED else _resolve()
-    if tracer is None:
+    if tracer is None or _idle():  # skip building a span nobody records
         return
     from opentelemetry.trace import SpanKind, Status, StatusCode
 

@@ -172,7 +172,9 @@ class Request:
         return self._key[0]
 
     def with_n(self, n: int) -> Request:
-        return Request(self.provider, self.model, self.messages, self.system, self.params, n)
+        # the key leaves out n: a computed one carries over
+        return Request(self.provider, self.model, self.messages, self.system, self.params, n,
+                       list(self._key))
 
     def __repr__(self) -> str:  # never prints message bodies in full
         first = self.messages[-1][1] if self.messages else ""

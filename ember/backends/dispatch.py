@@ -195,7 +195,7 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
     def attempt() -> Awaitable[list[Response]]:
         call = _admitted(provider, tokens, priority, waited,
                          lambda: provider.complete(request), _usage)
-        return _within(call, deadline, label)
+        return call if deadline is None else _within(call, deadline, label)
 
     try:
         responses, attempts = await _retrying(attempt, options.retry, deadline, label)

@@ -22,6 +22,8 @@ from .policy import CallOptions, deadlines_var
 
 __all__ = ["execute", "node_request", "split_model"]
 
+_NO_OPTIONS = CallOptions()
+
 
 def split_model(model: str) -> tuple[str, str]:
     provider, _, name = model.partition("/")
@@ -40,11 +42,12 @@ class _Run:
         self.env = env
         self.memo = memo
         self.requests: dict[int, Any] = {}  # node out id -> Request or [Request]
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: dict[int, asyncio.Task] = {}  # node index -> its model call, in flight
+        self.loop = asyncio.get_running_loop()
         self.users: dict[int, list[int]] = {}
         self.waiting: list[int] = []
         self.remaining = len(graph.nodes)
-        self.done = asyncio.get_running_loop().create_future()
+        self.done = self.loop.create_future()
         for i, node in enumerate(graph.nodes):
             count = 0
             for a in node.inputs:
@@ -60,21 +63,25 @@ class _Run:
             self.done.set_result(None)
 
     def _run(self, ready: list[int]) -> None:
-        nodes, env = self.graph.nodes, self.env
+        nodes, env, tasks, create_task = self.graph.nodes, self.env, self.tasks, \
+            self.loop.create_task
         while ready:
             i = ready.pop()
             node = nodes[i]
             values = [a.value if isinstance(a, Lit) else env[a.id] for a in node.inputs]
-            failed = next((v for v in values if isinstance(v, BaseException)), None)
+            failed = None
+            for v in values:
+                if isinstance(v, BaseException):
+                    failed = v
+                    break
+            impl = OPS[node.op].impl
             if failed is not None:
                 self._finish(node, failed, ready)
-            elif OPS[node.op].impl is None:
-                task = asyncio.ensure_future(self._call(node, values))
-                self.tasks.add(task)
-                task.add_done_callback(self._task_done)
+            elif impl is None:
+                tasks[i] = create_task(self._call(i, node, values))
             else:
                 try:
-                    value = OPS[node.op].impl(node, *values)
+                    value = impl(node, *values)
                 except Exception as exc:
                     value = exc
                 self._finish(node, value, ready)
@@ -87,19 +94,19 @@ class _Run:
             if self.waiting[j] == 0:
                 ready.append(j)
 
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if task.cancelled():
-            return
-        node, value = task.result()
+    async def _call(self, i: int, node: Node, values: list[Any]) -> None:
+        """Node ``i``'s model call, as a task; its dependents start the moment it ends
+        (from this task, without a trip through the event loop's callback queue)."""
+        value = await self._value(node, values)  # a cancellation propagates from here
+        del self.tasks[i]
         ready: list[int] = []
         self._finish(node, value, ready)
         self._run(ready)
         if self.remaining == 0 and not self.done.done():
             self.done.set_result(None)
 
-    async def _call(self, node: Node, values: list[Any]) -> tuple[Node, Any]:
-        options: CallOptions = node.param("options") or CallOptions()
+    async def _value(self, node: Node, values: list[Any]) -> Any:
+        options: CallOptions = node.param("options") or _NO_OPTIONS
         priority = float(node.meta.get("priority", 0.0))
         try:
             if node.op == "llm":
@@ -107,16 +114,16 @@ class _Run:
                 self.requests[node.out.id] = request
                 responses = await send(request, options=options, priority=priority,
                                        location=node.loc)
-                return node, responses[0] if request.n == 1 and node.out.type.name != "List" \
+                return responses[0] if request.n == 1 and node.out.type.name != "List" \
                     else responses
             requests = [node_request(node, values[k], values[k + 1], 1)
                         for k in range(0, len(values), 2)]
             self.requests[node.out.id] = requests
-            return node, await self._batch(node, requests, options, priority)
+            return await self._batch(node, requests, options, priority)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            return node, exc
+            return exc
 
     async def _batch(self, node: Node, requests: list[Request], options: CallOptions,
                      priority: float) -> list[Any]:
@@ -139,14 +146,15 @@ class _Run:
             value = self.env.get(node.out.id, MISSING)
             det = node.param("deterministic", False)
             if node.op == "llm":
+                one = req if req.n == 1 else req.with_n(1)  # the memo keys by request.key
                 if isinstance(value, BaseException) or value is MISSING:
                     if value is not MISSING:
                         for _ in range(req.n):
-                            memo.put(req.with_n(1), value, det)
+                            memo.put(one, value, det)
                     continue
                 answers = value if isinstance(value, list) else [value]
                 for answer in answers:
-                    memo.put(req.with_n(1), answer, det)
+                    memo.put(one, answer, det)
             else:
                 dets = node.param("deterministic", ())
                 for k, r in enumerate(req):
@@ -175,9 +183,10 @@ async def _execute(graph: Graph, inputs: list[Any], memo: Memo | None,
     try:
         await run.done
     except asyncio.CancelledError:
-        for task in list(run.tasks):
+        tasks = list(run.tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*run.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         raise
     if memo is not None:
         run.commit(memo)

@@ -31,6 +31,7 @@ from .._request import Request
 from .._response import Response, Usage
 from ..errors import BadRequestError, ContextLengthError, RateLimitError, ServerError
 from .base import Provider
+from .prices import cost_of
 
 __all__ = ["SimProvider", "configure", "stats", "reset_stats", "estimate_tokens"]
 
@@ -40,7 +41,9 @@ _WORDS = (
     "because data and reasoning agree overall this suggests a clear answer with "
     "moderate confidence further review could refine details and risks remain low"
 ).split()
+_N_WORDS = float(len(_WORDS))
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
+_xxh64 = xxhash.xxh64_intdigest
 
 
 def estimate_tokens(text: str) -> int:
@@ -132,8 +135,8 @@ class SimProvider(Provider):
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:
-            for req in requests:
-                prompt = req.prompt_text()
+            prompts = [req.prompt_text() for req in requests]
+            for req, prompt in zip(requests, prompts):
                 if estimate_tokens(prompt) > cfg.context_window:
                     raise ContextLengthError(
                         f"sim: prompt of ~{estimate_tokens(prompt)} tokens exceeds the "
@@ -151,10 +154,10 @@ class SimProvider(Provider):
             if delay > 0:
                 await asyncio.sleep(delay)
             out = []
-            for req in requests:
-                st.prompts.append(req.prompt_text())
+            for req, prompt in zip(requests, prompts):
+                st.prompts.append(prompt)
                 start = self._first_sample(req)
-                out.append([self._answer(req, start + i, delay, first=i == 0)
+                out.append([self._answer(req, start + i, delay, first=i == 0, prompt=prompt)
                             for i in range(req.n)])
                 st.completions += req.n
             return out
@@ -168,11 +171,13 @@ class SimProvider(Provider):
         self.sample_counters[req.key] = start + req.n
         return start
 
-    def _answer(self, req: Request, sample: int, latency: float, first: bool = True) -> Response:
+    def _answer(self, req: Request, sample: int, latency: float, first: bool = True,
+                prompt: str | None = None) -> Response:
         if req.deterministic(self.default_temperature):
             sample = 0
-        prompt = req.prompt_text()
-        h = xxhash.xxh64_intdigest(f"{req.model}\x00{req.key}\x00{sample}".encode(), seed=_config.seed)
+        if prompt is None:
+            prompt = req.prompt_text()
+        h = _xxh64(f"{req.model}\x00{req.key}\x00{sample}".encode(), seed=_config.seed)
         text = _generate(req, prompt, h)
         max_tokens = req.param("max_tokens")
         finish = "stop"
@@ -181,8 +186,6 @@ class SimProvider(Provider):
             text, out_tokens, finish = text[: max_tokens * 4], max_tokens, "length"
         # the prompt is billed once per request: on its first answer
         in_tokens = estimate_tokens(prompt) + 4 * len(req.messages) if first else 0
-        from .prices import cost_of
-
         return Response(
             text, model=req.model_id, usage=Usage(in_tokens, out_tokens),
             cost=cost_of("sim", req.model, in_tokens, out_tokens), latency=latency,
@@ -190,9 +193,22 @@ class SimProvider(Provider):
         )
 
 
+def _topic(prompt: str) -> list[str]:
+    """The prompt's words (read-only); remembered for the last prompt, which the n
+    samples of a request share."""
+    global _last_topic
+    last = _last_topic
+    if last[0] != prompt:
+        last = _last_topic = (prompt, _WORD_RE.findall(prompt))
+    return last[1]
+
+
+_last_topic: tuple = (None, [])
+
+
 def _generate(req: Request, prompt: str, h: int) -> str:
     rng = random.Random(h)
-    topic = _WORD_RE.findall(prompt)
+    topic = _topic(prompt)
     fmt = req.response_format
     wants_json = fmt is not None or "json" in prompt.lower()
     if wants_json:
@@ -205,7 +221,8 @@ def _generate(req: Request, prompt: str, h: int) -> str:
         return json.dumps({"answer": rng.choice(topic or _WORDS),
                            "confidence": round(rng.uniform(0.5, 0.99), 2)})
     n_words = rng.randint(12, 40)
-    words = rng.choices(_WORDS, k=n_words)
+    rand = rng.random  # rng.choices(_WORDS, k=n_words), without its per-call set-up
+    words = [_WORDS[int(rand() * _N_WORDS)] for _ in range(n_words)]
     if topic:
         words[rng.randrange(n_words)] = rng.choice(topic[-8:])
     return (f"[{h % 10_000:04d}] " + " ".join(words)).rstrip() + "."
