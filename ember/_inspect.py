@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from .ir.graph import Graph
 from .ir.printing import format_graph, pass_effects, to_dot, to_mermaid
-from .ir.trace import StopTrace, Suspend, TraceState, trace_var
+from .ir.trace import StopTrace, Suspend, TraceState, trace_var, tracing
 
 __all__ = ["inspect", "InspectReport", "trace_graph"]
 
@@ -108,10 +108,11 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
     state = TraceState()
     leaves: list[Any] = []
     targs, tkwargs = trace_inputs((args, kwargs), state, leaves)
-    token = trace_var.set(state)
     complete, note, result = True, None, None
+    token = trace_var.set(state)
     try:
-        result = fn(*targs, **tkwargs)
+        with tracing(state):
+            result = fn(*targs, **tkwargs)
         if _pyinspect.iscoroutine(result):
             result = asyncio.run(result)
     except Suspend:

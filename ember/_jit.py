@@ -40,7 +40,7 @@ from .backends.record import Recorder, recorder_var
 from .backends.policy import current_options
 from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
-from .ir.trace import (UNKNOWN, StopTrace, Suspend, TraceState, current_trace,
+from .ir.trace import (UNKNOWN, StopTrace, Suspend, TraceState, current_trace, tracing,
                        trace_var)
 
 __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
@@ -334,13 +334,11 @@ def advance(program: Generator[Step, Any, Any], value: Any = None,
         value, error = None, None
         if kind == "trace":
             fn, state, targs, tkwargs = payload
-            token = trace_var.set(state)
             try:
-                value = fn(*targs, **tkwargs)
+                with tracing(state):
+                    value = fn(*targs, **tkwargs)
             except BaseException as exc:  # handed back to the program
                 error = exc
-            finally:
-                trace_var.reset(token)
         else:  # "check": the answer; its exceptions are the caller's
             fn, check, args, kwargs = payload
             token = check_var.set(check)

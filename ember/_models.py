@@ -68,17 +68,27 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     loc = user_location(3)
     if not isinstance(model, str):
         model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
-    provider, name, inst = canonical_model(model)
     params = dict(params)
     system = params.pop("system", None)
-    if has_traced(params, state):
-        raise StopTrace("a traced value in model parameters")
-    _, frozen, n = normalize_params(params)
+    try:  # a loop calls models() with the same model and params: resolve them once
+        ckey: Any = (model, tuple(params.items()))
+        resolved = state.call_cache.get(ckey)
+    except TypeError:  # an unhashable param value (a JSON schema dict)
+        ckey = resolved = None
+    if resolved is None:
+        provider, name, inst = canonical_model(model)
+        if has_traced(params, state):
+            raise StopTrace("a traced value in model parameters")
+        _, frozen, n = normalize_params(params)
+        probe = Request(provider, name, (("user", ""),), None, frozen)
+        resolved = (f"{provider}/{name}" if name else provider, frozen, n,
+                    probe.deterministic(inst.default_temperature))
+        if ckey is not None:
+            state.call_cache[ckey] = resolved
+    label, frozen, n, deterministic = resolved
     p_atom = _prompt_atom(state, prompt, loc)
     s_atom = state.atomize(system, loc) if system is not None else Lit(None)
-    probe = Request(provider, name, (("user", ""),), None, frozen)
-    deterministic = probe.deterministic(inst.default_temperature)
-    node_params = {"model": f"{provider}/{name}" if name else provider, "params": frozen,
+    node_params = {"model": label, "params": frozen,
                    "n": n, "options": current_options(), "deterministic": deterministic}
     if not deterministic:
         skey = (node_params["model"], frozen, p_atom, s_atom)

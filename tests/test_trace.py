@@ -287,3 +287,37 @@ def test_options_show_in_the_printed_graph():
     finally:
         options_var.reset(token)
     assert "retry=7" in str(report)
+
+
+def test_tracing_pauses_the_collector_and_restores_it():
+    import gc
+
+    from ember.ir.trace import current_trace
+
+    seen = []
+
+    def prog(q):
+        if current_trace() is not None:  # not jit's check run, which runs on real values
+            seen.append(gc.isenabled())
+        return ember.models("sim", q).text
+
+    assert gc.isenabled()
+    ember.inspect(prog, "x")
+    ember.jit(prog)("y")
+    assert seen and not any(seen) and gc.isenabled()
+
+
+def test_repeated_calls_resolve_once_and_keep_their_params():
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+
+    def prog(q):
+        a = [ember.models("sim", f"{q}{i}", temperature=0) for i in range(3)]
+        b = [ember.models("openai/gpt-4o-mini", f"{q}{i}", response_format=schema)
+             for i in range(2)]
+        return [r.text for r in a + b]
+
+    graph = ember.inspect(prog, "x").before
+    calls = [n for n in graph.nodes if n.op == "llm"]
+    assert [n.param("deterministic") for n in calls] == [True] * 3 + [False] * 2
+    assert len({n.param("params") for n in calls[:3]}) == 1
+    assert all(dict(n.param("params")).get("response_format") for n in calls[3:])
