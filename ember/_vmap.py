@@ -15,6 +15,7 @@ import asyncio
 import functools
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any, Callable, Sequence
 
 from ._jit import Jitted, _drive_async, advance
@@ -26,6 +27,9 @@ from .errors import BatchError
 from .ir.trace import current_trace
 
 __all__ = ["vmap", "Mapped"]
+
+# The backend of vmaps that name none: set by `ember.backends.ray.use()`.
+backend_var: ContextVar[Any] = ContextVar("ember_vmap_backend", default=None)
 
 
 def _split(args: tuple, in_axes: Any, name: str) -> list[tuple]:
@@ -84,7 +88,10 @@ class Mapped:
     """``vmap(fn)``: call it with lists; returns the list of results in input order."""
 
     def __init__(self, fn: Callable, in_axes: Any, batch_size: int | None,
-                 return_exceptions: bool, progress: bool | None) -> None:
+                 return_exceptions: bool, progress: bool | None, backend: Any = None) -> None:
+        if backend not in (None, "local", "ray") and not hasattr(backend, "amap"):
+            raise ValueError(f"vmap: backend must be 'local', 'ray' or an "
+                             f"ember.backends.ray.Cluster, got {backend!r}.")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"vmap: batch_size must be a positive integer or None, got "
                              f"{batch_size!r}.")
@@ -94,6 +101,7 @@ class Mapped:
         self.batch_size = batch_size
         self.return_exceptions = return_exceptions
         self.progress = progress
+        self.backend = backend
         self.results: list[Any] = []  # the last call's results (also after a BatchError)
         self.last_run: RunReport | None = None
         functools.update_wrapper(self, fn)
@@ -109,6 +117,12 @@ class Mapped:
         elements = _split(args, self.in_axes, self.name)
         if current_trace() is not None or check_var.get() is not None:
             return [self.jitted.fn(*e, **kwargs) for e in elements]  # nested: inline
+        backend = self.backend if self.backend is not None else backend_var.get()
+        if backend is not None and backend != "local":
+            from .backends.ray import resolve
+
+            cluster = resolve(backend)
+            return (cluster.amap if self.jitted.is_async else cluster.map)(self, elements, kwargs)
         if self.jitted.is_async:
             return self._amap(elements, kwargs)
         return self._map(elements, kwargs)
@@ -197,7 +211,7 @@ async def _drive_on_loop(program: Any) -> Any:
 
 def vmap(fn: Callable | None = None, *, in_axes: int | None | Sequence[int | None] = 0,
          batch_size: int | None = None, return_exceptions: bool = False,
-         progress: bool | None = None) -> Any:
+         progress: bool | None = None, backend: Any = None) -> Any:
     """Map ``fn`` over lists: ``vmap(f)(xs)`` == ``[f(x) for x in xs]``, concurrently.
 
     ``in_axes``: 0 maps an argument, None broadcasts it; one int for all or one per
@@ -205,9 +219,12 @@ def vmap(fn: Callable | None = None, *, in_axes: int | None | Sequence[int | Non
     window). A failing element raises `BatchError` naming its index after every other
     element finished (``.results`` keeps them); ``return_exceptions=True`` returns
     the exceptions in place instead. ``progress``: a status line on a terminal
-    (default: on for 50+ elements when stderr is a terminal).
+    (default: on for 50+ elements when stderr is a terminal). ``backend``: "local"
+    (this process), "ray" or an `ember.backends.ray.Cluster` (elements run on Ray
+    actors; see docs/ray.md); default: local, or the `ember.backends.ray.use` block's.
     """
     if fn is None:
         return lambda f: vmap(f, in_axes=in_axes, batch_size=batch_size,
-                              return_exceptions=return_exceptions, progress=progress)
-    return Mapped(fn, in_axes, batch_size, return_exceptions, progress)
+                              return_exceptions=return_exceptions, progress=progress,
+                              backend=backend)
+    return Mapped(fn, in_axes, batch_size, return_exceptions, progress, backend)

@@ -224,6 +224,9 @@ class Limiter:
 
     def __init__(self) -> None:
         self._states: dict[str, _State] = {}
+        # Another admission authority (ember.backends.ray: the cluster's limiter actor)
+        # that acquire / release / observe hand over to when set.
+        self.delegate: Any = None
 
     def state(self, provider: Any) -> _State:
         loop = asyncio.get_running_loop()
@@ -237,6 +240,8 @@ class Limiter:
 
     async def acquire(self, provider: Any, tokens: float, priority: float = 0.0) -> Ticket:
         """Wait until the provider may take one more request of about ``tokens`` tokens."""
+        if self.delegate is not None:
+            return await self.delegate.acquire(provider, tokens, priority)
         st = self.state(provider)
         start = time.monotonic()
         if not st.waiters and st.wait_for(tokens, start) == 0.0:
@@ -261,6 +266,8 @@ class Limiter:
                 error: BaseException | None = None) -> None:
         """The request is over: return its slot, settle its token reservation, and
         learn from its failure (429 → pause the provider; headers → limits)."""
+        if self.delegate is not None:
+            return self.delegate.release(ticket, tokens_used, error)
         st = ticket.state
         now = time.monotonic()
         st.in_flight -= 1
@@ -282,6 +289,8 @@ class Limiter:
     def observe(self, provider: Any, headers: dict[str, str]) -> None:
         """Learn limits from a successful response's headers (installed as the
         provider's ``on_headers``)."""
+        if self.delegate is not None:
+            return self.delegate.observe(provider, headers)
         st = self._states.get(provider.name)
         if st is not None:
             st.observe(parse_rate_headers(headers), time.monotonic())
@@ -293,6 +302,7 @@ class Limiter:
     def reset(self) -> None:
         """Forget all admission state, learned and configured limits (tests)."""
         self._states.clear()
+        self.delegate = None
         _learned.clear()
         _user.clear()
 

@@ -1,0 +1,567 @@
+"""The Ray backend: vmap elements run on Ray actors; one limiter actor admits every
+request of the cluster, because a provider's rate limit is per key, not per machine.
+
+    import ember
+    from ember.backends import ray as ember_ray
+
+    with ember_ray.use(actors=8):                  # ray.init() here, or address="auto"
+        answers = ember.vmap(summarize)(documents)  # every vmap in the block runs on Ray
+    ember.vmap(summarize, backend="ray")(documents) # the same, on a default cluster
+
+Each element is sent to the least-loaded actor (async; it runs the element exactly as
+the local backend would, with its own pooled provider clients) and its result and
+call records come back as soon as it finishes, so results return in input order and
+an actor that dies loses only the elements it was running: they are sent to another
+actor, which replaces the dead one. ``batch_size`` bounds the elements in flight
+across the cluster. Admission (concurrency gate, request and token buckets, learned
+header limits, 429 pauses) is the local `Limiter`, run once in a named actor; the
+actors ask it before each request and report each response to it. See docs/ray.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copyreg
+import importlib
+import inspect
+import itertools
+import logging
+import os
+import sys
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Mapping, Sequence
+
+from .. import errors, providers
+from .._jit import Jitted, _drive_async
+from .._report import RunReport
+from .._runtime import run_async, run_sync
+from . import limits
+from .limits import Limiter, Ticket, limiter
+from .record import CallRecord, Recorder, recorder_var
+
+__all__ = ["Cluster", "use", "resolve", "RemoteAdmission"]
+
+log = logging.getLogger("ember")
+LIMITER_NAME, NAMESPACE = "ember-limiter", "ember"
+MAX_ATTEMPTS = 3  # actors an element may lose before it fails
+MAX_CONCURRENCY = 10_000  # elements / admissions an actor may hold at once
+INSTALL_HINT = 'The Ray backend needs Ray: pip install "ember[ray]"'
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise errors.ConfigurationError(INSTALL_HINT) from None
+    return ray
+
+
+# ---- what crosses process boundaries ------------------------------------------------
+def _pack_error(exc: BaseException) -> tuple:
+    """An exception as (class, args, attributes): survives pickling even when the
+    class's __init__ takes other arguments than its args."""
+    return type(exc), exc.args, dict(getattr(exc, "__dict__", {}))
+
+
+def _unpack_error(packed: tuple) -> BaseException:
+    cls, args, state = packed
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+def _portable_error(exc: BaseException) -> tuple:
+    from ray import cloudpickle
+
+    packed = _pack_error(exc)
+    try:
+        cloudpickle.dumps(packed)
+    except Exception:
+        packed = _pack_error(errors.EmberError(f"{type(exc).__name__}: {exc}"))
+    return packed
+
+
+def _contextvar(module: str, attr: str) -> ContextVar:
+    return getattr(importlib.import_module(module), attr)
+
+
+def _reduce_contextvar(var: ContextVar) -> tuple:
+    """Ember's context variables travel by name: a function wrapped by `ember.retry`
+    (say) refers to one, and functions from ``__main__`` are shipped by value."""
+    for name, module in list(sys.modules.items()):
+        if name == "ember" or name.startswith("ember."):
+            for attr, value in list(vars(module).items()):
+                if value is var:
+                    return _contextvar, (name, attr)
+    raise TypeError(f"cannot pickle the context variable {var.name!r}")
+
+
+copyreg.pickle(ContextVar, _reduce_contextvar)
+
+
+def _failure(error: BaseException | None) -> tuple | None:
+    """What the limiter learns from a failed request: no message, no payload."""
+    if error is None:
+        return None
+    return (type(error).__name__, getattr(error, "status", None),
+            getattr(error, "retry_after", None), dict(getattr(error, "headers", None) or {}))
+
+
+def _as_error(failure: tuple | None) -> BaseException | None:
+    if failure is None:
+        return None
+    name, status, retry_after, headers = failure
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.ProviderError)):
+        cls = errors.ProviderError
+    return cls(name, status=status, retry_after=retry_after, headers=headers)
+
+
+def _shifted(calls: list[CallRecord], by: float) -> list[CallRecord]:
+    return [replace(c, start=c.start + by, end=c.end + by) for c in calls]
+
+
+def _clock_offset() -> float:
+    """Wall clock minus this process's monotonic clock: records travel in wall time."""
+    return time.time() - time.monotonic()
+
+
+def _apply(settings: dict) -> None:
+    """Take the driver's settings: forwarded environment, custom providers, limit caps."""
+    os.environ.update(settings["env"])
+    for name, provider in settings["providers"].items():
+        if providers._custom.get(name) is not provider:
+            providers._custom[name] = provider
+            providers._instances.pop(name, None)
+    caps = {name: dict(conf) for name, conf in settings["limits"].items()}
+    limits._user.clear()
+    limits._user.update(caps)
+
+
+# ---- admission through the limiter actor ------------------------------------------------
+class RemoteAdmission:
+    """Installed as ``limiter.delegate`` in a process whose requests the cluster's
+    limiter actor admits: acquire asks it, release and headers are reported to it."""
+
+    def __init__(self, handle: Any, owner: str) -> None:
+        self.handle, self.owner = handle, owner
+
+    async def acquire(self, provider: Any, tokens: float, priority: float = 0.0) -> Ticket:
+        if getattr(provider, "on_headers", None) is None:
+            provider.on_headers = lambda headers, p=provider: self.observe(p, headers)
+        ref = self.handle.acquire.remote(self.owner, provider.name, tokens, priority)
+        try:
+            tid, waited = await ref
+        except asyncio.CancelledError:  # admitted later all the same: give the slot back
+            asyncio.ensure_future(self._release_late(ref))
+            raise
+        return Ticket(tid, tokens, time.monotonic(), waited)
+
+    async def _release_late(self, ref: Any) -> None:
+        with contextlib.suppress(Exception):
+            tid, _ = await ref
+            self.handle.release.remote(tid, None, None)
+
+    def release(self, ticket: Ticket, tokens_used: float | None = None,
+                error: BaseException | None = None) -> None:
+        self.handle.release.remote(ticket.state, tokens_used, _failure(error))
+
+    def observe(self, provider: Any, headers: dict[str, str]) -> None:
+        self.handle.observe.remote(provider.name, dict(headers))
+
+
+class _Named:
+    """A provider as the limiter actor sees it: only its name matters there."""
+
+    on_headers = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class LimiterCore:
+    """The limiter actor's body: one `Limiter` for the cluster; tickets by id."""
+
+    def __init__(self) -> None:
+        self.limiter = Limiter()
+        self.tickets: dict[int, tuple[str, Ticket]] = {}
+        self.seq = itertools.count(1)
+        self.named: dict[str, _Named] = {}
+
+    def _provider(self, name: str) -> _Named:
+        p = self.named.get(name)
+        if p is None:
+            p = self.named[name] = _Named(name)
+        return p
+
+    async def configure(self, settings: dict) -> None:
+        _apply(settings)
+        for name in list(self.limiter._states):
+            self.limiter._reconfigure(name)
+
+    async def acquire(self, owner: str, name: str, tokens: float, priority: float
+                      ) -> tuple[int, float]:
+        ticket = await self.limiter.acquire(self._provider(name), tokens, priority)
+        tid = next(self.seq)
+        self.tickets[tid] = (owner, ticket)
+        return tid, ticket.waited
+
+    async def release(self, tid: int, tokens_used: float | None, failure: tuple | None) -> None:
+        item = self.tickets.pop(tid, None)
+        if item is not None:
+            self.limiter.release(item[1], tokens_used, _as_error(failure))
+
+    async def observe(self, name: str, headers: dict[str, str]) -> None:
+        self.limiter.observe(self._provider(name), headers)
+
+    async def forget(self, owner: str) -> int:
+        """Free the slots of a dead actor's requests; returns how many."""
+        mine = [tid for tid, (o, _) in self.tickets.items() if o == owner]
+        for tid in mine:
+            self.limiter.release(self.tickets.pop(tid)[1], None)
+        return len(mine)
+
+    async def limits(self, name: str) -> limits.Limits:
+        return self.limiter.limits(name)
+
+    async def reset(self) -> None:
+        self.limiter.reset()
+        self.tickets.clear()
+
+
+# ---- the worker actor --------------------------------------------------------------------
+async def run_element(jitted: Jitted, args: tuple, kwargs: dict) -> tuple[bool, Any, list]:
+    """One element, as the local vmap runs it: (ok, result or packed error, records in
+    wall-clock time)."""
+    from .._vmap import _drive_on_loop
+
+    rec = Recorder()
+    token = recorder_var.set([rec])
+    try:
+        if jitted.is_async:
+            value: Any = await _drive_async(jitted._program(args, kwargs))
+        else:
+            value = await run_async(_drive_on_loop(jitted._program(args, kwargs)))
+        ok = True
+    except Exception as exc:
+        ok, value = False, _portable_error(exc)
+    finally:
+        recorder_var.reset(token)
+    return ok, value, _shifted(rec.calls, _clock_offset())
+
+
+class WorkerCore:
+    """A Ray actor's body: runs elements; its requests are admitted by the limiter actor."""
+
+    def __init__(self, limiter_handle: Any, name: str) -> None:
+        self.name = name
+        self.maps: dict[str, asyncio.Future] = {}  # map id -> (Jitted, kwargs)
+        limiter.delegate = RemoteAdmission(limiter_handle, name)
+
+    async def configure(self, settings: dict) -> str:
+        _apply(settings)
+        return self.name
+
+    async def run(self, map_id: str, box: list, args: tuple) -> tuple[bool, Any, list]:
+        entry = self.maps.get(map_id)
+        if entry is None:
+            while len(self.maps) >= 8:  # keep the latest maps' functions only
+                self.maps.pop(next(iter(self.maps)))
+            entry = self.maps[map_id] = asyncio.ensure_future(self._load(box))
+        jitted, kwargs = await entry
+        return await run_element(jitted, args, kwargs)
+
+    @staticmethod
+    async def _load(box: list) -> tuple[Jitted, dict]:
+        payload = box[0]  # an ObjectRef inside a list: Ray hands it over unresolved
+        if inspect.isawaitable(payload):
+            payload = await payload
+        fn, fullgraph, kwargs = payload
+        return Jitted(fn, fullgraph=fullgraph), kwargs
+
+
+_classes: tuple[Any, Any] | None = None
+
+
+def _actor_classes() -> tuple[Any, Any]:
+    global _classes
+    if _classes is None:
+        ray = _ray()
+        opts = dict(num_cpus=0, max_concurrency=MAX_CONCURRENCY)
+        _classes = ray.remote(**opts)(WorkerCore), ray.remote(**opts)(LimiterCore)
+    return _classes
+
+
+# ---- the driver ------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Slot:
+    handle: Any
+    name: str
+    load: int = 0
+    ready: bool = False
+    alive: bool = True
+
+
+class Cluster:
+    """Ray actors that run vmap elements, and the cluster's limiter actor.
+
+    ``address``: None starts a local Ray (or joins the one this process already
+    initialized); ``"auto"`` or ``"ray://host:10001"`` joins a cluster. ``actors``:
+    how many worker actors (default: the cluster's CPUs; they reserve none). ``env``:
+    environment for the actors, re-sent with every map — a mapping of values, or
+    names of this process's variables to forward (e.g. a provider's base URL or key;
+    by default none is sent: nodes use their own environment). ``init`` kwargs go to
+    ``ray.init``. Starts on first use; `close` kills the actors (and the local Ray it
+    started).
+    """
+
+    def __init__(self, address: str | None = None, *, actors: int | None = None,
+                 env: Mapping[str, str] | Sequence[str] | None = None, **init: Any) -> None:
+        if actors is not None and (not isinstance(actors, int) or actors < 1):
+            raise ValueError(f"actors must be a positive integer, got {actors!r}")
+        self.address, self.actors, self.env, self.init = address, actors, env, init
+        self.workers: list[_Slot] = []
+        self.limiter: Any = None
+        self.restarts = 0  # actors replaced after one died
+        self._owns_ray = False
+        self._names = itertools.count(1)
+
+    def __repr__(self) -> str:
+        names = sorted(self.env) if self.env is not None else []
+        live = sum(s.alive for s in self.workers)
+        return (f"<ember Ray cluster address={self.address!r} actors={live}"
+                f"{'' if self.actors is None else '/' + str(self.actors)} "
+                f"env={names}>")  # names only: values may be secrets
+
+    # -- lifecycle
+    def start(self) -> Cluster:
+        if self.limiter is not None:
+            return self
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=self.address, **self.init)
+            self._owns_ray = True
+        worker_cls, limiter_cls = _actor_classes()
+        self.limiter = limiter_cls.options(name=LIMITER_NAME, namespace=NAMESPACE,
+                                           get_if_exists=True).remote()
+        n = self.actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.actors = n
+        self.workers = [self._spawn(worker_cls) for _ in range(n)]
+        return self
+
+    def _spawn(self, worker_cls: Any = None) -> _Slot:
+        name = f"ember-worker-{uuid.uuid4().hex[:8]}-{next(self._names)}"
+        cls = worker_cls or _actor_classes()[0]
+        return _Slot(cls.remote(self.limiter, name), name)
+
+    def close(self) -> None:
+        if self.limiter is None:
+            return
+        ray = _ray()
+        if ray.is_initialized():
+            for slot in self.workers:
+                with contextlib.suppress(Exception):
+                    ray.kill(slot.handle)
+            if self._owns_ray:
+                ray.shutdown()
+        self.workers, self.limiter, self._owns_ray = [], None, False
+
+    def reset_limits(self) -> None:
+        """Forget the limiter actor's admission state and learned limits (tests)."""
+        _ray().get(self.start().limiter.reset.remote())
+
+    def limits(self, provider: str) -> limits.Limits:
+        """The limits the cluster's limiter applies to ``provider`` now."""
+        return _ray().get(self.start().limiter.limits.remote(provider))
+
+    # -- settings sent to every actor
+    def _settings(self) -> dict:
+        if self.env is None:
+            env: dict[str, str] = {}
+        elif isinstance(self.env, Mapping):
+            env = dict(self.env)
+        else:
+            env = {k: os.environ[k] for k in self.env if k in os.environ}
+        from ray import cloudpickle
+
+        custom = {}
+        for name, provider in providers._custom.items():
+            try:
+                cloudpickle.dumps(provider)
+                custom[name] = provider
+            except Exception:
+                log.warning("custom provider %r cannot be sent to Ray actors (not "
+                            "picklable); register it in the actors' code instead", name)
+        caps = {name: dict(conf) for name, conf in limits._user.items()}
+        return {"env": env, "providers": custom, "limits": caps}
+
+    async def _configure(self, settings: dict) -> None:
+        alive = [s for s in self.workers if s.alive]
+        done = await asyncio.gather(self.limiter.configure.remote(settings),
+                                    *(s.handle.configure.remote(settings) for s in alive),
+                                    return_exceptions=True)
+        if isinstance(done[0], BaseException):
+            raise done[0]
+        for slot, out in zip(alive, done[1:], strict=True):
+            if isinstance(out, BaseException):
+                self._lost(slot, settings)
+            else:
+                slot.ready = True
+
+    async def _join(self, slot: _Slot, settings: dict) -> None:
+        with contextlib.suppress(Exception):  # a failure shows on its first element
+            await slot.handle.configure.remote(settings)
+            slot.ready = True
+
+    def _pick(self, settings: dict) -> _Slot:
+        alive = [s for s in self.workers if s.alive]
+        if not alive:  # pragma: no cover - replacements are spawned as actors die
+            alive = [self._replace(settings)]
+        return min(alive, key=lambda s: (not s.ready, s.load))
+
+    def _replace(self, settings: dict) -> _Slot:
+        slot = self._spawn()
+        self.workers.append(slot)
+        self.restarts += 1
+        asyncio.ensure_future(self._join(slot, settings))
+        return slot
+
+    def _lost(self, slot: _Slot, settings: dict) -> None:
+        if not slot.alive:
+            return
+        slot.alive = False
+        log.warning("Ray actor %s died; its unfinished elements go to other actors",
+                    slot.name)
+        ray = _ray()
+        with contextlib.suppress(Exception):
+            ray.kill(slot.handle, no_restart=True)
+        self.limiter.forget.remote(slot.name)
+        self.workers = [s for s in self.workers if s.alive]
+        self._replace(settings)
+
+    # -- running a vmap
+    def map(self, mapped: Any, elements: list[tuple], kwargs: dict) -> list[Any]:
+        self.start()
+        results, errs = run_sync(self._map(mapped, elements, kwargs))
+        return mapped._finish(results, errs)
+
+    async def amap(self, mapped: Any, elements: list[tuple], kwargs: dict) -> list[Any]:
+        self.start()
+        results, errs = await run_async(self._map(mapped, elements, kwargs))
+        return mapped._finish(results, errs)
+
+    async def _element(self, map_id: str, box: list, args: tuple, settings: dict
+                       ) -> tuple[bool, Any, list]:
+        ray = _ray()
+        lost = (ray.exceptions.RayActorError,
+                getattr(ray.exceptions, "ActorUnavailableError", ray.exceptions.RayActorError))
+        error: BaseException | None = None
+        for _ in range(MAX_ATTEMPTS):
+            slot = self._pick(settings)
+            slot.load += 1
+            try:
+                ok, value, calls = await slot.handle.run.remote(map_id, box, args)
+            except lost as exc:
+                error = exc
+                self._lost(slot, settings)
+                continue
+            except Exception as exc:  # the actor could not send its result back
+                return False, exc, []
+            finally:
+                slot.load -= 1
+            return ok, value if ok else _unpack_error(value), calls
+        return False, error, []
+
+    async def _map(self, mapped: Any, elements: list[tuple], kwargs: dict
+                   ) -> tuple[list[Any], dict[int, BaseException]]:
+        from .._vmap import _Progress
+
+        ray = _ray()
+        settings = self._settings()
+        await self._configure(settings)
+        jitted = mapped.jitted
+        box = [ray.put((jitted.fn, jitted.fullgraph, kwargs))]
+        map_id = uuid.uuid4().hex
+        n = len(elements)
+        gate = asyncio.Semaphore(mapped.batch_size or max(n, 1))
+        results: list[Any] = [None] * n
+        errs: dict[int, BaseException] = {}
+        rec = Recorder()
+        sinks = [*recorder_var.get(), rec]
+        back = -_clock_offset()
+        bar = _Progress(n, mapped.progress, rec)
+        counts = {"done": 0, "active": 0}
+
+        async def one(i: int) -> None:
+            async with gate:
+                counts["active"] += 1
+                ok, value, calls = await self._element(map_id, box, elements[i], settings)
+                counts["active"] -= 1
+            calls = _shifted(calls, back)
+            for sink in sinks:
+                sink.calls.extend(calls)
+            results[i] = value
+            if not ok:
+                errs[i] = value
+            counts["done"] += 1
+            bar.update(counts["done"] - len(errs), len(errs), counts["active"])
+
+        start = time.perf_counter()
+        try:
+            await asyncio.gather(*(one(i) for i in range(n)))
+        finally:
+            mapped.last_run = RunReport(rec.calls, time.perf_counter() - start,
+                                        label=f"vmap({mapped.name})")
+        bar.update(n - len(errs), len(errs), 0, final=True)
+        return results, errs
+
+
+# ---- selecting the backend ----------------------------------------------------------------
+_default: Cluster | None = None
+
+
+def resolve(backend: Any) -> Cluster:
+    """The cluster a vmap's ``backend=`` names: "ray" (the active `use` block's, else a
+    default one started on first use) or a `Cluster`."""
+    global _default
+    if isinstance(backend, Cluster):
+        return backend
+    if backend == "ray":
+        from .._vmap import backend_var
+
+        active = backend_var.get()
+        if isinstance(active, Cluster):
+            return active
+        if _default is None:
+            _default = Cluster()
+        return _default
+    raise ValueError(f"Unknown backend {backend!r}; use 'local', 'ray' or a "
+                     "ember.backends.ray.Cluster.")
+
+
+@contextlib.contextmanager
+def use(cluster: Cluster | None = None, /, *, address: str | None = None,
+        actors: int | None = None, env: Mapping[str, str] | Sequence[str] | None = None,
+        **init: Any) -> Iterator[Cluster]:
+    """Run every vmap in the block on Ray, and admit every request this process makes
+    through the cluster's limiter. Starts ``cluster`` (or a new one from the
+    arguments, closed at the end of the block)."""
+    from .._vmap import backend_var
+
+    owned = cluster is None
+    cluster = (Cluster(address, actors=actors, env=env, **init) if owned else cluster).start()
+    token = backend_var.set(cluster)
+    saved = limiter.delegate
+    limiter.delegate = RemoteAdmission(cluster.limiter, "driver")
+    try:
+        yield cluster
+    finally:
+        limiter.delegate = saved
+        backend_var.reset(token)
+        if owned:
+            cluster.close()
