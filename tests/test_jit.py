@@ -376,3 +376,25 @@ def test_compose_under_jit():
         ember.chain()
     with pytest.raises(TypeError):
         ember.ensemble(1)
+
+
+def test_a_list_of_answers_in_an_fstring_is_formatted_like_eager():
+    # f"{ideas}" formats the list with repr() of each answer: the graph must build the
+    # same prompt as eager Python, in one plan, not re-plan with a placeholder prompt
+    from ember.providers import sim
+
+    def review(text):
+        ideas = [ember.models("sim", f"Risk {i} of: {text}") for i in range(2)]
+        return ember.models("sim", f"Improve using {ideas} and {ideas[0]!r}").text
+
+    sim.reset_stats()
+    eager = review("x")
+    prompts = sorted(sim.stats().prompts)
+    fast = ember.jit(review)
+    for _ in range(2):
+        sim.reset_stats()
+        assert fast("x") == eager
+        assert sorted(sim.stats().prompts) == prompts  # the same three prompts, once each
+    report = ember.inspect(review, "x")
+    assert report.complete and "repr" not in str(report.breaks)
+    assert "<traced" not in str(report)

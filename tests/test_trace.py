@@ -239,11 +239,12 @@ def test_trace_state_helpers():
     token = trace_var.set(state)
     try:
         t = state.input("hello")
-        assert isinstance(t, Traced) and "traced Str" in repr(t)
+        assert isinstance(t, Traced) and "traced Str" not in repr(t)  # a value: a marker
         with pytest.raises(Exception):
             state.input(object())
     finally:
         trace_var.reset(token)
+    assert "traced Str" in repr(t)  # outside its trace it describes itself
     state.nodes = [None] * MAX_TRACE_NODES
     with pytest.raises(StopTrace):
         state.add("pack", [], {"kind": "list"})

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from .types import AnyT, Json, ListT, ResponseT, Str, Type, is_subtype
 
-__all__ = ["OpDef", "OPS", "STR_METHODS", "RESPONSE_ATTRS", "format_value"]
+__all__ = ["OpDef", "OPS", "STR_METHODS", "RESPONSE_ATTRS", "REPR_SPEC", "format_value"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +53,14 @@ def _format_type(node: Any) -> Type:
     return Str
 
 
+REPR_SPEC = "!r"  # a format spec that never occurs in Python's: the value's repr()
+
+
 def _format_impl(node: Any, *values: Any) -> str:
     segments, specs = node.param("segments"), node.param("specs")
     parts = [segments[0]]
     for value, spec, seg in zip(values, specs, segments[1:], strict=True):
-        parts.append(format(value, spec))
+        parts.append(repr(value) if spec == REPR_SPEC else format(value, spec))
         parts.append(seg)
     return "".join(parts)
 

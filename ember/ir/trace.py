@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import TraceError
 from .graph import Atom, Graph, Lit, Node, Var
-from .ops import OPS, RESPONSE_ATTRS, STR_METHODS
+from .ops import OPS, REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
 from .types import AnyT, Json, ListT, ResponseT, Str, Type
 
 __all__ = [
@@ -280,6 +280,11 @@ class Traced:
         return self._state.mark(self, "")
 
     def __repr__(self) -> str:
+        # Inside its trace, repr() is a value like str(): ``f"{answers}"`` of a list
+        # formats each element with repr(), and the graph must build the same prompt
+        # as eager Python. Elsewhere (a debugger, an error message) it describes itself.
+        if trace_var.get() is self._state:
+            return self._state.mark(self, REPR_SPEC)
         return f"<traced {self._var.type} {self._var!r}>"
 
     def __bool__(self) -> bool:
