@@ -6,7 +6,7 @@
   succeeds, no 429 storm, no retry before its Retry-After.
 - 40 calls through a server that fails 15% with 429 and 10% with 503.
 
-    pytest benchmarks/bench_reliability.py -s
+    pytest benchmarks/bench_reliability.py -s -p no:cacheprovider --full-scale
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import random
 import threading
 import time
 
+import pytest
 from conftest import report
 from faults import FaultServer, retry_gaps
 from servers import OPENAI_KEY, Fault
@@ -22,6 +23,9 @@ from servers import OPENAI_KEY, Fault
 import ember
 from ember._reliability import retry
 from ember.backends.limits import configure_limits, limiter
+
+
+pytestmark = pytest.mark.full_scale  # ~3 minutes: run with --full-scale
 
 
 def _serve(server, monkeypatch):

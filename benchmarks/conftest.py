@@ -1,7 +1,13 @@
-"""Benchmarks (not part of the test suite). Run them all, then refresh the doc:
+"""Benchmarks (not part of the test suite). The one command that runs them all end to
+end (under 10 minutes on 2 cores) and then refreshes docs/performance.md:
 
-    pytest benchmarks -s -p no:cacheprovider
-    python benchmarks/render.py        # docs/performance.md from the figures just printed
+    pip install -e '.[test,bench]'    # once: pytest-benchmark, and the LangChain / DSPy peers
+    pytest benchmarks -s -p no:cacheprovider && python benchmarks/render.py
+
+The full-scale reliability benchmark (bench_reliability.py, about 3 minutes of real
+time against a 60-requests-per-minute limit) is skipped unless asked for:
+
+    pytest benchmarks/bench_reliability.py -s -p no:cacheprovider --full-scale
 
 Every benchmark prints its figure, and its ratio to the bound, as a ``[bench]`` line.
 The figures of a session are also written to ``.benchmarks/figures.json``
@@ -64,6 +70,32 @@ def _record(name: str, value: float | None, unit: str, **extra: object) -> None:
                      "value": value, "unit": unit, **extra})
 
 
+def pytest_collect_file(file_path, parent):
+    """``pytest benchmarks`` collects the bench_*.py modules (not test_*.py names)."""
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") \
+            and not parent.session.isinitpath(file_path):  # named ones pytest collects itself
+        return pytest.Module.from_parent(parent, path=file_path)
+    return None
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full-scale", action="store_true", default=False,
+                     help="also run the full-scale benchmarks (bench_reliability.py, ~3 min)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full_scale: minutes-long benchmark; --full-scale runs it")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full-scale"):
+        return
+    skip = pytest.mark.skip(reason="full-scale benchmark: run it with --full-scale")
+    for item in items:
+        if item.get_closest_marker("full_scale"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _bench_where(request):
     module = request.node.module.__name__.rsplit(".", 1)[-1]
@@ -86,8 +118,10 @@ def machine() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         usable = os.cpu_count()
+    load = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {"nproc": usable, "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "load": load}
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -104,6 +138,7 @@ def pytest_sessionfinish(session, exitstatus):
     modules = data.setdefault("modules", {})
     for module in _modules_run:
         modules[module] = {"machine": machine(), "exitstatus": int(exitstatus),
+                           "command": " ".join(["pytest", *session.config.invocation_params.args]),
                            "figures": [f for f in _figures if f["module"] == module]}
     os.makedirs(os.path.dirname(FIGURES_PATH), exist_ok=True)
     with open(FIGURES_PATH, "w") as fh:
