@@ -83,3 +83,22 @@ def test_failures_and_coalesced_calls_are_counted():
     report = mapped.last_run
     assert report.failures == 1 and report.coalesced == 1
     assert report.requests == 2
+
+
+def test_queued_calls_are_not_counted_as_concurrent():
+    # a call's slice starts when the limiter admits it, not when it starts waiting
+    from ember.backends.limits import configure_limits, limiter
+    from ember.providers import sim
+
+    limiter.reset()
+    try:
+        configure_limits("sim", concurrency=2)
+        sim.configure(latency=0.05)
+        mapped = ember.vmap(lambda i: ember.models("sim", f"queued {i}", temperature=0))
+        mapped(list(range(6)))
+        run = mapped.last_run
+        assert sim.stats().max_in_flight <= 2
+        assert run.peak_concurrency == 2
+        assert len(run.calls) == 6 and run.throttle_seconds > 0
+    finally:
+        limiter.reset()

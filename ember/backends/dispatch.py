@@ -131,6 +131,8 @@ async def _admitted(provider: Any, tokens: int, priority: float, waited: list[fl
     """One attempt: wait for admission, make the call, settle with the limiter."""
     ticket = await limiter.acquire(provider, tokens, priority)
     waited[0] += ticket.waited
+    if not waited[1]:  # the call starts (for reports and timelines) when first admitted
+        waited[1] = ticket.admitted
     try:
         result = await call()
     except Exception as exc:
@@ -188,7 +190,7 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
         tokens = _reservation(request)
     except EmberError as exc:
         raise exc.where(request.model_id, location)
-    waited = [0.0]
+    waited = [0.0, 0.0]  # seconds waiting for admission; when first admitted
     start = time.monotonic()
     label = request.model_id
 
@@ -200,7 +202,7 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
     try:
         responses, attempts = await _retrying(attempt, options.retry, deadline, label)
     except EmberError as exc:
-        record(CallRecord(request.model_id, start, time.monotonic(), request.n,
+        record(CallRecord(request.model_id, waited[1] or start, time.monotonic(), request.n,
                           attempts=getattr(exc, "attempts", 1), error=type(exc).__name__,
                           cost=0.0, location=location, throttle_wait=waited[0]))
         raise exc.where(request.model_id, location)
@@ -208,7 +210,8 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
     usage_in = sum(r.usage.input_tokens for r in responses)
     usage_out = sum(r.usage.output_tokens for r in responses)
     cost = _fill_costs(request, responses)
-    record(CallRecord(request.model_id, start, end, request.n, usage_in, usage_out, cost,
+    record(CallRecord(request.model_id, waited[1] or start, end, request.n, usage_in,
+                      usage_out, cost,
                       attempts=attempts, location=location, throttle_wait=waited[0]))
     return responses
 
@@ -242,7 +245,7 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
     deadline = deadline_of(options)
     locations = locations or [None] * len(requests)
     tokens = sum(_reservation(r) for r in requests)
-    waited = [0.0]
+    waited = [0.0, 0.0]
     label = requests[0].model_id
     start = time.monotonic()
 
@@ -261,7 +264,7 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
     for k, (req, responses, loc) in enumerate(zip(requests, batches, locations, strict=True)):
         cost = _fill_costs(req, responses)
         usage = [sum(r.usage[i] for r in responses) for i in (0, 1)]
-        record(CallRecord(req.model_id, start, end, req.n, usage[0], usage[1], cost,
+        record(CallRecord(req.model_id, waited[1] or start, end, req.n, usage[0], usage[1], cost,
                           attempts=attempts, location=loc, batched=k > 0,
                           throttle_wait=waited[0] if k == 0 else 0.0))
         out.append(responses[0])
