@@ -146,10 +146,14 @@ def _apply(settings: dict) -> None:
 # ---- admission through the limiter actor ------------------------------------------------
 class RemoteAdmission:
     """Installed as ``limiter.delegate`` in a process whose requests the cluster's
-    limiter actor admits: acquire asks it, release and headers are reported to it."""
+    limiter actor admits: acquire asks it; releases and response headers are reported
+    to it, those of one event-loop turn in one message."""
 
     def __init__(self, handle: Any, owner: str) -> None:
         self.handle, self.owner = handle, owner
+        self.releases: list[tuple] = []
+        self.headers: dict[str, dict[str, str]] = {}  # provider -> latest headers
+        self.flushing = False
 
     async def acquire(self, provider: Any, tokens: float, priority: float = 0.0) -> Ticket:
         if getattr(provider, "on_headers", None) is None:
@@ -165,14 +169,27 @@ class RemoteAdmission:
     async def _release_late(self, ref: Any) -> None:
         with contextlib.suppress(Exception):
             tid, _ = await ref
-            self.handle.release.remote(tid, None, None)
+            self.release(Ticket(tid, 0, 0.0, 0.0))
 
     def release(self, ticket: Ticket, tokens_used: float | None = None,
                 error: BaseException | None = None) -> None:
-        self.handle.release.remote(ticket.state, tokens_used, _failure(error))
+        self.releases.append((ticket.state, tokens_used, _failure(error)))
+        self._flush_soon()
 
     def observe(self, provider: Any, headers: dict[str, str]) -> None:
-        self.handle.observe.remote(provider.name, dict(headers))
+        self.headers[provider.name] = dict(headers)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flushing = False
+        releases, self.releases = self.releases, []
+        headers, self.headers = self.headers, {}
+        self.handle.report.remote(headers, releases)
 
 
 class _Named:
@@ -211,13 +228,14 @@ class LimiterCore:
         self.tickets[tid] = (owner, ticket)
         return tid, ticket.waited
 
-    async def release(self, tid: int, tokens_used: float | None, failure: tuple | None) -> None:
-        item = self.tickets.pop(tid, None)
-        if item is not None:
-            self.limiter.release(item[1], tokens_used, _as_error(failure))
-
-    async def observe(self, name: str, headers: dict[str, str]) -> None:
-        self.limiter.observe(self._provider(name), headers)
+    async def report(self, headers: dict[str, dict[str, str]], releases: list[tuple]) -> None:
+        """Responses' rate-limit headers (per provider), then finished requests."""
+        for name, h in headers.items():
+            self.limiter.observe(self._provider(name), h)
+        for tid, tokens_used, failure in releases:
+            item = self.tickets.pop(tid, None)
+            if item is not None:
+                self.limiter.release(item[1], tokens_used, _as_error(failure))
 
     async def forget(self, owner: str) -> int:
         """Free the slots of a dead actor's requests; returns how many."""
