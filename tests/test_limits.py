@@ -155,14 +155,14 @@ def test_a_429_pauses_the_whole_provider(fault_server):
 
 
 def run_90(fault_server, mode: str) -> tuple[list, float]:
-    """90 calls against "60 per minute", scaled to 60 per 1.5 s so the suite stays fast
+    """90 calls against "60 per minute", scaled to 60 per 3 s so the suite stays fast
     (benchmarks/bench_reliability.py runs the full-scale minute). The limited server
     runs in its own process so its clock is not the client's GIL."""
-    server = RemoteFaultServer(60, 1.5, mode)
+    server = RemoteFaultServer(60, 3.0, mode)
     try:
         os.environ["OPENAI_BASE_URL"] = server.url
         providers.reset()
-        configure_limits("openai", rpm=60, window=1.5)
+        configure_limits("openai", rpm=60, window=3.0)
         safe = retry(lambda i: call(f"n{i}"), max_attempts=5, initial_delay=0.05)
         start = time.monotonic()
         results = ember.vmap(safe)(list(range(90)))
@@ -182,14 +182,14 @@ def run_90(fault_server, mode: str) -> tuple[list, float]:
 
 
 # At full scale (a real minute, benchmarks/bench_reliability.py) the token bucket sees
-# no 429 at all. Scaled 40x, the gap between admitting a request and its bytes reaching
+# no 429 at all. Scaled 20x, the gap between admitting a request and its bytes reaching
 # the server (SDK work, several ms a call, more under coverage) is no longer small
 # against the window, so a few calls of the first burst can land early; each is
 # refused once, pauses the provider until Retry-After, and then succeeds.
 def test_acceptance_90_calls_against_a_60_rpm_token_bucket(fault_server):
     codes, took = run_90(fault_server, "bucket")
-    assert codes.count(429) <= 9, codes.count(429)
-    assert 1.5 * 30 / 60 - 0.1 <= took < 4.0  # 60 at once, then one per 25 ms
+    assert codes.count(429) <= 15, codes.count(429)
+    assert 3.0 * 30 / 60 - 0.1 <= took < 6.0  # 60 at once, then one per 50 ms
 
 
 def test_acceptance_90_calls_against_a_60_rpm_sliding_window(fault_server):
@@ -197,7 +197,7 @@ def test_acceptance_90_calls_against_a_60_rpm_sliding_window(fault_server):
     # its first burst; each 429 pauses the provider until Retry-After, so no storm
     codes, took = run_90(fault_server, "window")
     assert codes.count(429) <= 30, codes.count(429)
-    assert took < 6.0
+    assert took < 9.0
 
 
 def test_limiter_forgets_cancelled_waiters(fault_server):
