@@ -4,10 +4,12 @@ end (under 10 minutes on 2 cores) and then refreshes docs/performance.md:
     pip install -e '.[test,bench]'    # once: pytest-benchmark, and the LangChain / DSPy peers
     pytest benchmarks -s -p no:cacheprovider && python benchmarks/render.py
 
-The full-scale reliability benchmark (bench_reliability.py, about 3 minutes of real
-time against a 60-requests-per-minute limit) is skipped unless asked for:
+The full-scale benchmarks are skipped unless asked for, each in its own process:
+bench_reliability.py (about 3 minutes against a 60-requests-per-minute limit) and
+bench_vmap_loopback.py (1,000 requests through the SDK; see its docstring):
 
     pytest benchmarks/bench_reliability.py -s -p no:cacheprovider --full-scale
+    pytest benchmarks/bench_vmap_loopback.py -s -p no:cacheprovider --full-scale
 
 Every benchmark prints its figure, and its ratio to the bound, as a ``[bench]`` line.
 The figures of a session are also written to ``.benchmarks/figures.json``

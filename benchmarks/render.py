@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 COMMAND = "pytest benchmarks -s -p no:cacheprovider && python benchmarks/render.py"
 ORDER = ["bench_executor", "bench_compile", "bench_passes", "bench_apps", "bench_vmap",
-         "bench_peers", "bench_idioms", "bench_reliability"]
+         "bench_vmap_loopback", "bench_peers", "bench_idioms", "bench_ray", "bench_reliability"]
 TITLES = {
     "bench_executor": "Executor overhead (local backend, zero-latency sim)",
     "bench_compile": "Trace + compile time per node",
@@ -29,6 +29,7 @@ TITLES = {
     "bench_apps": "Standard application graphs on sim: eager vs jit vs the critical-path bound",
     "bench_vmap": "vmap efficiency against ceil(N/C) x L",
     "bench_peers": "Side by side on one loopback OpenAI-compatible server",
+    "bench_vmap_loopback": "vmap N=1,000 C=64 on the loopback server (full scale, run alone)",
     "bench_idioms": "Parallel idioms at the critical-path bound (loopback server, 300 ms)",
     "bench_reliability": "Reliability at full scale (rate limits, 429s and 503s)",
 }
@@ -117,8 +118,9 @@ def render(data: dict) -> str:
         COMMAND,
         "```",
         "",
-        "The full-scale reliability benchmark runs on its own: `pytest "
-        "benchmarks/bench_reliability.py -s -p no:cacheprovider --full-scale`.",
+        "The full-scale benchmarks run on their own, each in its own process: `pytest "
+        "benchmarks/bench_reliability.py -s -p no:cacheprovider --full-scale` and the same "
+        "for `benchmarks/bench_vmap_loopback.py`.",
         "Timings depend on the machine and on what else it runs: each section names its",
         "machine, date and load.",
         "",
@@ -138,7 +140,8 @@ def render(data: dict) -> str:
                 f"`benchmarks/{name}.py`: {machine_line(mod.get('machine', {}))}.",
                 f"Command: `{mod.get('command', 'pytest benchmarks')}`"
                 + ("" if mod.get("exitstatus", 0) == 0
-                   else f" (exit status {mod['exitstatus']}: some benchmarks failed)") + ".",
+                   else f" (exit status {mod['exitstatus']}: a benchmark failed or the run "
+                        "was interrupted)") + ".",
                 ""]
         figures = mod["figures"]
         tabled = [f for f in figures if f.get("table")]
