@@ -23,7 +23,7 @@ M = "openai/gpt-4o-mini"
 
 
 def analyze(text: str) -> str:
-    # max_tokens keeps the reservation small: the server's 200k TPM header must not pace
+    # max_tokens keeps the token reservation small, as a real job should
     return models(M, f"Analyze: {text}", max_tokens=16).text
 
 

@@ -403,8 +403,8 @@ class FakeOpenAI(_FakeServer):
             "x-ratelimit-limit-requests": str(self.rpm or 10_000),
             "x-ratelimit-remaining-requests": str(remaining),
             "x-ratelimit-reset-requests": "1s" if exhausted else "6ms",
-            "x-ratelimit-limit-tokens": "200000",
-            "x-ratelimit-remaining-tokens": "199000",
+            "x-ratelimit-limit-tokens": "150000000",  # gpt-4o-mini at OpenAI's tier 5
+            "x-ratelimit-remaining-tokens": "149999000",
             "x-ratelimit-reset-tokens": "300ms",
         }
 

@@ -415,3 +415,18 @@ def test_error_fields_shapes():
 def test_reasoning_model_names():
     assert all(map(is_reasoning_model, ["o1", "o3-mini", "o4-mini-2025", "gpt-5", "GPT-5-nano"]))
     assert not any(map(is_reasoning_model, ["gpt-4o", "o10", "gpt-50", "ollama-o1"]))
+
+
+def test_reset_closes_the_old_clients_on_embers_loop(openai_server):
+    # a dropped client's sockets closed by the garbage collector behind the loop's back
+    # once left new connections unread (a hang); reset closes the clients properly
+    import ember
+
+    ember.models("openai/gpt-4o-mini", "hi")
+    old = providers.get("openai")
+    clients = [c for table in old._pool._by_loop.values() for c in table.values()]
+    assert clients and not any(c.is_closed() for c in clients)
+    providers.reset()
+    assert all(c.is_closed() for c in clients)
+    assert providers.get("openai") is not old
+    assert ember.models("openai/gpt-4o-mini", "again").text

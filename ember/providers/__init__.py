@@ -70,6 +70,29 @@ def resolve(model: str) -> tuple[Provider, str]:
 
 
 def reset() -> None:
-    """Forget provider instances (new clients are made on next use)."""
+    """Forget provider instances (new clients are made on next use), closing the
+    clients of the old ones on Ember's loop. Dropping an open client to the garbage
+    collector instead lets its sockets be closed behind the loop's back, and a new
+    connection that reuses such a file descriptor may then never be read."""
     with _lock:
+        old = list(_instances.values())
         _instances.clear()
+    from .. import _runtime
+
+    loop = _runtime._loop
+    if not old or loop is None or not loop.is_running():
+        return
+
+    async def close() -> None:
+        for inst in old:
+            try:
+                await inst.aclose()
+            except Exception:  # best effort: a client that fails to close is dropped
+                pass
+
+    if _runtime.on_loop():
+        loop.create_task(close())
+    else:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=10)
