@@ -85,7 +85,7 @@ def test_trace_and_compile_per_node(benchmark, calls):
     if calls == 10_000 and 100 in _per_node:
         report("trace+compile growth: per-node time at 10,000 calls / at 100 calls",
                per_node / _per_node[100], 1.0, unit="x", target=1.5)
-    assert per_node <= 3 * BOUND_US  # loose: the printed ratio is the figure
+    assert per_node <= 6 * BOUND_US  # loose (a shared VM varies 2x): the ratio is the figure
 
 
 def test_jit_first_call_per_node(sim_config):
