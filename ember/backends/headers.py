@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping
 
-__all__ = ["RateHeaders", "parse_rate_headers", "parse_duration", "parse_retry_after"]
+__all__ = ["RateHeaders", "parse_rate_headers", "parse_duration", "parse_retry_after",
+           "seconds_until"]
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -38,7 +39,7 @@ def parse_duration(text: str) -> float | None:
     return sum(float(a) * scale[u] for a, u in parts)
 
 
-def _until(stamp: str) -> float | None:
+def seconds_until(stamp: str) -> float | None:
     """Seconds until an RFC 3339 time (Anthropic's ``-reset`` headers)."""
     try:
         when = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
@@ -103,7 +104,7 @@ def parse_rate_headers(headers: Mapping[str, str]) -> RateHeaders:
             limit = _num(h, f"{prefix}-limit")
             remaining = _num(h, f"{prefix}-remaining")
             stamp = h.get(f"{prefix}-reset")
-            reset = _until(stamp) if stamp else None
+            reset = seconds_until(stamp) if stamp else None
         setattr(out, f"limit_{kind}", limit)
         setattr(out, f"remaining_{kind}", remaining)
         setattr(out, f"reset_{kind}", reset)

@@ -31,7 +31,6 @@ message ever contains the API key.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import os
@@ -39,11 +38,11 @@ import re
 import sys
 import time
 import weakref
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .._request import Request
+from ..backends.headers import parse_duration, parse_retry_after, seconds_until
 from .._response import Response, Usage
 from ..errors import (
     AuthenticationError,
@@ -79,7 +78,6 @@ _QUOTA_RE = re.compile(
     r"insufficient_quota|exceeded your current quota|quota exceeded|billing_hard_limit"
     r"|credit balance|spend(ing)? limit"
 )
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 # OpenAI reasoning models: max_completion_tokens, and no temperature/top_p except 1
 _REASONING_RE = re.compile(r"^(o1|o3|o4|gpt-5)($|[-_.:])")
 
@@ -116,50 +114,6 @@ def header_dict(headers: Any) -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in headers.items()} if headers else {}
 
 
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms``, or ``retry-after`` (seconds or HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
-def _duration(text: str) -> float | None:
-    """OpenAI's reset durations: "1s", "6m0s", "20ms", "1h2m3.5s"."""
-    parts = _DURATION_RE.findall(text.strip())
-    if not parts or "".join(a + b for a, b in parts) != text.strip():
-        return None
-    scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    return sum(float(a) * scale[b] for a, b in parts)
-
-
-def _until(stamp: str) -> float | None:
-    """Seconds until an RFC 3339 timestamp (Anthropic's reset headers)."""
-    try:
-        when = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
 def reset_hint(headers: Mapping[str, str]) -> float | None:
     """Seconds until the exhausted rate-limit windows reset, from the
     ``x-ratelimit-reset-*`` / ``anthropic-ratelimit-*-reset`` headers (or ``None``)."""
@@ -167,10 +121,11 @@ def reset_hint(headers: Mapping[str, str]) -> float | None:
     for name, value in headers.items():
         if name.startswith("x-ratelimit-reset-"):
             kind = name[len("x-ratelimit-reset-"):]
-            remaining, secs = headers.get(f"x-ratelimit-remaining-{kind}"), _duration(value)
+            remaining, secs = headers.get(f"x-ratelimit-remaining-{kind}"), parse_duration(value)
         elif name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):
             kind = name[len("anthropic-ratelimit-"):-len("-reset")]
-            remaining, secs = headers.get(f"anthropic-ratelimit-{kind}-remaining"), _until(value)
+            remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
+            secs = seconds_until(value)
         else:
             continue
         if secs is not None:
