@@ -30,6 +30,7 @@ TITLES = {
     "bench_vmap": "vmap efficiency against ceil(N/C) x L",
     "bench_peers": "Side by side on one loopback OpenAI-compatible server",
     "bench_vmap_loopback": "vmap N=1,000 C=64 on the loopback server (full scale, run alone)",
+    "bench_ray": "Ray backend vs the local backend (1,000 elements, 50 ms server)",
     "bench_idioms": "Parallel idioms at the critical-path bound (loopback server, 300 ms)",
     "bench_reliability": "Reliability at full scale (rate limits, 429s and 503s)",
 }
