@@ -40,7 +40,6 @@ __all__ = [
 
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
-_MARK_RE = re.compile(_MARK_OPEN + r"([0-9a-f]{8})(\d+)" + _MARK_CLOSE)
 UNKNOWN = object()
 MAX_TRACE_NODES = 200_000
 
@@ -110,6 +109,8 @@ class TraceState:
         self.values: dict[int, Any] = {}  # var id -> concrete value, when known
         self.marks: list[tuple[Atom, str]] = []
         self.nonce = secrets.token_hex(4)
+        self._split_marks = re.compile(
+            _MARK_OPEN + self.nonce + r"(\d+)" + _MARK_CLOSE).split
         self.breaks: list[Break] = []
         self.guarded = False  # a known value steered the Python: graph is data-dependent
         self.fullgraph = fullgraph
@@ -199,23 +200,20 @@ class TraceState:
         if isinstance(value, Traced):
             return value._var
         if isinstance(value, str) and _MARK_OPEN in value:
-            segments, atoms, specs = [], [], []
-            pos = 0
-            for m in _MARK_RE.finditer(value):
-                if m.group(1) != self.nonce:
-                    continue  # a marker from another trace: plain text
-                segments.append(value[pos:m.start()])
-                atom, spec = self.marks[int(m.group(2))]
-                atoms.append(atom)
-                specs.append(spec)
-                pos = m.end()
-            if atoms:
-                segments.append(value[pos:])
-                if len(atoms) == 1 and specs[0] == "" and segments == ["", ""] \
+            # markers of this trace only (another trace's stay plain text): split gives
+            # [text, index, text, index, ..., text]
+            parts = self._split_marks(value)
+            if len(parts) > 1:
+                marks = self.marks
+                pairs = [marks[int(i)] for i in parts[1::2]]
+                atoms = [atom for atom, _ in pairs]
+                specs = tuple([spec for _, spec in pairs])
+                segments = tuple(parts[0::2])
+                if len(atoms) == 1 and specs[0] == "" and segments == ("", "") \
                         and atoms[0].type == Str:
                     return atoms[0]
-                return self.add("format", atoms, {"segments": tuple(segments),
-                                                  "specs": tuple(specs)}, Str, loc)
+                return self.add("format", atoms, {"segments": segments, "specs": specs},
+                                Str, loc)
         return Lit(value)
 
     # ---- breaks --------------------------------------------------------------------
