@@ -21,7 +21,6 @@ from __future__ import annotations
 import gc
 import os
 import re
-import secrets
 import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -108,7 +107,7 @@ class TraceState:
         self.inputs: list[Var] = []
         self.values: dict[int, Any] = {}  # var id -> concrete value, when known
         self.marks: list[tuple[Atom, str]] = []
-        self.nonce = secrets.token_hex(4)
+        self.nonce = os.urandom(4).hex()  # unguessable, so user text never forges a marker
         self._split_marks = re.compile(
             _MARK_OPEN + self.nonce + r"(\d+)" + _MARK_CLOSE).split
         self.breaks: list[Break] = []
