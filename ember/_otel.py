@@ -73,7 +73,7 @@ def attributes(call: CallRecord) -> dict[str, Any]:
 
 def emit(call: CallRecord) -> None:
     """Record ``call`` as a finished span under the current context's span."""
-    tracer = _tracer if _tracer is not _UNRESOLVED else _resolve()
+    tracer = _get_tracer()
     if tracer is None or _idle():  # skip building a span nobody records
         return
     from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -90,5 +90,8 @@ def emit(call: CallRecord) -> None:
 
 def span_emitter() -> Callable[[CallRecord], None] | None:
     """`emit` if opentelemetry-api is importable, else None (checked once)."""
-    return emit if (_tracer if _tracer is not _UNRESOLVED else _resolve()) is not None \
-        else None
+    return emit if _get_tracer() is not None else None
+
+
+def _get_tracer() -> Any:
+    return _tracer if _tracer is not _UNRESOLVED else _resolve()
