@@ -64,12 +64,14 @@ def _request(model: Any, prompt: Any, params: dict[str, Any]) -> Request:
 
 
 # ---- inside a trace ------------------------------------------------------------------
+_NO_SYSTEM = Lit(None)
+
+
 def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     loc = user_location(3)
     if not isinstance(model, str):
         model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
-    params = dict(params)
-    system = params.pop("system", None)
+    system = params.pop("system", None)  # params: this call's own keyword arguments
     try:  # a loop calls models() with the same model and params: resolve them once
         ckey: Any = (model, tuple(params.items()))
         resolved = state.call_cache.get(ckey)
@@ -87,18 +89,21 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
             state.call_cache[ckey] = resolved
     label, frozen, n, deterministic = resolved
     p_atom = _prompt_atom(state, prompt, loc)
-    s_atom = state.atomize(system, loc) if system is not None else Lit(None)
-    node_params = {"model": label, "params": frozen,
-                   "n": n, "options": current_options(), "deterministic": deterministic}
+    s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
+    # the params as Node would store them: sorted by name; every part is hashable
+    node_params: tuple = (("deterministic", deterministic), ("model", label), ("n", n),
+                          ("options", current_options()), ("params", frozen))
     if not deterministic:
-        skey = (node_params["model"], frozen, p_atom, s_atom)
-        node_params["sample"] = state.sample_counts.get(skey, 0)
-        state.sample_counts[skey] = node_params["sample"] + n
-    var = state.add("llm", [p_atom, s_atom], node_params,
-                    ResponseT if n == 1 else ListT(ResponseT), loc)
+        skey = (label, frozen, p_atom, s_atom)
+        sample = state.sample_counts.get(skey, 0)
+        state.sample_counts[skey] = sample + n
+        node_params += (("sample", sample),)
+    var = state.add_trusted("llm", (p_atom, s_atom), node_params,
+                            ResponseT if n == 1 else ListT(ResponseT), loc)
     if n == 1:
         return TracedResponse(state, var)
-    return [TracedResponse(state, state.add("getitem", [var], {"key": i}, ResponseT, loc))
+    return [TracedResponse(state, state.add_trusted("getitem", (var,), (("key", i),),
+                                                    ResponseT, loc))
             for i in range(n)]
 
 

@@ -71,6 +71,21 @@ class Node:
         # annotations passes add and declare (schedule: level, priority; estimate)
         self.meta = meta if meta is not None else {}
 
+    @classmethod
+    def trusted(cls, op: str, inputs: tuple[Atom, ...], params: tuple, out: Var,
+                loc: str | None = None, meta: dict[str, Any] | None = None) -> Node:
+        """A node from parts its builder vouches for: a known op, a tuple of inputs and
+        params as name-sorted, hashable pairs. Skips the constructor's checks, whose
+        hash of the params alone costs ~1 µs on a model call's (tracer and passes)."""
+        node = cls.__new__(cls)
+        node.op = op
+        node.inputs = inputs
+        node.params = params
+        node.out = out
+        node.loc = loc
+        node.meta = {} if meta is None else meta
+        return node
+
     def param(self, name: str, default: Any = None) -> Any:
         for k, v in self.params:
             if k == name:

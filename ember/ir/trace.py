@@ -136,39 +136,52 @@ class TraceState:
 
     def add(self, op: str, inputs: list[Atom], params: dict[str, Any], type_: Type | None = None,
             loc: str | None = None) -> Var:
-        if len(self.nodes) >= MAX_TRACE_NODES:
-            raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
-                            "over model output?)")
         out = Var(AnyT)
         node = Node(op, inputs, params, out, loc)
         out.type = type_ or OPS[op].type_rule(node)
-        self.nodes.append(node)
-        self._evaluate(node)
+        self._push(node)
         return out
 
+    def add_trusted(self, op: str, inputs: tuple[Atom, ...], params: tuple, type_: Type,
+                    loc: str | None = None) -> Var:
+        """`add` for nodes whose parts the caller vouches for (see `Node.trusted`): the
+        tracer's own formats and model calls."""
+        out = Var(type_)
+        self._push(Node.trusted(op, inputs, params, out, loc))
+        return out
+
+    def _push(self, node: Node) -> None:
+        if len(self.nodes) >= MAX_TRACE_NODES:
+            raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
+                            "over model output?)")
+        self.nodes.append(node)
+        self._evaluate(node)
+
     def _evaluate(self, node: Node) -> None:
+        values = self.values
         vals = []
         for a in node.inputs:
             if isinstance(a, Lit):
                 vals.append(a.value)
-            else:
-                v = self.values.get(a.id, UNKNOWN)
-                if v is UNKNOWN or isinstance(v, BaseException):
-                    if isinstance(v, BaseException):
-                        self.values[node.out.id] = v
-                    return
-                vals.append(v)
+                continue
+            v = values.get(a.id, UNKNOWN)
+            if v is UNKNOWN:
+                return
+            if isinstance(v, BaseException):
+                values[node.out.id] = v
+                return
+            vals.append(v)
         impl = OPS[node.op].impl
         if impl is None:
             if self.lookup is not None:
                 v = self.lookup(node, vals)
                 if v is not UNKNOWN:
-                    self.values[node.out.id] = v
+                    values[node.out.id] = v
             return
         try:
-            self.values[node.out.id] = impl(node, *vals)
+            values[node.out.id] = impl(node, *vals)
         except Exception as exc:  # e.g. .json() of prose: raised if the value is used
-            self.values[node.out.id] = exc
+            values[node.out.id] = exc
 
     def graph(self, result: Any) -> Graph:
         outputs: list[Atom] = []
@@ -202,17 +215,17 @@ class TraceState:
             # markers of this trace only (another trace's stay plain text): split gives
             # [text, index, text, index, ..., text]
             parts = self._split_marks(value)
+            if len(parts) == 3:  # one marker: the common f"...{x}..."
+                atom, spec = self.marks[int(parts[1])]
+                if spec == "" and parts[0] == parts[2] == "" and atom.type == Str:
+                    return atom
+                return self.add_trusted("format", (atom,), (
+                    ("segments", (parts[0], parts[2])), ("specs", (spec,))), Str, loc)
             if len(parts) > 1:
                 marks = self.marks
-                pairs = [marks[int(i)] for i in parts[1::2]]
-                atoms = [atom for atom, _ in pairs]
-                specs = tuple([spec for _, spec in pairs])
-                segments = tuple(parts[0::2])
-                if len(atoms) == 1 and specs[0] == "" and segments == ("", "") \
-                        and atoms[0].type == Str:
-                    return atoms[0]
-                return self.add("format", atoms, {"segments": segments, "specs": specs},
-                                Str, loc)
+                atoms, specs = zip(*[marks[int(i)] for i in parts[1::2]])
+                return self.add_trusted("format", atoms, (
+                    ("segments", tuple(parts[0::2])), ("specs", specs)), Str, loc)
         return Lit(value)
 
     # ---- breaks --------------------------------------------------------------------
