@@ -27,7 +27,7 @@ def test_vmap_100_inputs_window_20(benchmark, openai_process):
     openai_process(0.2)
     xs = [f"document {i}" for i in range(100)]
     mapped = vmap(analyze, batch_size=20)
-    mapped(xs[:1])  # import the SDK and open connections outside the timing
+    mapped([f"warm {i}" for i in range(20)])  # import the SDK, open the 20 connections
     result = benchmark.pedantic(lambda: mapped(xs), rounds=3, iterations=1)
     assert result == [f"echo: Analyze: {x}" for x in xs]
     bound = math.ceil(100 / 20) * 0.2
@@ -42,7 +42,7 @@ def test_vmap_branching_40_inputs_window_20(openai_process):
     openai_process(0.2)
     xs = [f"item {i}" for i in range(40)]
     mapped = vmap(branchy, batch_size=20)
-    mapped(xs[:1])
+    mapped([f"warm {i}" for i in range(20)])  # open the 20 connections outside the timing
     start = time.perf_counter()
     result = mapped(xs)
     wall = time.perf_counter() - start

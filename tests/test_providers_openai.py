@@ -32,6 +32,13 @@ def req(prompt="hello", model=MODEL, **params):
     return build_request("openai", model, prompt, params)
 
 
+@pytest.fixture(params=["aiohttp", "httpx"])
+def transport(request, monkeypatch):
+    """Both HTTP transports the SDKs offer (Ember's default is aiohttp)."""
+    monkeypatch.setenv("EMBER_HTTP_TRANSPORT", request.param)
+    return request.param
+
+
 def fail(provider, request) -> BaseException:
     with pytest.raises(errors.EmberError) as info:
         complete(provider, request)
@@ -41,7 +48,7 @@ def fail(provider, request) -> BaseException:
 # ------------------------------------------------------------------------ success
 
 
-def test_success_text_usage_cost_and_latency(openai_server):
+def test_success_text_usage_cost_and_latency(openai_server, transport):
     [r] = complete(OpenAIProvider(), req("hello"))
     rec = openai_server.requests[0]
     usage = rec.response["usage"]
@@ -226,7 +233,7 @@ def test_requests_per_minute_limiter(openai_server):
     assert len(openai_server.requests) == 3
 
 
-def test_dropped_connection(openai_server):
+def test_dropped_connection(openai_server, transport):
     openai_server.script("drop")
     err = fail(OpenAIProvider(), req())
     assert type(err) is errors.ConnectionError and err.transient
@@ -235,18 +242,19 @@ def test_dropped_connection(openai_server):
     assert len(openai_server.requests) == 1
 
 
-def test_connection_refused(monkeypatch):
+@pytest.mark.parametrize("userinfo", ["user:pw@", ""])
+def test_connection_refused(monkeypatch, transport, userinfo):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("OPENAI_BASE_URL", f"http://user:pw@127.0.0.1:{port}/v1?x=1")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://{userinfo}127.0.0.1:{port}/v1?x=1")
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     err = fail(OpenAIProvider(), req())
     assert type(err) is errors.ConnectionError
     assert f"http://127.0.0.1:{port}/v1 " in str(err) and "pw" not in str(err)
 
 
-def test_timeout(openai_server):
+def test_timeout(openai_server, transport):
     openai_server.script(Fault("slow", delay=1.0))
     err = fail(OpenAIProvider(timeout=0.2), req())
     assert isinstance(err, errors.TimeoutError) and isinstance(err, builtins.TimeoutError)
@@ -319,6 +327,36 @@ def test_sdk_and_transport_exceptions_map():
 
 
 # ----------------------------------------------------------- clients and settings
+
+
+def test_transport_follows_the_environment(openai_server, monkeypatch):
+    from ember.providers.openai import http_transport
+
+    def transport_of_a_client() -> str:
+        async def make():
+            provider = OpenAIProvider()
+            try:
+                return type(provider.client()._client).__name__
+            finally:
+                await provider.aclose()
+        return asyncio.run(make())
+
+    assert http_transport() == "aiohttp" and "AioHttp" in transport_of_a_client()
+    monkeypatch.setenv("EMBER_HTTP_TRANSPORT", "httpx")
+    assert http_transport() == "httpx" and "AioHttp" not in transport_of_a_client()
+    # a URL with credentials: aiohttp would refuse it next to the SDK's auth header
+    monkeypatch.setenv("EMBER_HTTP_TRANSPORT", "aiohttp")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://user:pw@127.0.0.1:9/v1")
+    assert "AioHttp" not in transport_of_a_client()
+    monkeypatch.setenv("EMBER_HTTP_TRANSPORT", "curl")
+    with pytest.raises(errors.ConfigurationError, match="'aiohttp' or 'httpx'"):
+        http_transport()
+    monkeypatch.setitem(__import__("sys").modules, "aiohttp", None)  # not installed
+    monkeypatch.setenv("EMBER_HTTP_TRANSPORT", "aiohttp")
+    with pytest.raises(errors.ConfigurationError, match="pip install aiohttp"):
+        http_transport()
+    monkeypatch.delenv("EMBER_HTTP_TRANSPORT")
+    assert http_transport() == "httpx"
 
 
 def test_clients_are_pooled_per_loop_and_follow_the_environment(openai_server, monkeypatch):

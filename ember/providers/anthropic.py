@@ -62,12 +62,7 @@ class AnthropicProvider(SDKProvider):
     def make_client(self, base_url: str | None, api_key: str) -> Any:
         from anthropic import AsyncAnthropic
 
-        kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
-        if base_url:
-            kwargs["base_url"] = base_url
-        if self.timeout is not None:
-            kwargs["timeout"] = self.timeout
-        return AsyncAnthropic(**kwargs)
+        return AsyncAnthropic(**self.client_options(base_url, api_key))
 
     def params(self, request: Request) -> dict[str, Any]:
         system = [request.system] if request.system else []
