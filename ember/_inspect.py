@@ -25,6 +25,8 @@ class InspectReport:
     breaks: list = field(default_factory=list)
     complete: bool = True  # False when a graph break stopped the trace
     note: str | None = None
+    batched: Graph | None = None  # vmap: the batched graph of the whole map
+    map_estimate: Any = None  # vmap: the static estimate of the whole map
 
     @property
     def estimate(self) -> Any:
@@ -73,6 +75,9 @@ class InspectReport:
                 lines.append(f"  {p}")
             lines.append("")
         lines += ["optimized graph:", format_graph(self.graph), ""]
+        if self.batched is not None:
+            lines += ["batched graph (vmap):", format_graph(self.batched),
+                      str(self.batched.meta["vmap"]), ""]
         if self.breaks:
             lines.append("graph breaks:")
             for b in self.breaks:
@@ -84,7 +89,10 @@ class InspectReport:
                          "jit runs what comes before it, then traces on.")
         if self.note:
             lines.append(self.note)
-        if self.estimate is not None:
+        if self.map_estimate is not None:
+            lines += ["estimate (one element):", _indent(str(self.estimate)),
+                      "estimate (the whole map):", _indent(str(self.map_estimate))]
+        elif self.estimate is not None:
             lines += ["estimate:", _indent(str(self.estimate))]
         return "\n".join(lines).rstrip() + "\n"
 
@@ -133,12 +141,32 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
 def inspect(fn: Callable, *example_args: Any, **example_kwargs: Any) -> InspectReport:
     """Trace ``fn`` on example arguments and show the graph before/after the passes,
     the graph breaks and a static estimate (requests, tokens, cost, critical path)."""
+    from ._vmap import Mapped
     from .passes import run_passes
 
+    if isinstance(fn, Mapped):
+        return _inspect_map(fn, example_args, example_kwargs)
     graph, state, complete, note = trace_graph(fn, example_args, example_kwargs)
     optimized, passes = run_passes(graph, verify=True, inputs=state_inputs(state))
     name = getattr(getattr(fn, "fn", fn), "__qualname__", repr(fn))
     return InspectReport(name, graph, optimized, passes, list(state.breaks), complete, note)
+
+
+def _inspect_map(mapped: Any, args: tuple, kwargs: dict) -> InspectReport:
+    """``inspect(vmap(f), xs)``: the first element's graphs, then the batched graph and
+    the whole map's estimate (what is hoisted is counted once)."""
+    from ._vmap import _axes, _leaf_mask, _split
+    from .passes.vmap import batch_graph, check_batched, map_estimate
+
+    elements = _split(args, mapped.in_axes, mapped.name)
+    report = inspect(mapped.jitted.fn, *elements[0], **kwargs)
+    report.name = f"vmap({report.name})"
+    mask = _leaf_mask(elements[0], _axes(args, mapped.in_axes), kwargs)
+    if report.complete and len(mask) == len(report.graph.inputs):
+        report.batched = check_batched(batch_graph(report.graph, mask, len(elements))[0])
+        report.map_estimate = map_estimate(report.graph, mask, len(elements),
+                                           mapped.batch_size)
+    return report
 
 
 def state_inputs(state: TraceState) -> list[Any]:

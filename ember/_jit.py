@@ -28,7 +28,7 @@ import functools
 import time
 import inspect as _inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any, Awaitable, Callable, Generator
 
 from ._models import CheckRun, NeedAnswers, check_var
 from ._report import RunReport
@@ -161,6 +161,7 @@ def _pending_leaves(value: Any, out: list[Response]) -> list[Response]:
 
 # ---- the driver ------------------------------------------------------------------------
 Step = tuple[str, Any]
+RunGraph = Callable[[Graph, list, Memo], Awaitable[dict]]
 
 
 class Jitted:
@@ -208,7 +209,11 @@ class Jitted:
 
     # The program is a generator of steps, so one driver serves def and async def:
     # ("call", thunk) runs the user's function, ("run", coroutine) runs on the backend.
-    def _program(self, args: tuple, kwargs: dict) -> Generator[Step, Any, Any]:
+    def _program(self, args: tuple, kwargs: dict, run_graph: RunGraph | None = None
+                 ) -> Generator[Step, Any, Any]:
+        """``run_graph(graph, leaves, memo)`` runs a cached graph (default: `execute`;
+        vmap's runs the calls it hoisted once for all elements)."""
+        run_graph = run_graph or execute
         sig = (signature_of((args, kwargs)), current_options())  # retry/timeout scope too
         entry = self.cache.get(sig)
         if entry is None:
@@ -220,9 +225,9 @@ class Jitted:
             self._bound = _critical_path(entry.graph)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
-            yield "run", execute(entry.graph, leaves, memo)
+            yield "run", run_graph(entry.graph, leaves, memo)
         else:
-            yield from self._plan(args, kwargs, entry, memo)
+            yield from self._plan(args, kwargs, entry, memo, run_graph)
         unplanned: str | None = None  # where the first call the plan missed was made
         for _ in range(MAX_ROUNDS):
             check = CheckRun(memo)
@@ -253,8 +258,8 @@ class Jitted:
                     "function, or drop fullgraph=True.")
         return result
 
-    def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo
-              ) -> Generator[Step, Any, None]:
+    def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo,
+              run_graph: RunGraph) -> Generator[Step, Any, None]:
         concrete = False  # pass argument strings as plain str (after a tracer TypeError)
         for round_no in range(MAX_ROUNDS):
             state = TraceState(fullgraph=self.fullgraph, strict=entry.strict,
@@ -287,12 +292,14 @@ class Jitted:
             optimized, passes = _compile(graph, self.verify)
             if not any(n.op.startswith("llm") for n in optimized.nodes):
                 return  # nothing to send: the check run does the rest
+            run = execute
             if complete:
                 if round_no == 0 and not state.guarded and not concrete:
                     entry.graph = optimized  # cached before it runs: vmap elements reuse it
+                    run = run_graph
                 entry.passes = passes
             self._bound += _critical_path(optimized)
-            yield "run", execute(optimized, leaves, memo)
+            yield "run", run(optimized, leaves, memo)
             if complete:
                 return
 

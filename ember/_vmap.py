@@ -18,13 +18,17 @@ import time
 from contextvars import ContextVar
 from typing import Any, Callable, Sequence
 
-from ._jit import Jitted, _drive_async, advance
+from ._jit import Jitted, _drive_async, advance, trace_inputs
 from ._models import check_var
 from ._report import RunReport
 from ._runtime import run_sync
+from .backends.local import execute
+from .backends.memo import Memo
 from .backends.record import Recorder, recorder_var
 from .errors import BatchError
+from .ir.graph import Graph
 from .ir.trace import current_trace
+from .passes.vmap import hoisted_nodes
 
 __all__ = ["vmap", "Mapped"]
 
@@ -32,8 +36,12 @@ __all__ = ["vmap", "Mapped"]
 backend_var: ContextVar[Any] = ContextVar("ember_vmap_backend", default=None)
 
 
+def _axes(args: tuple, in_axes: Any) -> tuple:
+    return (in_axes,) * len(args) if isinstance(in_axes, int) or in_axes is None else tuple(in_axes)
+
+
 def _split(args: tuple, in_axes: Any, name: str) -> list[tuple]:
-    axes = (in_axes,) * len(args) if isinstance(in_axes, int) or in_axes is None else tuple(in_axes)
+    axes = _axes(args, in_axes)
     if len(axes) != len(args):
         raise ValueError(f"vmap({name}): in_axes has {len(axes)} entries for {len(args)} "
                          "positional arguments; give one per argument (0 to map, None to "
@@ -57,6 +65,66 @@ def _split(args: tuple, in_axes: Any, name: str) -> list[tuple]:
     n = next(iter(lengths.values()))
     return [tuple(args[i][k] if axes[i] == 0 else args[i] for i in range(len(args)))
             for k in range(n)]
+
+
+def _leaf_mask(element: tuple, axes: tuple, kwargs: dict) -> list[bool]:
+    """Which inputs of an element's graph (its argument leaves, in trace order) come
+    from mapped arguments."""
+    mask: list[bool] = []
+    for value, axis in zip(element, axes):
+        leaves: list[Any] = []
+        trace_inputs(value, None, leaves)
+        mask += [axis == 0] * len(leaves)
+    leaves = []
+    trace_inputs(kwargs, None, leaves)
+    return mask + [False] * len(leaves)
+
+
+class _Hoisted:
+    """The nodes of one element graph that do not depend on the mapped arguments
+    (`ember.passes.vmap`): run once for the whole map; every element runs the rest
+    with their values known, and its check run reads their answers from its memo."""
+
+    def __init__(self, graph: Graph, mask: list[bool]) -> None:
+        self.graph, self.mask = graph, mask
+        keep = hoisted_nodes(graph, mask) if len(mask) == len(graph.inputs) else []
+        nodes = [graph.nodes[i] for i in keep]
+        self.calls = sum(1 for n in nodes if n.op.startswith("llm"))
+        self.sub = Graph(list(graph.inputs), nodes, [n.out for n in nodes])
+        self.ids = [n.out.id for n in nodes]
+        self.memo = Memo()
+        self.task: asyncio.Future | None = None
+
+    async def run(self, leaves: list[Any], memo: Memo) -> dict[int, Any]:
+        if self.task is None:
+            self.task = asyncio.ensure_future(execute(self.sub, leaves, self.memo))
+        env = await asyncio.shield(self.task)
+        memo.share(self.memo)
+        return await execute(self.graph, leaves, memo, known={i: env[i] for i in self.ids})
+
+
+class _Hoisting:
+    """One map call's hoisted work, per element graph."""
+
+    def __init__(self, axes: tuple, kwargs: dict) -> None:
+        self.axes, self.kwargs = axes, kwargs
+        self.by_graph: dict[int, _Hoisted] = {}
+
+    def runner(self, element: tuple) -> Callable[[Graph, list, Memo], Any]:
+        async def run(graph: Graph, leaves: list[Any], memo: Memo) -> dict[int, Any]:
+            hoisted = self.by_graph.get(id(graph))
+            if hoisted is None:
+                mask = _leaf_mask(element, self.axes, self.kwargs)
+                hoisted = self.by_graph[id(graph)] = _Hoisted(graph, mask)
+            if hoisted.calls and hoisted.mask == _leaf_mask(element, self.axes, self.kwargs):
+                return await hoisted.run(leaves, memo)
+            return await execute(graph, leaves, memo)
+        return run
+
+    def cancel(self) -> None:
+        for hoisted in self.by_graph.values():
+            if hoisted.task is not None and not hoisted.task.done():
+                hoisted.task.cancel()
 
 
 class _Progress:
@@ -123,9 +191,10 @@ class Mapped:
 
             cluster = resolve(backend)
             return (cluster.amap if self.jitted.is_async else cluster.map)(self, elements, kwargs)
+        hoisting = _Hoisting(_axes(args, self.in_axes), kwargs)
         if self.jitted.is_async:
-            return self._amap(elements, kwargs)
-        return self._map(elements, kwargs)
+            return self._amap(elements, kwargs, hoisting)
+        return self._map(elements, kwargs, hoisting)
 
     def _finish(self, results: list[Any], errors: dict[int, BaseException]) -> list[Any]:
         self.results = results
@@ -133,13 +202,14 @@ class Mapped:
             raise BatchError(results, errors)
         return results
 
-    def _map(self, elements: list[tuple], kwargs: dict) -> list[Any]:
+    def _map(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting) -> list[Any]:
         # Everything runs on Ember's loop: an element's Python steps (trace, check) are
         # short and never block (a missing answer becomes a fetch step), so stepping
         # them there saves a thread hop per element.
-        return run_sync(self._map_on_loop(elements, kwargs))
+        return run_sync(self._map_on_loop(elements, kwargs, hoisting))
 
-    async def _map_on_loop(self, elements: list[tuple], kwargs: dict) -> list[Any]:
+    async def _map_on_loop(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting
+                           ) -> list[Any]:
         n = len(elements)
         gate = asyncio.Semaphore(n if self.batch_size is None else self.batch_size)
         results: list[Any] = [None] * n
@@ -153,7 +223,8 @@ class Mapped:
             async with gate:
                 counts["active"] += 1
                 try:
-                    results[i] = await _drive_on_loop(self.jitted._program(elements[i], kwargs))
+                    results[i] = await _drive_on_loop(self.jitted._program(
+                        elements[i], kwargs, hoisting.runner(elements[i])))
                 except Exception as exc:
                     results[i] = errors[i] = exc
                 finally:
@@ -165,13 +236,15 @@ class Mapped:
         try:
             await asyncio.gather(*(one(i) for i in range(n)))
         finally:
+            hoisting.cancel()  # only left running when the map was cancelled
             recorder_var.reset(token)
             self.last_run = RunReport(rec.calls, time.perf_counter() - start,
                                       label=f"vmap({self.name})")
         bar.update(n - len(errors), len(errors), 0, final=True)
         return self._finish(results, errors)
 
-    async def _amap(self, elements: list[tuple], kwargs: dict) -> list[Any]:
+    async def _amap(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting
+                    ) -> list[Any]:
         n = len(elements)
         gate = asyncio.Semaphore(n if self.batch_size is None else self.batch_size)
         results: list[Any] = [None] * n
@@ -183,13 +256,15 @@ class Mapped:
         async def one(i: int) -> None:
             async with gate:
                 try:
-                    results[i] = await _drive_async(self.jitted._program(elements[i], kwargs))
+                    results[i] = await _drive_async(self.jitted._program(
+                        elements[i], kwargs, hoisting.runner(elements[i])))
                 except Exception as exc:
                     results[i] = errors[i] = exc
 
         try:
             await asyncio.gather(*(one(i) for i in range(n)))
         finally:
+            hoisting.cancel()  # only left running when the map was cancelled
             recorder_var.reset(token)
             self.last_run = RunReport(rec.calls, time.perf_counter() - start,
                                       label=f"vmap({self.name})")

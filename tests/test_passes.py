@@ -399,3 +399,96 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     est = cur.meta["estimate"]  # the static estimate counts what the interpreter sent
     assert (est.requests, est.completions) == (after.requests, after.completions)
     assert all({"level", "priority"} <= n.meta.keys() for n in cur.nodes)
+
+
+# ---------------------------------------------------------------- vmap's batching transform
+from ember.ir import Batched  # noqa: E402
+from ember.ir.graph import GraphError  # noqa: E402
+from ember.passes.vmap import (VmapStats, batch_graph, check_batched, hoisted_nodes,  # noqa: E402
+                               map_estimate, unbatch)
+
+
+def per_element(g: Graph, mapped: list[bool]) -> list[bool]:
+    """The oracle: a node runs once per element when an input does, or when the plain
+    map would give each element its own outcome (a sample, an effect)."""
+    per = {v.id for v, m in zip(g.inputs, mapped) if m}
+    flags = []
+    for n in g.nodes:
+        det = n.param("deterministic")  # llm_batch: one flag per member
+        own = (n.op.startswith("llm") and not all(det if isinstance(det, tuple) else [det])
+               ) or is_effectful(n)
+        hit = own or any(isinstance(a, Var) and a.id in per for a in n.inputs)
+        if hit:
+            per.add(n.out.id)
+        flags.append(hit)
+    return flags
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=graphs(G), data=st.data(), size=st.integers(1, 1000))
+def test_batching_transform_follows_the_rules_and_verifies(case, data, size):
+    g, _ = case
+    g, _ = run_passes(g)
+    mapped = data.draw(st.lists(st.booleans(), min_size=len(g.inputs), max_size=len(g.inputs)))
+    b, stats = batch_graph(g, mapped, size)
+    check_batched(b)
+    check_graph(unbatch(b))
+    expected = per_element(g, mapped)
+    assert [n.param("lanes") == size for n in b.nodes] == expected
+    assert [isinstance(n.out.type, Batched) for n in b.nodes] == expected
+    assert hoisted_nodes(g, mapped) == [i for i, e in enumerate(expected) if not e]
+    # the element graph comes back: same ops, params and wiring
+    u = unbatch(b)
+    assert [(n.op, n.params, n.loc) for n in u.nodes] == [(n.op, n.params, n.loc) for n in g.nodes]
+    pos = {v.id: i for i, v in enumerate([*g.inputs, *(n.out for n in g.nodes)])}
+    upos = {v.id: i for i, v in enumerate([*u.inputs, *(n.out for n in u.nodes)])}
+    wiring = lambda graph, p: [[p.get(a.id) if isinstance(a, Var) else a for a in n.inputs]  # noqa: E731
+                               for n in graph.nodes]
+    assert wiring(u, upos) == wiring(g, pos)
+    calls = [n.op.startswith("llm") for n in g.nodes]
+    assert stats.hoisted_calls == sum(c and not e for c, e in zip(calls, expected))
+    assert stats.batched_calls == sum(c and e for c, e in zip(calls, expected))
+    assert map_estimate(g, mapped, size, None).requests == stats.requests
+
+
+def test_batching_hoists_shared_deterministic_calls_and_keeps_samples_per_element():
+    b = G(2)  # input 0 mapped, input 1 broadcast
+    rubric = b.llm(b.fmt("rubric in ", b.inputs[1], " style"))
+    votes = [b.llm(b.fmt("vote"), sampled=True) for _ in range(2)]
+    b.effect(b.inputs[1])
+    grade = b.llm(b.fmt("", b.text(rubric), " grade ", b.inputs[0]))
+    g = b.graph(b.text(grade), *votes)
+    batched, stats = batch_graph(g, [True, False], 50)
+    # hoisted: the rubric's format and call, its .text, and the two constant "vote" formats
+    assert stats == VmapStats(50, hoisted_calls=1, batched_calls=3, hoisted_nodes=5,
+                              batched_nodes=len(g.nodes) - 5, hoisted_requests=1,
+                              lane_requests=3)
+    assert stats.requests == 151
+    assert "1 llm call hoisted (made once), 3 llm calls batched per element" in str(stats)
+    assert "151 requests in all" in str(stats)
+    assert str(batched.inputs[0].type) == "Str[*]" and str(batched.inputs[1].type) == "Str"
+    est = map_estimate(g, [True, False], 50, 10)
+    assert (est.requests, est.calls) == (151, 151)
+    one = estimate(g)
+    assert est.critical_path_seconds == pytest.approx(
+        one.critical_path_seconds + 4 * (one.critical_path_seconds - 0), rel=0.5)
+    with pytest.raises(GraphError, match="2 mapped flags for 3 inputs"):
+        batch_graph(G(3).graph("x"), [True, False], 2)
+
+
+def test_check_batched_rejects_a_wrong_batching():
+    b = G(1)
+    r = b.llm(b.fmt("about ", b.inputs[0]))
+    g = b.graph(b.text(r))
+    batched, _ = batch_graph(g, [True], 4)
+    bad = batched.nodes[1]
+    batched.nodes[1] = Node(bad.op, bad.inputs, {k: v for k, v in bad.params if k != "lanes"},
+                            Var(ResponseT), bad.loc)
+    with pytest.raises(GraphError):
+        check_batched(batched)
+    sizes, _ = batch_graph(g, [True], 4)
+    first = sizes.nodes[0]
+    sizes.nodes[0] = Node(first.op, first.inputs, dict(first.params, lanes=5), first.out,
+                          first.loc)
+    with pytest.raises(GraphError, match="disagree on the batch size"):
+        check_batched(sizes)

@@ -9,6 +9,7 @@ import pytest
 import ember
 from ember import jit, models, vmap
 from ember.backends.record import recording
+from ember.passes.vmap import hoisted_nodes
 from ember.providers import sim
 
 
@@ -151,3 +152,94 @@ def test_decorator_form():
 
     assert shout(["a", "b", "c"]) == [models("sim", x).text.upper() for x in "abc"]
     assert "vmap" in repr(shout)
+
+
+# ---------------------------------------------------- the batching transform at run time
+def grade(essay: str, style: str = "strict"):
+    rubric = models("sim", f"Write a {style} grading rubric", temperature=0)
+    return models("sim", f"{rubric.text}\nGrade: {essay}", temperature=0).text
+
+
+def test_calls_that_do_not_depend_on_the_mapped_argument_are_made_once():
+    sim.configure(latency=0.01)
+    xs = [f"essay {i}" for i in range(40)]
+    mapped = vmap(grade, batch_size=5)
+    with recording() as rec:
+        got = mapped(xs)
+    assert got == [grade(x) for x in xs]
+    rubrics = [c for c in rec.calls if c.model == "sim" and not c.coalesced]
+    assert rec.requests == 41 == len(rubrics)  # one rubric + 40 grades (eager: 80)
+    assert sim.stats().max_in_flight <= 5
+    # a broadcast argument the hoisted call depends on: still once per map call
+    with recording() as rec:
+        got = vmap(grade, in_axes=(0, None))(xs[:6], "lenient")
+    assert got == [grade(x, "lenient") for x in xs[:6]] and rec.requests == 7
+
+
+def test_samples_and_effects_stay_per_element():
+    seen: list[str] = []
+
+    @ember.op(effectful=True)
+    def log(text: str) -> str:
+        seen.append(text)
+        return text
+
+    def f(x: str):
+        idea = models("sim", "Brainstorm", temperature=0.9)  # each element its own sample
+        log("started")  # and its own effect, though its input is the same for all
+        return models("sim", f"{idea.text} for {x}", temperature=0).text
+
+    mapped = vmap(f)
+    with recording() as rec:
+        got = mapped([f"x{i}" for i in range(6)])
+    assert len(got) == 6 and rec.requests == 12  # 6 samples + 6 answers: nothing hoisted
+    graph = next(iter(mapped.jitted.cache.values())).graph
+    assert hoisted_nodes(graph, [True]) == []
+    assert len(seen) >= 6
+
+
+def test_a_failing_hoisted_call_fails_every_element_and_loses_nothing():
+    sim.configure(fail_on="RUBRIC")
+
+    def g(x: str):
+        rubric = models("sim", "RUBRIC please", temperature=0)
+        return models("sim", f"{rubric.text} {x}", temperature=0).text
+
+    with recording() as rec:
+        got = vmap(g, return_exceptions=True)(["a", "b", "c"])
+    assert all(isinstance(r, ember.ProviderError) for r in got)
+    assert rec.requests == 1  # the shared call failed once; no element sent it again
+
+
+def test_hoisting_in_an_async_map():
+    async def f(x: str):
+        rubric = await ember.amodels("sim", "A rubric", temperature=0)
+        return (await ember.amodels("sim", f"{rubric.text} {x}", temperature=0)).text
+
+    sim.configure(latency=0.01)
+    with recording() as rec:
+        got = asyncio.run(vmap(f, batch_size=2)(["1", "2", "3", "4"]))
+    rubric = models("sim", "A rubric", temperature=0).text
+    assert got == [models("sim", f"{rubric} {x}", temperature=0).text for x in "1234"]
+    assert rec.requests == 5
+
+
+def test_inspect_shows_the_batched_graph_and_the_whole_maps_estimate():
+    report = ember.inspect(vmap(grade, batch_size=10), [f"essay {i}" for i in range(100)])
+    text = str(report)
+    assert report.name == "vmap(grade)"
+    assert "batched graph (vmap):" in text and "lanes=100" in text and "Str[*]" in text
+    assert "1 llm call hoisted (made once), 1 llm call batched per element; " \
+           "101 requests in all" in text
+    assert report.map_estimate.requests == 101 and report.estimate.requests == 2
+    assert "estimate (the whole map):" in text
+    per = report.estimate
+    assert report.map_estimate.critical_path_seconds == pytest.approx(
+        per.critical_path_seconds + 9 * (per.critical_path_seconds / 2), rel=0.01)
+    # a function that branches on an answer: no batched graph, the element's trace only
+    def decide(x: str):
+        return "yes" if models("sim", f"Q {x}") else "no"
+
+    branching = ember.inspect(vmap(decide), ["a", "b"])
+    assert not branching.complete
+    assert branching.batched is None and branching.map_estimate is None

@@ -49,6 +49,10 @@ class _Run:
         self.remaining = len(graph.nodes)
         self.done = self.loop.create_future()
         for i, node in enumerate(graph.nodes):
+            if node.out.id in env:  # known already (computed once for a whole vmap)
+                self.waiting.append(-1)
+                self.remaining -= 1
+                continue
             count = 0
             for a in node.inputs:
                 if isinstance(a, Var) and a.id not in env:
@@ -164,7 +168,8 @@ class _Run:
 
 async def execute(graph: Graph, inputs: list[Any], memo: Memo | None = None,
                   known: dict[int, Any] | None = None) -> dict[int, Any]:
-    """Run a graph; returns var id -> value (exceptions in place of failed values)."""
+    """Run a graph; returns var id -> value (exceptions in place of failed values).
+    Nodes whose outputs are ``known`` (var id -> value) are not run."""
     # time limits start per execution, when a region's first call starts
     token = deadlines_var.set(dict(deadlines_var.get() or {}))
     try:

@@ -35,6 +35,10 @@ class Memo:
         else:
             self.sampled.setdefault(request.key, []).append(result)
 
+    def share(self, other: Memo) -> None:
+        """Serve ``other``'s deterministic answers too (vmap's hoisted calls)."""
+        self.det.update(other.det)
+
     def get(self, request: Request, deterministic: bool, occurrence: int) -> Any:
         key = request.key
         if deterministic:
