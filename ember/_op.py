@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+from ._models import check_var
+from .backends.memo import MISSING
 from .ir.graph import Lit
-from .ir.trace import StopTrace, TraceState, current_trace, has_traced, user_location, wrap
+from .ir.trace import (_MARK_CLOSE, _MARK_OPEN, StopTrace, TraceState, current_trace,
+                       has_traced, user_location, wrap)
 
 __all__ = ["op"]
 
@@ -16,7 +19,9 @@ def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
 
     Inside a trace, calling it with traced arguments records a ``call`` node instead of
     running it (like ``torch.fx.wrap``), so its inner Python is no graph break.
-    ``effectful=True`` keeps it even when its result is unused.
+    ``effectful=True`` keeps it even when its result is unused, and a jitted call runs
+    it once, as eager Python does: where the graph ran it, the check run reuses that
+    run's result (or exception) instead of running it again.
     """
     if fn is None:
         return lambda f: op(f, effectful=effectful)
@@ -25,12 +30,23 @@ def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state = current_trace()
         if state is None:
+            check = check_var.get() if effectful else None
+            if check is not None:  # jit's check run: the graph may have run it already
+                done = check.memo.take_effect(fn, [*args, *kwargs.values()])
+                if done is not MISSING:
+                    if isinstance(done, BaseException):
+                        raise done
+                    return done
             return fn(*args, **kwargs)
-        if not has_traced((args, kwargs), state):
+        if not effectful and not has_traced((args, kwargs), state):
             return fn(*args, **kwargs)
         loc = user_location(2)
         names = tuple(kwargs)
         atoms = [_op_atom(state, a, loc) for a in (*args, *kwargs.values())]
+        if effectful and any(isinstance(a, Lit) and _marked(a.value) for a in atoms):
+            # a model answer's text was cut or changed before it got here (a leaked
+            # marker): never run an effect on that; the check run calls it for real
+            raise StopTrace("a changed model answer reached an effectful ember.op")
         params = {"fn": fn, "kwargs": names}
         if effectful:
             params["effectful"] = True
@@ -58,3 +74,14 @@ def _op_atom(state: TraceState, value: Any, loc: str | None) -> Any:
         except TypeError:
             raise StopTrace("an unhashable constant passed to an ember.op") from None
     return atom
+
+
+def _marked(value: Any) -> bool:
+    """Does a constant hold marker characters (a whole or a cut marker)?"""
+    if isinstance(value, str):
+        return _MARK_OPEN in value or _MARK_CLOSE in value
+    if isinstance(value, (tuple, list)):
+        return any(_marked(v) for v in value)
+    if isinstance(value, dict):
+        return any(_marked(v) for v in value.values())
+    return False

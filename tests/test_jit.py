@@ -398,3 +398,64 @@ def test_a_list_of_answers_in_an_fstring_is_formatted_like_eager():
     report = ember.inspect(review, "x")
     assert report.complete and "repr" not in str(report.breaks)
     assert "<traced" not in str(report)
+
+
+# ------------------------------------------------------------------ effects run once
+def test_an_effectful_op_runs_once_per_call_as_in_eager_python():
+    log: list[str] = []
+
+    @ember.op(effectful=True)
+    def record(kind: str, text: str) -> str:
+        log.append(f"{kind}: {text}")
+        return text.upper()
+
+    def f(x: str):
+        note = record("start", "constant")  # no traced argument
+        draft = models("sim", f"Draft {x}")
+        shout = record("draft", draft.text)  # its result feeds a model call
+        return models("sim", f"{note} {shout}").text
+
+    fast = jit(f, verify=True)
+    for x in ("a", "a", "b"):  # first call (traced), replayed, another input
+        log.clear()
+        got = fast(x)
+        jitted = list(log)
+        log.clear()
+        assert got == f(x)
+        assert jitted == log and len(log) == 2  # the same effects, each once
+
+
+def test_an_effect_that_raises_raises_once_from_the_jitted_call():
+    calls: list[str] = []
+
+    @ember.op(effectful=True)
+    def store(text: str) -> None:
+        calls.append(text)
+        raise RuntimeError("disk full")
+
+    def f(x: str):
+        store(models("sim", f"Q {x}").text)
+        return "stored"
+
+    fast = jit(f)
+    for _ in range(2):
+        calls.clear()
+        with pytest.raises(RuntimeError, match="disk full"):
+            fast("a")
+        assert len(calls) == 1
+
+
+def test_a_changed_answer_never_reaches_an_effect_during_planning():
+    seen: list[str] = []
+
+    @ember.op(effectful=True)
+    def log(text: str) -> None:
+        seen.append(text)
+
+    def f(x: str):
+        r = models("sim", f"Q {x}")
+        log(r.text[:5])  # a cut of the answer's marker while tracing
+        return r.text
+
+    assert jit(f)("a") == f("a")
+    assert seen == [models("sim", "Q a").text[:5]] * 2  # the jitted call's and eager's

@@ -15,7 +15,7 @@ from typing import Any
 from .. import providers
 from .._request import Request, make_request
 from ..ir.graph import Graph, Lit, Node, Var
-from ..ir.ops import OPS
+from ..ir.ops import OPS, is_effectful
 from .dispatch import send, send_batch
 from .memo import MISSING, Memo
 from .policy import CallOptions, deadlines_var
@@ -88,6 +88,8 @@ class _Run:
                     value = impl(node, *values)
                 except Exception as exc:
                     value = exc
+                if self.memo is not None and node.op == "call" and is_effectful(node):
+                    self.memo.put_effect(node.param("fn"), values, value)
                 self._finish(node, value, ready)
 
     def _finish(self, node: Node, value: Any, ready: list[int]) -> None:

@@ -17,13 +17,14 @@ MISSING = object()
 
 
 class Memo:
-    __slots__ = ("det", "sampled", "hits", "used")
+    __slots__ = ("det", "sampled", "hits", "used", "effects")
 
     def __init__(self) -> None:
         self.det: dict[str, Any] = {}
         self.sampled: dict[str, list[Any]] = {}
         self.hits = 0
         self.used: set[tuple[str, int]] = set()
+        self.effects: list[list[Any]] = []  # [fn, argument values, result, taken]
 
     def __len__(self) -> int:
         return len(self.det) + sum(len(v) for v in self.sampled.values())
@@ -59,9 +60,28 @@ class Memo:
         samples = self.sampled.get(request.key, ())
         return samples[occurrence] if occurrence < len(samples) else MISSING
 
+    def put_effect(self, fn: Any, values: list[Any], result: Any) -> None:
+        """An effectful `ember.op` the graph ran, so the check run does not run it again."""
+        self.effects.append([fn, values, result, False])
+
+    def take_effect(self, fn: Any, values: list[Any]) -> Any:
+        """The result of the first not yet taken run of ``fn`` on equal arguments."""
+        for entry in self.effects:
+            if not entry[3] and entry[0] is fn and _equal(entry[1], values):
+                entry[3] = True
+                return entry[2]
+        return MISSING
+
     def unused(self) -> int:
         """Answers fetched but never asked for by the check run (a stale plan)."""
         total = sum(1 for k in self.det if (k, 0) not in self.used)
         total += sum(1 for k, v in self.sampled.items() for i in range(len(v))
                      if (k, i) not in self.used)
         return total
+
+
+def _equal(a: list[Any], b: list[Any]) -> bool:
+    try:
+        return len(a) == len(b) and all(x is y or bool(x == y) for x, y in zip(a, b))
+    except Exception:  # an argument whose == raises or is not a truth value
+        return False
