@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir.graph import Graph, Lit, Node, Var
-from ..ir.ops import is_effectful
+from ..ir.ops import OPS
 from .dce import CALL_OPS, carry_meta, clone, plural
 
 __all__ = ["cse", "CseStats", "mergeable"]
@@ -40,14 +40,17 @@ class CseStats:
 
 
 def mergeable(node: Node) -> bool:
-    if is_effectful(node):
+    op = node.op
+    if not OPS[op].pure or node.param("effectful", False):  # ops.is_effectful, inlined
         return False
-    if node.op == "llm":
+    if op not in CALL_OPS:
+        return True
+    if op == "llm":
         return node.param("deterministic", False) is True
-    if node.op == "llm_batch":
+    if op == "llm_batch":
         flags = node.param("deterministic", ())
         return bool(flags) and all(f is True for f in flags)
-    return node.op not in CALL_OPS
+    return False
 
 
 def cse(graph: Graph) -> tuple[Graph, CseStats]:
@@ -60,26 +63,26 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
         if subst:
             for a in ins:
                 if isinstance(a, Var) and a.id in subst:
-                    ins = tuple(subst.get(b.id, b) if isinstance(b, Var) else b for b in ins)
+                    ins = tuple([subst.get(b.id, b) if isinstance(b, Var) else b for b in ins])
                     node = clone(node, inputs=ins)
                     break
-        if mergeable(node):
-            # same op, params and inputs -> same value; literals are type-tagged because
-            # 1, 1.0 and True format differently (the output type follows from the rest)
-            key = (node.op, node.params,
-                   tuple([a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value)
-                          for a in ins]))
-            try:
-                rep = table.get(key)
-            except TypeError:  # an unhashable literal: leave the node alone
-                rep = key = None
-            if rep is not None:
-                subst[node.out.id] = rep
-                merged += 1
-                merged_calls += node.op in CALL_OPS
-                continue
-            if key is not None:
-                table[key] = node.out
+        if not mergeable(node):
+            nodes.append(node)
+            continue
+        # same op, params and inputs -> same value; literals are type-tagged because
+        # 1, 1.0 and True format differently (the output type follows from the rest)
+        key = (node.op, node.params,
+               *[a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value) for a in ins])
+        try:
+            rep = table.setdefault(key, node.out)  # one hash of the key
+        except TypeError:  # an unhashable literal: leave the node alone
+            nodes.append(node)
+            continue
+        if rep is not node.out:
+            subst[node.out.id] = rep
+            merged += 1
+            merged_calls += node.op in CALL_OPS
+            continue
         nodes.append(node)
     if not merged:
         return (Graph(list(graph.inputs), nodes, list(graph.outputs), dict(graph.meta)),

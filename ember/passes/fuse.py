@@ -28,7 +28,7 @@ The per-member source locations go to the fused node's ``meta["locs"]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Container, Iterable
 
 from .. import providers
 from ..ir.graph import Graph, Node, Var
@@ -185,15 +185,17 @@ def _chunks(members: list[int], size: int) -> list[list[int]]:
     return [members[i:i + size] for i in range(0, len(members), size)]
 
 
-def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> list[Node]:
+def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[list[Node], set[int]]:
     """Replace each group of positions by its fused node and getitems, placed where
-    its first member was."""
+    its first member was. Also returns the new positions of the batch nodes: the only
+    nodes that may now use a var defined after them (a later member's prompt)."""
     first: dict[int, tuple[str, list[int]]] = {}
     gone: set[int] = set()
     for kind, g in groups:
         first[g[0]] = (kind, g)
         gone.update(g[1:])
     out: list[Node] = []
+    batches: set[int] = set()
     for i, node in enumerate(nodes):
         if i in gone:
             continue
@@ -201,76 +203,59 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> list[Nod
         if group is None:
             out.append(node)
         else:
+            if group[0] == "batch":
+                batches.add(len(out))
             out.extend(_fused(group[0], [nodes[j] for j in group[1]]))
-    return out
+    return out, batches
 
 
 def _fused(kind: str, members: list[Node]) -> list[Node]:
     head = members[0]
     out = Var(ListT(ResponseT))
     meta = {"locs": tuple(m.loc for m in members)}
+    # params from the members' (hashable) ones, sorted by name as Node keeps them
     if kind == "n":
-        params = dict(head.params)
-        params["n"] = len(members)
-        node = Node("llm", head.inputs, params, out, head.loc, meta)
+        p = dict(head.params)
+        p["n"] = len(members)
+        node = Node.trusted("llm", head.inputs, tuple(sorted(p.items())), out, head.loc, meta)
     else:
         p = dict(head.params)
         flags = tuple(m.param("deterministic", False) is True for m in members)
-        params = (("deterministic", flags), ("model", p.get("model")),  # sorted by name
+        params = (("deterministic", flags), ("model", p.get("model")),
                   ("options", p.get("options")), ("params", p.get("params", ())))
-        node = Node("llm_batch", tuple(a for m in members for a in m.inputs), params, out,
-                    head.loc, meta)
-    return [node] + [Node("getitem", (out,), (("key", i),), m.out, m.loc)
+        node = Node.trusted("llm_batch", tuple(a for m in members for a in m.inputs), params,
+                            out, head.loc, meta)
+    return [node] + [Node.trusted("getitem", (out,), (("key", i),), m.out, m.loc)
                      for i, m in enumerate(members)]
 
 
-def _needs_reorder(nodes: list[Node], groups: list[list[int]]) -> bool:
-    """Whether a batch placed at its first member would use a var defined after it."""
-    where = {n.out.id: i for i, n in enumerate(nodes)}
-    for g in groups:
-        head = g[0]
-        for j in g[1:]:
-            for a in nodes[j].inputs:
-                if isinstance(a, Var) and where.get(a.id, -1) > head:
-                    return True
-    return False
-
-
-def toposort(nodes: list[Node]) -> list[Node]:
+def toposort(nodes: list[Node], starts: Container[int] | None = None) -> list[Node]:
     """Order nodes so every var is defined before use, moving as little as possible
-    (depth-first: each node is preceded by its not-yet-placed producers). Linear."""
+    (depth-first: each node is preceded by its not-yet-placed producers). ``starts``:
+    the positions of the only nodes that may use a var defined after them (default:
+    any node). Linear."""
     where = {n.out.id: i for i, n in enumerate(nodes)}
-    seen: set[int] = set()  # placed, or on the DFS stack
+    early: set[int] = set()  # positions placed ahead of their turn
     out: list[Node] = []
-    for root, node in enumerate(nodes):
-        if root in seen:
+    for i, node in enumerate(nodes):
+        if i in early:
             continue
-        for a in node.inputs:  # fast path: every producer already placed
-            if isinstance(a, Var):
-                j = where.get(a.id)
-                if j is not None and j not in seen:
-                    break
-        else:
-            seen.add(root)
+        if starts is not None and i not in starts:
             out.append(node)
             continue
-        seen.add(root)
-        stack = [(root, 0)]
+        # every position before i is placed; a producer after i goes first (and its own)
+        stack = [(i, iter(node.inputs))]
         while stack:
-            i, k = stack[-1]
-            ins = nodes[i].inputs
-            while k < len(ins):
-                a = ins[k]
-                k += 1
-                j = where.get(a.id) if isinstance(a, Var) else None
-                if j is not None and j not in seen:
-                    seen.add(j)
-                    stack[-1] = (i, k)
-                    stack.append((j, 0))
+            k, ins = stack[-1]
+            for a in ins:
+                j = where.get(a.id, -1) if isinstance(a, Var) else -1
+                if j > i and j not in early:
+                    early.add(j)
+                    stack.append((j, iter(nodes[j].inputs)))
                     break
             else:
                 stack.pop()
-                out.append(nodes[i])
+                out.append(nodes[k])
     return out
 
 
@@ -284,29 +269,38 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
     nodes = graph.nodes
 
     # (a) identical sampled calls -> one llm node with n=k
+    kinds: dict[tuple, int] = {}  # (model, params, options) -> a small id, hashed once
+    models: list[str] = []
     same: dict[tuple, list[int]] = {}
-    single: dict[int, dict] = {}  # position -> params of each n=1 llm node
+    single: dict[int, int] = {}  # position -> kind id of each n=1 llm node
     for i, node in enumerate(nodes):
         if node.op != "llm":
             continue
         p = dict(node.params)
         if p.get("n", 1) != 1:
             continue
-        single[i] = p
+        kind = kinds.setdefault((p.get("model"), p.get("params", ()), p.get("options")),
+                                len(kinds))
+        if kind == len(models):
+            models.append(p.get("model"))
+        single[i] = kind
         if p.get("deterministic", False):
             continue
         try:
-            key = (p.get("model"), p.get("params", ()), p.get("options"),
-                   _atom_key(node.inputs[0]), _atom_key(node.inputs[1]))
-            same.setdefault(key, []).append(i)
+            key = (kind, _atom_key(node.inputs[0]), _atom_key(node.inputs[1]))
+            members = same.get(key)
         except TypeError:  # an unhashable literal prompt
             continue
+        if members is None:
+            same[key] = [i]
+        else:
+            members.append(i)
     n_groups: list[list[int]] = []
     no_n = 0
     for key, members in same.items():
         if len(members) < 2:
             continue
-        if not caps(key[0]).supports_n:
+        if not caps(models[key[0]]).supports_n:
             no_n += len(members)
             continue
         n_groups.extend(g for g in _chunks(members, max_n) if len(g) > 1)
@@ -319,16 +313,19 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
         skip = {j for g in n_groups for j in g}
         groups: dict[tuple, list[int]] = {}
         for i, when in _ready_keys(nodes, mode, single, rep, skip).items():
-            p = single[i]
-            key = (p.get("model"), p.get("params", ()), p.get("options"), when)
-            groups.setdefault(key, []).append(i)
+            key = (single[i], when)
+            members = groups.get(key)
+            if members is None:
+                groups[key] = [i]
+            else:
+                members.append(i)
         for members in groups.values():
             b_groups.extend(g for g in _chunks(members, max_batch) if len(g) > 1)
     if n_groups or b_groups:
-        moved = bool(b_groups) and _needs_reorder(nodes, b_groups)
-        nodes = _rewrite(nodes, [("n", g) for g in n_groups] + [("batch", g) for g in b_groups])
-        if moved:
-            nodes = toposort(nodes)
+        nodes, batches = _rewrite(nodes, [("n", g) for g in n_groups] +
+                                  [("batch", g) for g in b_groups])
+        if batches:
+            nodes = toposort(nodes, batches)
 
     stats = FuseStats(len(n_groups), sum(map(len, n_groups)), len(b_groups),
                       sum(map(len, b_groups)), no_n)
