@@ -67,6 +67,26 @@ def _request(model: Any, prompt: Any, params: dict[str, Any]) -> Request:
 _NO_SYSTEM = Lit(None)
 
 
+class _Call:
+    """A models() call's model and params, resolved once per trace (loops repeat them)."""
+
+    __slots__ = ("label", "frozen", "n", "deterministic", "_options", "_params")
+
+    def __init__(self, label: str, frozen: tuple, n: int, deterministic: bool) -> None:
+        self.label, self.frozen, self.n, self.deterministic = label, frozen, n, deterministic
+        self._options: Any = None
+        self._params: tuple = ()
+
+    def params(self, options: Any) -> tuple:
+        """The llm node's params as Node keeps them (sorted by name; all hashable),
+        shared by the calls made under the same options."""
+        if options is not self._options:
+            self._options = options
+            self._params = (("deterministic", self.deterministic), ("model", self.label),
+                            ("n", self.n), ("options", options), ("params", self.frozen))
+        return self._params
+
+
 def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     loc = user_location(3)
     if not isinstance(model, str):
@@ -74,27 +94,25 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     system = params.pop("system", None)  # params: this call's own keyword arguments
     try:  # a loop calls models() with the same model and params: resolve them once
         ckey: Any = (model, tuple(params.items()))
-        resolved = state.call_cache.get(ckey)
+        call = state.call_cache.get(ckey)
     except TypeError:  # an unhashable param value (a JSON schema dict)
-        ckey = resolved = None
-    if resolved is None:
+        ckey = call = None
+    if call is None:
         provider, name, inst = canonical_model(model)
         if has_traced(params, state):
             raise StopTrace("a traced value in model parameters")
         _, frozen, n = normalize_params(params)
         probe = Request(provider, name, (("user", ""),), None, frozen)
-        resolved = (f"{provider}/{name}" if name else provider, frozen, n,
-                    probe.deterministic(inst.default_temperature))
+        call = _Call(f"{provider}/{name}" if name else provider, frozen, n,
+                     probe.deterministic(inst.default_temperature))
         if ckey is not None:
-            state.call_cache[ckey] = resolved
-    label, frozen, n, deterministic = resolved
+            state.call_cache[ckey] = call
+    n = call.n
     p_atom = _prompt_atom(state, prompt, loc)
     s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
-    # the params as Node would store them: sorted by name; every part is hashable
-    node_params: tuple = (("deterministic", deterministic), ("model", label), ("n", n),
-                          ("options", current_options()), ("params", frozen))
-    if not deterministic:
-        skey = (label, frozen, p_atom, s_atom)
+    node_params = call.params(current_options())
+    if not call.deterministic:
+        skey = (call.label, call.frozen, p_atom, s_atom)
         sample = state.sample_counts.get(skey, 0)
         state.sample_counts[skey] = sample + n
         node_params += (("sample", sample),)

@@ -40,6 +40,7 @@ __all__ = [
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
 UNKNOWN = object()
+_PLAIN_SPECS = ("specs", ("",))  # the specs param of a format node of one plain {x}
 MAX_TRACE_NODES = 200_000
 
 trace_var: ContextVar[TraceState | None] = ContextVar("ember_trace", default=None)
@@ -67,13 +68,28 @@ def tracing(state: TraceState) -> Iterator[None]:
         trace_var.reset(token)
 
 
+# (id(code), instruction offset) -> (code, "file:line"): computing a frame's line
+# number scans the code's line table, which costs more than the rest of a traced call.
+# Holding the code object keeps its id from being reused while the entry exists.
+_locations: dict[tuple[int, int], tuple[Any, str]] = {}
+_MAX_LOCATIONS = 4096
+
+
 def user_location(skip: int = 1) -> str | None:
     """``file:line`` of the innermost frame outside the ember package."""
     frame = sys._getframe(skip)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_EMBER_DIR):
-            return f"{filename}:{frame.f_lineno}"
+        code = frame.f_code
+        if not code.co_filename.startswith(_EMBER_DIR):
+            key = (id(code), frame.f_lasti)
+            hit = _locations.get(key)
+            if hit is not None:
+                return hit[1]
+            if len(_locations) >= _MAX_LOCATIONS:
+                _locations.clear()
+            loc = f"{code.co_filename}:{frame.f_lineno}"
+            _locations[key] = (code, loc)
+            return loc
         frame = frame.f_back
     return None
 
@@ -108,6 +124,7 @@ class TraceState:
         self.values: dict[int, Any] = {}  # var id -> concrete value, when known
         self.marks: list[tuple[Atom, str]] = []
         self.nonce = os.urandom(4).hex()  # unguessable, so user text never forges a marker
+        self._mark_open = _MARK_OPEN + self.nonce
         self._split_marks = re.compile(
             _MARK_OPEN + self.nonce + r"(\d+)" + _MARK_CLOSE).split
         self.breaks: list[Break] = []
@@ -116,7 +133,7 @@ class TraceState:
         self.strict = strict  # .text / str() / format() of unknown values suspend
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
-        self.call_cache: dict[tuple, tuple] = {}  # models() arguments -> resolved call
+        self.call_cache: dict[tuple, Any] = {}  # models() arguments -> resolved call
 
     # ---- graph building ------------------------------------------------------------
     def input(self, value: Any) -> Any:
@@ -172,6 +189,8 @@ class TraceState:
                 return
             vals.append(v)
         impl = OPS[node.op].impl
+        if impl is not None and node.op == "call" and node.param("effectful", False):
+            return  # an effect runs when the graph runs, never while tracing
         if impl is None:
             if self.lookup is not None:
                 v = self.lookup(node, vals)
@@ -195,8 +214,9 @@ class TraceState:
     def mark(self, tracer: Traced, spec: str) -> str:
         if self.strict and self.values.get(tracer._var.id, UNKNOWN) is UNKNOWN:
             self.need(tracer, "formatting an unfinished model answer (strict mode)")
-        self.marks.append((tracer._var, spec))
-        return f"{_MARK_OPEN}{self.nonce}{len(self.marks) - 1}{_MARK_CLOSE}"
+        marks = self.marks
+        marks.append((tracer._var, spec))
+        return f"{self._mark_open}{len(marks) - 1}{_MARK_CLOSE}"
 
     def text_of(self, tracer: Traced) -> str:
         """``.text`` / ``str()`` of a model answer: the real text once it is known (the
@@ -220,7 +240,8 @@ class TraceState:
                 if spec == "" and parts[0] == parts[2] == "" and atom.type == Str:
                     return atom
                 return self.add_trusted("format", (atom,), (
-                    ("segments", (parts[0], parts[2])), ("specs", (spec,))), Str, loc)
+                    ("segments", (parts[0], parts[2])),
+                    _PLAIN_SPECS if spec == "" else ("specs", (spec,))), Str, loc)
             if len(parts) > 1:
                 marks = self.marks
                 atoms, specs = zip(*[marks[int(i)] for i in parts[1::2]])
