@@ -17,8 +17,9 @@ A jitted call has three phases:
    for that signature); a call the plan made in vain is counted.
 
 The check run costs microseconds of Python; it makes soundness a property of the
-design rather than of the tracer's coverage. Side effects in the function therefore
-run on every call, as in eager Python (plus once per trace).
+design rather than of the tracer's coverage. Side effects written inline in the
+function therefore run on every call, as in eager Python (plus once per trace); an
+effectful `ember.op` runs exactly once per call (the check run reuses the graph's run).
 """
 
 from __future__ import annotations
