@@ -16,7 +16,7 @@ import functools
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 from ._jit import Jitted, _drive_async, advance, trace_inputs
 from ._models import check_var
@@ -211,7 +211,6 @@ class Mapped:
     async def _map_on_loop(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting
                            ) -> list[Any]:
         n = len(elements)
-        gate = asyncio.Semaphore(n if self.batch_size is None else self.batch_size)
         results: list[Any] = [None] * n
         errors: dict[int, BaseException] = {}
         rec = Recorder()
@@ -220,21 +219,20 @@ class Mapped:
         counts = {"done": 0, "active": 0}
 
         async def one(i: int) -> None:
-            async with gate:
-                counts["active"] += 1
-                try:
-                    results[i] = await _drive_on_loop(self.jitted._program(
-                        elements[i], kwargs, hoisting.runner(elements[i])))
-                except Exception as exc:
-                    results[i] = errors[i] = exc
-                finally:
-                    counts["active"] -= 1
-                    counts["done"] += 1
-                    bar.update(counts["done"] - len(errors), len(errors), counts["active"])
+            counts["active"] += 1
+            try:
+                results[i] = await _drive_on_loop(self.jitted._program(
+                    elements[i], kwargs, hoisting.runner(elements[i])))
+            except Exception as exc:
+                results[i] = errors[i] = exc
+            finally:
+                counts["active"] -= 1
+                counts["done"] += 1
+                bar.update(counts["done"] - len(errors), len(errors), counts["active"])
 
         start = time.perf_counter()
         try:
-            await asyncio.gather(*(one(i) for i in range(n)))
+            await _windowed(n, self.batch_size or n, one)
         finally:
             hoisting.cancel()  # only left running when the map was cancelled
             recorder_var.reset(token)
@@ -246,7 +244,6 @@ class Mapped:
     async def _amap(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting
                     ) -> list[Any]:
         n = len(elements)
-        gate = asyncio.Semaphore(n if self.batch_size is None else self.batch_size)
         results: list[Any] = [None] * n
         errors: dict[int, BaseException] = {}
         rec = Recorder()
@@ -254,21 +251,49 @@ class Mapped:
         start = time.perf_counter()
 
         async def one(i: int) -> None:
-            async with gate:
-                try:
-                    results[i] = await _drive_async(self.jitted._program(
-                        elements[i], kwargs, hoisting.runner(elements[i])))
-                except Exception as exc:
-                    results[i] = errors[i] = exc
+            try:
+                results[i] = await _drive_async(self.jitted._program(
+                    elements[i], kwargs, hoisting.runner(elements[i])))
+            except Exception as exc:
+                results[i] = errors[i] = exc
 
         try:
-            await asyncio.gather(*(one(i) for i in range(n)))
+            await _windowed(n, self.batch_size or n, one)
         finally:
             hoisting.cancel()  # only left running when the map was cancelled
             recorder_var.reset(token)
             self.last_run = RunReport(rec.calls, time.perf_counter() - start,
                                       label=f"vmap({self.name})")
         return self._finish(results, errors)
+
+
+async def _windowed(n: int, window: int, one: Callable[[int], Awaitable[None]]) -> None:
+    """``one(0) .. one(n - 1)`` with at most ``window`` in flight; each starts the moment
+    a slot frees (a sliding window). Elements start one at a time with a turn of the
+    event loop in between: on Python 3.11, aiohttp writes a request's body from a task
+    of its own, and starting a whole window in one go would hold every body back until
+    the last element had built its request (+20 ms per wave of 20 on a small machine)."""
+    gate = asyncio.Semaphore(window)
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task] = []
+
+    async def slot(i: int) -> None:
+        try:
+            await one(i)
+        finally:
+            gate.release()
+
+    try:
+        for i in range(n):
+            await gate.acquire()
+            tasks.append(loop.create_task(slot(i)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+    except BaseException:  # cancelled: so are the elements in flight
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _drive_on_loop(program: Any) -> Any:
