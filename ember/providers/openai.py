@@ -159,6 +159,13 @@ async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
         raise
 
 
+@functools.lru_cache(maxsize=16)
+def _digest(api_key: str) -> str:
+    """A key's identity in the pool tables: its hash (the tables never hold the key;
+    this small cache does, like the environment it came from)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
 class ClientPool:
     """SDK clients keyed by (event loop, base URL, key hash).
 
@@ -177,11 +184,13 @@ class ClientPool:
         except RuntimeError:  # outside a loop: for inspection only
             table = self._no_loop
         else:
-            # a client's connections keep its loop alive: drop the clients of closed loops
-            for dead in [lp for lp in self._by_loop if lp.is_closed()]:
-                self._by_loop.pop(dead, None)
-            table = self._by_loop.setdefault(loop, {})
-        key = (base_url, hashlib.sha256(api_key.encode()).hexdigest())
+            table = self._by_loop.get(loop)
+            if table is None:
+                # a client's connections keep its loop alive: drop the clients of closed loops
+                for dead in [lp for lp in self._by_loop if lp.is_closed()]:
+                    self._by_loop.pop(dead, None)
+                table = self._by_loop[loop] = {}
+        key = (base_url, _digest(api_key))
         client = table.get(key)
         if client is None:
             client = table[key] = self._factory(base_url, api_key)
