@@ -287,7 +287,8 @@ async def _windowed(n: int, window: int, one: Callable[[int], Awaitable[None]]) 
         for i in range(n):
             await gate.acquire()
             tasks.append(loop.create_task(slot(i)))
-            await asyncio.sleep(0)
+            if not gate.locked():  # a full window: the next acquire yields anyway
+                await asyncio.sleep(0)
         await asyncio.gather(*tasks)
     except BaseException:  # cancelled: so are the elements in flight
         for task in tasks:
