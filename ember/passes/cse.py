@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..ir.graph import Graph, Lit, Node, Var
 from ..ir.ops import OPS
-from .dce import CALL_OPS, carry_meta, clone, plural
+from .dce import CALL_OPS, Interner, carry_meta, clone, plural
 
 __all__ = ["cse", "CseStats", "mergeable"]
 
@@ -58,6 +58,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
     table: dict[tuple, Var] = {}
     nodes: list[Node] = []
     merged = merged_calls = 0
+    intern = Interner()  # model calls' params (see Interner)
     for node in graph.nodes:
         ins = node.inputs
         if subst:
@@ -71,7 +72,8 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
             continue
         # same op, params and inputs -> same value; literals are type-tagged because
         # 1, 1.0 and True format differently (the output type follows from the rest)
-        key = (node.op, node.params,
+        op = node.op
+        key = (op, intern(node.params) if op in CALL_OPS else node.params,
                *[a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value) for a in ins])
         try:
             rep = table.setdefault(key, node.out)  # one hash of the key

@@ -10,14 +10,16 @@ Also home of the small counting helpers the other passes share.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..ir.graph import Graph, Node, Var
 from ..ir.ops import OPS, is_effectful
 
 __all__ = ["dce", "DceStats", "CALL_OPS", "completions", "count_calls", "plural",
-           "carry_meta", "clone"]
+           "carry_meta", "clone", "Interner"]
 
 CALL_OPS = frozenset(name for name, d in OPS.items() if d.calls_model)  # model-call ops
+_N1 = ("n", 1)
 
 
 def clone(node: Node, *, inputs: tuple | None = None, meta: dict | None = None) -> Node:
@@ -25,6 +27,28 @@ def clone(node: Node, *, inputs: tuple | None = None, meta: dict | None = None) 
     checks the node's constructor already made (known op, hashable params)."""
     return Node.trusted(node.op, node.inputs if inputs is None else tuple(inputs), node.params,
                         node.out, node.loc, dict(node.meta) if meta is None else meta)
+
+
+class Interner:
+    """Small ids for equal hashable values, found by identity first. A model call's
+    params hold its `CallOptions`, whose hash runs in Python (~2 µs), and the tracer
+    shares one params tuple among the calls of one ``models()`` line: a pass keys
+    such values by id and hashes each distinct object once. Holds what it saw (so
+    no id is reused while it lives); make one per pass run."""
+
+    __slots__ = ("_by_id", "_by_value")
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[Any, int]] = {}
+        self._by_value: dict[Any, int] = {}
+
+    def __call__(self, value: Any) -> int:
+        hit = self._by_id.get(id(value))
+        if hit is not None:
+            return hit[1]
+        key = self._by_value.setdefault(value, len(self._by_value))
+        self._by_id[id(value)] = (value, key)
+        return key
 
 
 def completions(node: Node) -> int:
@@ -44,7 +68,8 @@ def count_calls(graph: Graph) -> tuple[int, int]:
         op = node.op
         if op in call_ops:
             calls += 1
-            done += node.param("n", 1) if op == "llm" else completions(node)
+            # most calls have n=1: a containment test in C before the param scan
+            done += 1 if op == "llm" and _N1 in node.params else completions(node)
     return calls, done
 
 

@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 
 from ..ir.graph import Graph, Node, Var
 from ..providers.prices import price_for
-from .dce import CALL_OPS, completions, plural
-from .fuse import CapsCache, split_model
+from .dce import CALL_OPS, plural
+from .fuse import CapsCache, provider_name, split_model
 
 __all__ = ["Estimate", "estimate", "analyze", "count_tokens", "output_tokens",
            "DEFAULT_INPUT_TOKENS", "DEFAULT_OUTPUT_TOKENS", "FALLBACK_OUTPUT_TOKENS",
@@ -216,9 +216,10 @@ class _Sizes:
                 rng[out] = (get(a.id, _DEFAULT_IN) if isinstance(a, Var) else atom(a)) \
                     if keep else _SMALL
             elif op == "llm" or op == "llm_batch":
-                hi = float(output_tokens(node))
+                p = dict(node.params)
+                hi = float(_max_tokens(p.get("params", ()), provider_name(p.get("model", ""))))
                 one = (max(1.0, hi // 4), hi)
-                k = completions(node)
+                k = p.get("n", 1) if op == "llm" else len(node.inputs) // 2  # completions()
                 if op == "llm" and k == 1:
                     rng[out] = one
                 else:
@@ -227,7 +228,8 @@ class _Sizes:
             elif op == "getitem":
                 whole, key = node.inputs[0], node.param("key")
                 try:
-                    rng[out] = self.atom_items(whole)[key]
+                    rng[out] = (items.get(whole.id) if isinstance(whole, Var)
+                                else self.atom_items(whole))[key]
                 except (TypeError, KeyError, IndexError):
                     rng[out] = (0.0, atom(whole)[1])  # some part of a bigger value
             elif op == "pack":
@@ -279,7 +281,7 @@ class _Tally:
         self.graph, self.inputs, self.latency = graph, inputs, latency
         self.caps = CapsCache()
         self.sizes: dict[str, _Sizes] = {}  # one sweep per token counter in use
-        self.models: dict[str, tuple] = {}  # model -> (provider, counter kind, count, price)
+        self.models: dict[str, tuple] = {}  # model -> (provider, price, caps, sizes)
         self.sim_latency: float | None = None
         self.requests = self.calls = self.answers = 0
         self.in_lo = self.in_hi = self.out_lo = self.out_hi = 0
@@ -295,12 +297,11 @@ class _Tally:
         if info is None:
             provider, name = split_model(model)
             kind, count = _counter(model)
-            info = self.models[model] = (provider, kind, count, price_for(provider, name),
-                                         self.caps(model))
-        provider, kind, count, price, caps = info
-        s = self.sizes.get(kind)
-        if s is None:
-            s = self.sizes[kind] = _Sizes(self.graph, count, self.inputs)
+            s = self.sizes.get(kind)
+            if s is None:
+                s = self.sizes[kind] = _Sizes(self.graph, count, self.inputs)
+            info = self.models[model] = (provider, price_for(provider, name), self.caps(model), s)
+        provider, price, caps, s = info
         ins = node.inputs
         per_out = _max_tokens(p.get("params", ()), provider)
         if node.op == "llm":
@@ -312,8 +313,9 @@ class _Tally:
             k = len(ins) // 2
             reqs = 1 if caps.supports_batch else k
             i_lo = i_hi = 0
+            prompt = s.prompt
             for j in range(0, len(ins), 2):
-                lo, hi = s.prompt(ins[j], ins[j + 1])
+                lo, hi = prompt(ins[j], ins[j + 1])
                 i_lo += lo
                 i_hi += hi
         o_lo, o_hi = max(1, per_out // 4) * k, per_out * k
@@ -352,30 +354,33 @@ def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
     calls = CALL_OPS
     lat: list[float] = []
     lev: list[int] = []
-    state: dict[int, tuple[float, int]] = {}  # var id -> (finish time, level)
-    get = state.get
+    finish: dict[int, float] = {}  # var id -> when its value is ready (seconds)
+    depth: dict[int, int] = {}  # var id -> its level
+    end_of, level_of = finish.get, depth.get
     critical = 0.0
     for node in graph.nodes:
         start, level = 0.0, 0
         for a in node.inputs:
             if isinstance(a, Var):
-                st = get(a.id)
-                if st is not None:
-                    if st[0] > start:
-                        start = st[0]
-                    if st[1] > level:
-                        level = st[1]
+                x = end_of(a.id, 0.0)
+                if x > start:
+                    start = x
+                d = level_of(a.id, 0)
+                if d > level:
+                    level = d
         if node.op in calls:
             level += 1
             seconds = t.call(node)
+            start += seconds
+            if start > critical:
+                critical = start
         else:
             seconds = 0.0
         lat.append(seconds)
         lev.append(level)
-        end = start + seconds
-        state[node.out.id] = (end, level)
-        if end > critical:
-            critical = end
+        out = node.out.id
+        finish[out] = start
+        depth[out] = level
     est = Estimate(t.requests, t.calls, t.answers, int(t.in_hi), int(t.in_lo), int(t.out_hi),
                    int(t.out_lo), t.cost_lo, t.cost_hi, critical, tuple(t.unpriced))
     return est, lat, lev

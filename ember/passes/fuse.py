@@ -33,7 +33,7 @@ from typing import Any, Container, Iterable
 from .. import providers
 from ..ir.graph import Graph, Node, Var
 from ..ir.types import ListT, ResponseT
-from .dce import CALL_OPS, carry_meta, plural
+from .dce import CALL_OPS, Interner, carry_meta, plural
 
 __all__ = ["fuse", "FuseStats", "Caps", "CapsCache", "provider_name", "split_model",
            "call_levels", "toposort"]
@@ -270,6 +270,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
 
     # (a) identical sampled calls -> one llm node with n=k
     kinds: dict[tuple, int] = {}  # (model, params, options) -> a small id, hashed once
+    options = Interner()
     models: list[str] = []
     same: dict[tuple, list[int]] = {}
     single: dict[int, int] = {}  # position -> kind id of each n=1 llm node
@@ -279,7 +280,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
         p = dict(node.params)
         if p.get("n", 1) != 1:
             continue
-        kind = kinds.setdefault((p.get("model"), p.get("params", ()), p.get("options")),
+        kind = kinds.setdefault((p.get("model"), p.get("params", ()), options(p.get("options"))),
                                 len(kinds))
         if kind == len(models):
             models.append(p.get("model"))

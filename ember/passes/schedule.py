@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..ir.graph import Graph, Node, Var
-from .dce import clone, plural
+from .dce import plural
 from .estimate import Estimate, Latency, analyze
 
 __all__ = ["schedule", "ScheduleStats"]
@@ -46,16 +46,20 @@ def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
     """Annotate level and priority on new copies of every node; attach the estimate."""
     est, lat, level = analyze(graph, inputs=inputs, latency=latency)
     nodes = graph.nodes
-    new: list[Node] = [None] * len(nodes)  # type: ignore[list-item]
+    new: list[Node] = []
     tail: dict[int, float] = {}  # var id -> longest latency from its users to an output
     get = tail.get
+    trusted = Node.trusted
     for i in range(len(nodes) - 1, -1, -1):  # backward: users before producers
         node = nodes[i]
         p = lat[i] + get(node.out.id, 0.0)
         for a in node.inputs:
             if isinstance(a, Var) and get(a.id, -1.0) < p:
                 tail[a.id] = p
-        new[i] = clone(node, meta={**node.meta, "level": level[i], "priority": p})
+        meta = {**node.meta, "level": level[i], "priority": p} if node.meta else \
+            {"level": level[i], "priority": p}
+        new.append(trusted(node.op, node.inputs, node.params, node.out, node.loc, meta))
+    new.reverse()
     meta = dict(graph.meta)
     meta["estimate"] = est
     return (Graph(list(graph.inputs), new, list(graph.outputs), meta),
