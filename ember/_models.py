@@ -18,7 +18,8 @@ from .backends.dispatch import send
 from .backends.memo import MISSING, Memo
 from .backends.policy import current_options
 from .ir.graph import Lit
-from .ir.trace import StopTrace, TracedResponse, current_trace, has_traced, user_location
+from .ir.trace import (StopTrace, TracedResponse, current_trace, has_traced, trace_var,
+                       user_location)
 from .ir.types import ListT, ResponseT
 
 __all__ = ["models", "amodels", "CheckRun", "NeedAnswers", "check_var", "canonical_model"]
@@ -38,7 +39,7 @@ def models(model: str, prompt: Any, /, **params: Any) -> Any:
     ``response_format`` (``"json"``, a JSON schema or a pydantic model), ``n``
     (several samples: returns a list); others pass through to the provider.
     """
-    state = current_trace()
+    state = trace_var.get()  # current_trace(), one call less on the traced path
     if state is not None:
         return _record(state, model, prompt, params)
     check = check_var.get()

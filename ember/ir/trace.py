@@ -134,6 +134,7 @@ class TraceState:
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
         self.call_cache: dict[tuple, Any] = {}  # models() arguments -> resolved call
+        self._raised = False  # some node's value is an exception
 
     # ---- graph building ------------------------------------------------------------
     def input(self, value: Any) -> Any:
@@ -172,7 +173,10 @@ class TraceState:
             raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
                             "over model output?)")
         self.nodes.append(node)
-        self._evaluate(node)
+        # a model call without a lookup has no value; it could only inherit an input's
+        # exception, and there is none until some node raised
+        if self.lookup is not None or self._raised or OPS[node.op].impl is not None:
+            self._evaluate(node)
 
     def _evaluate(self, node: Node) -> None:
         values = self.values
@@ -201,6 +205,7 @@ class TraceState:
             values[node.out.id] = impl(node, *vals)
         except Exception as exc:  # e.g. .json() of prose: raised if the value is used
             values[node.out.id] = exc
+            self._raised = True
 
     def graph(self, result: Any) -> Graph:
         outputs: list[Atom] = []
