@@ -43,10 +43,13 @@ def test_vmap_branching_40_inputs_window_20(openai_process):
     xs = [f"item {i}" for i in range(40)]
     mapped = vmap(branchy, batch_size=20)
     mapped([f"warm {i}" for i in range(20)])  # open the 20 connections outside the timing
-    start = time.perf_counter()
-    result = mapped(xs)
-    wall = time.perf_counter() - start
+    walls = []
+    for _ in range(3):
+        start = time.perf_counter()
+        result = mapped(xs)
+        walls.append(time.perf_counter() - start)
     assert result == [branchy(x) for x in xs]
+    wall = sorted(walls)[1]  # the median of 3
     ratio = report("vmap branching N=40 C=20 L=200ms wall", wall, 2 * 0.2, target=1.3)
     assert ratio <= 2.0  # loose: "about two latencies, not forty" (40 would be 20x)
 
