@@ -13,6 +13,7 @@ Effectful nodes never merge.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..ir.graph import Graph, Lit, Node, Var
 from ..ir.ops import OPS
@@ -67,14 +68,23 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
                     ins = tuple([subst.get(b.id, b) if isinstance(b, Var) else b for b in ins])
                     node = clone(node, inputs=ins)
                     break
-        if not mergeable(node):
+        op = node.op
+        if op in CALL_OPS:
+            if not mergeable(node):
+                nodes.append(node)
+                continue
+            params: Any = intern(node.params)  # see Interner
+        elif not OPS[op].pure or node.param("effectful", False):  # mergeable(), inline
             nodes.append(node)
             continue
+        else:
+            params = node.params
         # same op, params and inputs -> same value; literals are type-tagged because
         # 1, 1.0 and True format differently (the output type follows from the rest)
-        op = node.op
-        key = (op, intern(node.params) if op in CALL_OPS else node.params,
-               *[a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value) for a in ins])
+        parts = [op, params]
+        for a in ins:
+            parts.append(a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value))
+        key = tuple(parts)
         try:
             rep = table.setdefault(key, node.out)  # one hash of the key
         except TypeError:  # an unhashable literal: leave the node alone
@@ -83,7 +93,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
         if rep is not node.out:
             subst[node.out.id] = rep
             merged += 1
-            merged_calls += node.op in CALL_OPS
+            merged_calls += op in CALL_OPS
             continue
         nodes.append(node)
     if not merged:
