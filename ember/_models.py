@@ -109,7 +109,8 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
         if ckey is not None:
             state.call_cache[ckey] = call
     n = call.n
-    p_atom = _prompt_atom(state, prompt, loc)
+    p_atom = state.atomize(prompt, loc) if isinstance(prompt, str) else \
+        _prompt_atom(state, prompt, loc)
     s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
     node_params = call.params(current_options())
     if not call.deterministic:

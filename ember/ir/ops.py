@@ -57,7 +57,12 @@ REPR_SPEC = "!r"  # a format spec that never occurs in Python's: the value's rep
 
 
 def _format_impl(node: Any, *values: Any) -> str:
-    segments, specs = node.param("segments"), node.param("specs")
+    segments = specs = None
+    for k, v in node.params:  # node.param() twice, in one scan: every traced f-string
+        if k == "segments":
+            segments = v
+        elif k == "specs":
+            specs = v
     parts = [segments[0]]
     for value, spec, seg in zip(values, specs, segments[1:], strict=True):
         parts.append(repr(value) if spec == REPR_SPEC else format(value, spec))

@@ -122,7 +122,8 @@ class TraceState:
         self.nodes: list[Node] = []
         self.inputs: list[Var] = []
         self.values: dict[int, Any] = {}  # var id -> concrete value, when known
-        self.marks: list[tuple[Atom, str]] = []
+        self.marked: list[Var] = []  # marker i stands for marked[i] formatted with specs[i]
+        self.specs: list[str] = []
         self.nonce = os.urandom(4).hex()  # unguessable, so user text never forges a marker
         self._mark_open = _MARK_OPEN + self.nonce
         self._split_marks = re.compile(
@@ -164,15 +165,16 @@ class TraceState:
                     loc: str | None = None) -> Var:
         """`add` for nodes whose parts the caller vouches for (see `Node.trusted`): the
         tracer's own formats and model calls."""
-        out = Var(type_)
-        self._push(Node.trusted(op, inputs, params, out, loc))
-        return out
+        node = Node.fresh(op, inputs, params, type_, loc)
+        self._push(node)
+        return node.out
 
     def _push(self, node: Node) -> None:
-        if len(self.nodes) >= MAX_TRACE_NODES:
+        nodes = self.nodes
+        if len(nodes) >= MAX_TRACE_NODES:
             raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
                             "over model output?)")
-        self.nodes.append(node)
+        nodes.append(node)
         # a model call without a lookup has no value; it could only inherit an input's
         # exception, and there is none until some node raised
         if self.lookup is not None or self._raised or OPS[node.op].impl is not None:
@@ -219,9 +221,10 @@ class TraceState:
     def mark(self, tracer: Traced, spec: str) -> str:
         if self.strict and self.values.get(tracer._var.id, UNKNOWN) is UNKNOWN:
             self.need(tracer, "formatting an unfinished model answer (strict mode)")
-        marks = self.marks
-        marks.append((tracer._var, spec))
-        return f"{self._mark_open}{len(marks) - 1}{_MARK_CLOSE}"
+        marked = self.marked
+        marked.append(tracer._var)
+        self.specs.append(spec)
+        return f"{self._mark_open}{len(marked) - 1}{_MARK_CLOSE}"
 
     def text_of(self, tracer: Traced) -> str:
         """``.text`` / ``str()`` of a model answer: the real text once it is known (the
@@ -241,15 +244,17 @@ class TraceState:
             # [text, index, text, index, ..., text]
             parts = self._split_marks(value)
             if len(parts) == 3:  # one marker: the common f"...{x}..."
-                atom, spec = self.marks[int(parts[1])]
+                i = int(parts[1])
+                atom, spec = self.marked[i], self.specs[i]
                 if spec == "" and parts[0] == parts[2] == "" and atom.type == Str:
                     return atom
                 return self.add_trusted("format", (atom,), (
                     ("segments", (parts[0], parts[2])),
                     _PLAIN_SPECS if spec == "" else ("specs", (spec,))), Str, loc)
             if len(parts) > 1:
-                marks = self.marks
-                atoms, specs = zip(*[marks[int(i)] for i in parts[1::2]])
+                marks = [int(i) for i in parts[1::2]]
+                atoms = tuple([self.marked[i] for i in marks])
+                specs = tuple([self.specs[i] for i in marks])
                 return self.add_trusted("format", atoms, (
                     ("segments", tuple(parts[0::2])), ("specs", specs)), Str, loc)
         return Lit(value)
@@ -276,14 +281,17 @@ class TraceState:
 
 
 def _leaves(value: Any):
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _leaves(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _leaves(v)
-    else:
+    """The non-container values of a nested list / tuple / dict, in order."""
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, (list, tuple)):
         yield value
+        return
+    for v in value:
+        if isinstance(v, (list, tuple, dict)):
+            yield from _leaves(v)
+        else:
+            yield v
 
 
 def has_traced(value: Any, state: TraceState) -> bool:
