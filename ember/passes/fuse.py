@@ -272,20 +272,30 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
     kinds: dict[tuple, int] = {}  # (model, params, options) -> a small id, hashed once
     options = Interner()
     models: list[str] = []
+    # id(params) -> (params, kind id or None when n > 1, deterministic): the tracer
+    # shares one params tuple among the calls of one models() line
+    seen: dict[int, tuple[tuple, int | None, bool]] = {}
     same: dict[tuple, list[int]] = {}
     single: dict[int, int] = {}  # position -> kind id of each n=1 llm node
     for i, node in enumerate(nodes):
         if node.op != "llm":
             continue
-        p = dict(node.params)
-        if p.get("n", 1) != 1:
+        info = seen.get(id(node.params))
+        if info is None:
+            p = dict(node.params)
+            kind = None
+            if p.get("n", 1) == 1:
+                kind = kinds.setdefault(
+                    (p.get("model"), p.get("params", ()), options(p.get("options"))), len(kinds))
+                if kind == len(models):
+                    models.append(p.get("model"))
+            info = seen[id(node.params)] = (node.params, kind,
+                                            bool(p.get("deterministic", False)))
+        _, kind, deterministic = info
+        if kind is None:
             continue
-        kind = kinds.setdefault((p.get("model"), p.get("params", ()), options(p.get("options"))),
-                                len(kinds))
-        if kind == len(models):
-            models.append(p.get("model"))
         single[i] = kind
-        if p.get("deterministic", False):
+        if deterministic:
             continue
         try:
             key = (kind, _atom_key(node.inputs[0]), _atom_key(node.inputs[1]))
