@@ -45,22 +45,21 @@ def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
              latency: Latency = None) -> tuple[Graph, ScheduleStats]:
     """Annotate level and priority on new copies of every node; attach the estimate."""
     est, lat, level = analyze(graph, inputs=inputs, latency=latency)
-    nodes = graph.nodes
     new: list[Node] = []
     tail: dict[int, float] = {}  # var id -> longest latency from its users to an output
     get = tail.get
     trusted = Node.trusted
-    for i in range(len(nodes) - 1, -1, -1):  # backward: users before producers
-        node = nodes[i]
-        p = lat[i] + get(node.out.id, 0.0)
+    # backward: users before producers
+    for node, seconds, lv in zip(reversed(graph.nodes), reversed(lat), reversed(level)):
+        p = seconds + get(node.out.id, 0.0)
         for a in node.inputs:
             if isinstance(a, Var) and get(a.id, -1.0) < p:
                 tail[a.id] = p
-        meta = {**node.meta, "level": level[i], "priority": p} if node.meta else \
-            {"level": level[i], "priority": p}
+        meta = {**node.meta, "level": lv, "priority": p} if node.meta else \
+            {"level": lv, "priority": p}
         new.append(trusted(node.op, node.inputs, node.params, node.out, node.loc, meta))
     new.reverse()
-    meta = dict(graph.meta)
-    meta["estimate"] = est
-    return (Graph(list(graph.inputs), new, list(graph.outputs), meta),
+    graph_meta = dict(graph.meta)
+    graph_meta["estimate"] = est
+    return (Graph(list(graph.inputs), new, list(graph.outputs), graph_meta),
             ScheduleStats(max(level, default=0), est))
