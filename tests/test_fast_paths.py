@@ -1,0 +1,119 @@
+"""The tracer's and passes' fast paths agree with the general ones they stand in for."""
+
+from __future__ import annotations
+
+import sys
+
+from ember import models
+from ember._inspect import trace_graph
+from ember.backends.policy import CallOptions, RetryPolicy
+from ember.ir import Graph, Lit, ListT, Node, ResponseT, Str, Var, check_graph
+from ember.ir import trace as trace_mod
+from ember.passes import cse, run_passes, toposort
+from ember.passes.cse import mergeable
+from ember.passes.dce import Interner, count_calls
+
+
+def test_trusted_and_fresh_nodes_equal_checked_ones():
+    v = Var(Str)
+    params = {"specs": ("",), "segments": ("Q: ", "")}
+    checked = Node("format", [v], params, Var(Str), "x.py:1")
+    trusted = Node.trusted("format", (v,), tuple(sorted(params.items())), checked.out, "x.py:1")
+    fresh = Node.fresh("format", (v,), tuple(sorted(params.items())), Str, "x.py:1")
+    for n in (trusted, fresh):
+        assert (n.op, n.inputs, n.params, n.loc, n.meta) == \
+            (checked.op, checked.inputs, checked.params, checked.loc, checked.meta)
+    assert fresh.out.type == Str and fresh.out.id > checked.out.id
+
+
+def test_user_location_memo_survives_being_cleared(monkeypatch):
+    monkeypatch.setattr(trace_mod, "_MAX_LOCATIONS", 1)
+    here = sys._getframe().f_lineno
+    locs = [trace_mod.user_location(1) for _ in range(2)]  # a hit, then a second line
+    other = trace_mod.user_location(1)
+    assert locs == [f"{__file__}:{here + 1}"] * 2 and other == f"{__file__}:{here + 2}"
+
+
+def test_a_plain_traced_prompt_is_its_own_atom_and_no_format_node():
+    def fn(x: str):
+        return models("sim", f"{x}").text
+
+    graph, *_ = trace_graph(fn, ("q",), {})
+    assert [n.op for n in graph.nodes] == ["llm", "format"]
+    assert graph.nodes[0].inputs[0] is graph.inputs[0]
+
+
+def test_a_raised_value_reaches_the_model_call_that_uses_it():
+    def fn(x: str):
+        r = models("sim", f"{x:d}")  # format(str, "d") raises while tracing
+        return "yes" if r else "no"
+
+    _, state, complete, note = trace_graph(fn, ("q",), {})
+    assert not complete and "raised ValueError" in note
+    assert isinstance(state.values[state.nodes[-1].out.id], ValueError)
+
+
+def test_mergeable_beyond_what_cse_sees_in_the_default_pipeline():
+    v = Var(Str)
+    opts = (("model", "sim"), ("options", CallOptions()), ("params", ()))
+    batch = Node("llm_batch", (v, Lit(None), v, Lit(None)),
+                 (("deterministic", (True, True)),) + opts, Var(ListT(ResponseT)))
+    sampled = Node("llm_batch", batch.inputs, (("deterministic", (True, False)),) + opts,
+                   Var(ListT(ResponseT)))
+    loud = Node("llm", (v, Lit(None)), {"deterministic": True, "effectful": True, "model": "sim"},
+                Var(ResponseT))
+    fmt = Node("format", (v,), {"segments": ("", "!"), "specs": ("",)}, Var(Str))
+    assert [mergeable(n) for n in (batch, sampled, loud, fmt)] == [True, False, False, True]
+    assert count_calls(Graph([v], [batch, sampled, loud, fmt], [])) == (3, 5)
+
+
+def test_cse_leaves_a_node_with_an_unhashable_literal_alone():
+    v = Var(Str)
+    a, b = (Node("format", (v, Lit([1])), {"segments": ("", "", ""), "specs": ("", "")}, Var(Str))
+            for _ in range(2))
+    g, stats = cse(Graph([v], [a, b], [a.out, b.out]))
+    assert g.nodes == [a, b] and stats.merged_nodes == 0
+
+
+def test_cse_merges_equal_options_held_by_different_objects():
+    v = Var(Str)
+
+    def call(options):
+        return Node("llm", (v, Lit(None)), {"deterministic": True, "model": "sim", "n": 1,
+                                            "options": options, "params": ()}, Var(ResponseT))
+
+    a, b, c = call(CallOptions()), call(CallOptions()), call(CallOptions(RetryPolicy(5)))
+    g, stats = cse(Graph([v], [a, b, c], [a.out, b.out, c.out]))
+    assert stats.merged_calls == 1 and g.outputs == [a.out, a.out, c.out]
+
+
+def test_interner_ids_equal_values_alike_and_keeps_what_it_saw():
+    intern = Interner()
+    x, y = ("a", CallOptions()), ("a", CallOptions())
+    assert intern(x) == intern(y) == intern(x) == 0 and intern(("b",)) == 1
+    assert intern(tuple(["b"])) == 1  # a temporary: its id may be reused, its value is kept
+
+
+def test_toposort_places_producers_first_moving_as_little_as_possible():
+    v = Var(Str)
+    fmt = {"segments": ("", "!"), "specs": ("",)}
+    a = Node("format", (v,), fmt, Var(Str))
+    b = Node("format", (a.out,), fmt, Var(Str))
+    c = Node("format", (v,), fmt, Var(Str))
+    d = Node("format", (c.out, b.out), {"segments": ("", "", ""), "specs": ("", "")}, Var(Str))
+    assert toposort([d, c, b, a]) == [c, a, b, d]
+    assert toposort([d, c, b, a], starts={1}) == [d, c, b, a]  # only c may move: it needs none
+    check_graph(Graph([v], toposort([b, d, a, c]), [d.out]))
+
+
+def test_traced_graph_and_passes_agree_with_the_checked_constructors():
+    def fn(x: str):
+        views = [models("sim", f"{k}: {x}").text for k in range(3)]
+        votes = [models("sim", f"vote: {x}", temperature=0.7).text for _ in range(2)]
+        return models("sim", "judge:\n" + "\n".join(views + votes)).text
+
+    graph, *_ = trace_graph(fn, ("q",), {})
+    rebuilt = [Node(n.op, n.inputs, dict(n.params), n.out, n.loc) for n in graph.nodes]
+    assert [n.params for n in rebuilt] == [n.params for n in graph.nodes]
+    out, _ = run_passes(check_graph(graph), verify=True)
+    assert out.count("llm_batch") == 1 and out.count("llm") == 2  # 3 batched, 2 as n=2, judge
