@@ -322,3 +322,20 @@ def test_repeated_calls_resolve_once_and_keep_their_params():
     assert [n.param("deterministic") for n in calls] == [True] * 3 + [False] * 2
     assert len({n.param("params") for n in calls[:3]}) == 1
     assert all(dict(n.param("params")).get("response_format") for n in calls[3:])
+
+
+def test_markers_of_another_trace_stay_plain_text():
+    from ember.ir import Lit, Var
+    from ember.ir.trace import TraceState
+
+    a, b = TraceState(), TraceState()
+    xa, xb = a.input("left"), b.input("right")
+    foreign = f"{xa}"  # a's marker, seen by b
+    mixed = f"[{xb}] {foreign} [{xb:>3}]"
+    atom = b.atomize(mixed)
+    node = b.nodes[-1]
+    assert isinstance(atom, Var) and node.op == "format"
+    assert node.param("segments") == ("[", f"] {foreign} [", "]")
+    assert node.param("specs") == ("", ">3")
+    assert isinstance(b.atomize(foreign), Lit)  # only a's: plain text to b
+    assert a.atomize(foreign) is xa._var  # and a value to a

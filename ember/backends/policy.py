@@ -17,7 +17,7 @@ import itertools
 import random
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..errors import EmberError, QuotaExceededError
 
@@ -73,6 +73,17 @@ class CallOptions:
 
     retry: RetryPolicy = DEFAULT_RETRY
     timeouts: tuple[tuple[int, float], ...] = ()  # (region id, seconds), outermost first
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # cached: passes and jit's cache keys hash options per call (~4k instructions
+        # each time otherwise); every field is a number, so the value is the same in
+        # any process that unpickles it
+        h = self._hash
+        if not h:
+            h = hash((self.retry, self.timeouts)) or 1
+            object.__setattr__(self, "_hash", h)
+        return h
 
     def with_(self, **changes) -> CallOptions:
         return replace(self, **changes)
