@@ -330,7 +330,7 @@ def test_sdk_and_transport_exceptions_map():
 
 
 def test_transport_follows_the_environment(openai_server, monkeypatch):
-    from ember.providers.openai import http_transport
+    from ember.providers.transport import http_transport
 
     def transport_of_a_client() -> str:
         async def make():
