@@ -113,10 +113,12 @@ class _Hoisting:
     def runner(self, element: tuple) -> Callable[[Graph, list, Memo], Any]:
         async def run(graph: Graph, leaves: list[Any], memo: Memo) -> dict[int, Any]:
             hoisted = self.by_graph.get(id(graph))
+            mask = None
             if hoisted is None:
                 mask = _leaf_mask(element, self.axes, self.kwargs)
                 hoisted = self.by_graph[id(graph)] = _Hoisted(graph, mask)
-            if hoisted.calls and hoisted.mask == _leaf_mask(element, self.axes, self.kwargs):
+            if hoisted.calls and hoisted.mask == (
+                    mask or _leaf_mask(element, self.axes, self.kwargs)):
                 return await hoisted.run(leaves, memo)
             return await execute(graph, leaves, memo)
         return run
@@ -192,9 +194,12 @@ class Mapped:
             cluster = resolve(backend)
             return (cluster.amap if self.jitted.is_async else cluster.map)(self, elements, kwargs)
         hoisting = _Hoisting(_axes(args, self.in_axes), kwargs)
-        if self.jitted.is_async:
-            return self._amap(elements, kwargs, hoisting)
-        return self._map(elements, kwargs, hoisting)
+        if self.jitted.is_async:  # an async function: awaited on the caller's loop
+            return self._run(elements, kwargs, hoisting, _drive_async)
+        # Everything runs on Ember's loop: an element's Python steps (trace, check) are
+        # short and never block (a missing answer becomes a fetch step), so stepping
+        # them there saves a thread hop per element.
+        return run_sync(self._run(elements, kwargs, hoisting, _drive_on_loop))
 
     def _finish(self, results: list[Any], errors: dict[int, BaseException]) -> list[Any]:
         self.results = results
@@ -202,14 +207,9 @@ class Mapped:
             raise BatchError(results, errors)
         return results
 
-    def _map(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting) -> list[Any]:
-        # Everything runs on Ember's loop: an element's Python steps (trace, check) are
-        # short and never block (a missing answer becomes a fetch step), so stepping
-        # them there saves a thread hop per element.
-        return run_sync(self._map_on_loop(elements, kwargs, hoisting))
-
-    async def _map_on_loop(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting
-                           ) -> list[Any]:
+    async def _run(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting,
+                   drive: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+        """Every element's jitted program, driven by ``drive``, under the window."""
         n = len(elements)
         results: list[Any] = [None] * n
         errors: dict[int, BaseException] = {}
@@ -221,7 +221,7 @@ class Mapped:
         async def one(i: int) -> None:
             counts["active"] += 1
             try:
-                results[i] = await _drive_on_loop(self.jitted._program(
+                results[i] = await drive(self.jitted._program(
                     elements[i], kwargs, hoisting.runner(elements[i])))
             except Exception as exc:
                 results[i] = errors[i] = exc
@@ -239,31 +239,6 @@ class Mapped:
             self.last_run = RunReport(rec.calls, time.perf_counter() - start,
                                       label=f"vmap({self.name})")
         bar.update(n - len(errors), len(errors), 0, final=True)
-        return self._finish(results, errors)
-
-    async def _amap(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting
-                    ) -> list[Any]:
-        n = len(elements)
-        results: list[Any] = [None] * n
-        errors: dict[int, BaseException] = {}
-        rec = Recorder()
-        token = recorder_var.set([*recorder_var.get(), rec])
-        start = time.perf_counter()
-
-        async def one(i: int) -> None:
-            try:
-                results[i] = await _drive_async(self.jitted._program(
-                    elements[i], kwargs, hoisting.runner(elements[i])))
-            except Exception as exc:
-                results[i] = errors[i] = exc
-
-        try:
-            await _windowed(n, self.batch_size or n, one)
-        finally:
-            hoisting.cancel()  # only left running when the map was cancelled
-            recorder_var.reset(token)
-            self.last_run = RunReport(rec.calls, time.perf_counter() - start,
-                                      label=f"vmap({self.name})")
         return self._finish(results, errors)
 
 
