@@ -307,7 +307,7 @@ class _Cached:
         graph break) where a value is not computed yet."""
         def real(v: Any) -> Any:
             if isinstance(v, Traced):
-                known = state.values.get(v._var.id, UNKNOWN)
+                known = state.value_of(v._var)
                 if known is UNKNOWN or isinstance(known, BaseException):
                     return state.need(v, "an ember.cache lookup needs its arguments")
                 return known

@@ -264,7 +264,7 @@ class Jitted:
         concrete = False  # pass argument strings as plain str (after a tracer TypeError)
         for round_no in range(MAX_ROUNDS):
             state = TraceState(fullgraph=self.fullgraph, strict=entry.strict,
-                               lookup=_lookup(memo))
+                               lookup=_lookup(memo) if len(memo) else None)
             leaves: list[Any] = []
             if concrete:
                 targs, tkwargs = args, kwargs

@@ -18,7 +18,7 @@ from ember.ir import AnyT, Graph, Lit, ListT, Node, ResponseT, Str, Var, check_g
 from ember.ir.ops import OPS, is_effectful
 from ember.providers import sim
 from ember.passes import (DEFAULT_PASSES, Estimate, count_tokens, cse, dce, estimate, fuse,
-                          run_passes, schedule)
+                          level_of, priority_of, run_passes, schedule)
 
 SIM, OAI, ANT = "sim", "openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"
 CAPS = {"sim": (True, True), "openai": (True, False), "anthropic": (False, False)}  # n, batch
@@ -218,15 +218,17 @@ def test_schedule_levels_priorities_and_estimate():
     first = b.llm(b.fmt("Q: ", b.inputs[0]))
     second = b.llm(b.fmt("more: ", b.text(first)))
     side = b.llm("side")
-    g, stats = run(schedule, b.graph(second, side), latency=1.0)
-    meta = {n.out.id: n.meta for n in g.nodes}
-    assert [meta[v.id]["level"] for v in (first, second, side)] == [1, 2, 1]
-    assert [meta[v.id]["priority"] for v in (first, second, side)] == [2.0, 1.0, 1.0]
-    assert meta[g.nodes[0].out.id] == {"level": 0, "priority": 2.0}
+    src = b.graph(second, side)
+    g, stats = run(schedule, src, latency=1.0)
+    nodes = {n.out.id: n for n in g.nodes}
+    assert [level_of(g, nodes[v.id]) for v in (first, second, side)] == [1, 2, 1]
+    assert [priority_of(g, nodes[v.id]) for v in (first, second, side)] == [2.0, 1.0, 1.0]
+    assert (level_of(g, g.nodes[0]), priority_of(g, g.nodes[0])) == (0, 2.0)
+    assert g.nodes == src.nodes and level_of(src, src.nodes[0]) is None
     est = g.meta["estimate"]
     assert isinstance(est, Estimate) and est.critical_path_seconds == 2.0 and est.requests == 3
     assert stats.summary == "schedule: 2 levels, 3 requests, critical path 2.00 s"
-    assert "level" not in b.nodes[0].meta  # new nodes; the input graph is untouched
+    assert not src.meta and priority_of(src, src.nodes[0]) == 0.0  # the input is untouched
 
 
 def test_estimate_by_hand_on_sim():
@@ -398,7 +400,7 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     assert dce(cur)[1].removed_nodes == 0  # no pass leaves dead nodes behind
     est = cur.meta["estimate"]  # the static estimate counts what the interpreter sent
     assert (est.requests, est.completions) == (after.requests, after.completions)
-    assert all({"level", "priority"} <= n.meta.keys() for n in cur.nodes)
+    assert all(level_of(cur, n) is not None and priority_of(cur, n) >= 0 for n in cur.nodes)
 
 
 # ---------------------------------------------------------------- vmap's batching transform

@@ -41,6 +41,7 @@ class _Run:
         self.graph = graph
         self.env = env
         self.memo = memo
+        self.priority: dict[int, float] = graph.meta.get("priority", {})  # from schedule
         self.requests: dict[int, Any] = {}  # node out id -> Request or [Request]
         self.tasks: dict[int, asyncio.Task] = {}  # node index -> its model call, in flight
         self.loop = asyncio.get_running_loop()
@@ -113,7 +114,7 @@ class _Run:
 
     async def _value(self, node: Node, values: list[Any]) -> Any:
         options: CallOptions = node.param("options") or _NO_OPTIONS
-        priority = float(node.meta.get("priority", 0.0))
+        priority = float(self.priority.get(node.out.id, 0.0))
         try:
             if node.op == "llm":
                 request = node_request(node, values[0], values[1])

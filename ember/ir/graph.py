@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
 from ..errors import EmberError
 from .types import Type
@@ -18,6 +19,9 @@ __all__ = ["Var", "Lit", "Node", "Graph", "check_graph", "GraphError", "Atom", "
 
 _ids = itertools.count()
 _new = object.__new__
+# the meta of a node no pass annotated: shared and read-only (a dict per node cost an
+# allocation per traced value; passes give a node new meta by making a new node)
+NO_META: Mapping[str, Any] = MappingProxyType({})
 
 
 class GraphError(EmberError):
@@ -56,7 +60,7 @@ class Node:
     __slots__ = ("op", "inputs", "params", "out", "loc", "meta")
 
     def __init__(self, op: str, inputs: Iterable[Atom], params: dict[str, Any] | tuple,
-                 out: Var, loc: str | None = None, meta: dict[str, Any] | None = None) -> None:
+                 out: Var, loc: str | None = None, meta: Mapping[str, Any] | None = None) -> None:
         if op not in OPS:
             raise GraphError(f"unknown op {op!r}; ops are {', '.join(sorted(OPS))}")
         self.op = op
@@ -69,12 +73,12 @@ class Node:
         self.params = items
         self.out = out
         self.loc = loc
-        # annotations passes add and declare (schedule: level, priority; estimate)
-        self.meta = meta if meta is not None else {}
+        # annotations passes add and declare (fuse: the fused calls' locations)
+        self.meta = meta if meta is not None else NO_META
 
     @classmethod
     def trusted(cls, op: str, inputs: tuple[Atom, ...], params: tuple, out: Var,
-                loc: str | None = None, meta: dict[str, Any] | None = None) -> Node:
+                loc: str | None = None, meta: Mapping[str, Any] | None = None) -> Node:
         """A node from parts its builder vouches for: a known op, a tuple of inputs and
         params as name-sorted, hashable pairs. Skips the constructor's checks, whose
         hash of the params alone costs ~1 µs on a model call's (tracer and passes)."""
@@ -84,7 +88,7 @@ class Node:
         node.params = params
         node.out = out
         node.loc = loc
-        node.meta = {} if meta is None else meta
+        node.meta = NO_META if meta is None else meta
         return node
 
     @classmethod
@@ -101,7 +105,7 @@ class Node:
         node.params = params
         node.out = out
         node.loc = loc
-        node.meta = {}
+        node.meta = NO_META
         return node
 
     def param(self, name: str, default: Any = None) -> Any:

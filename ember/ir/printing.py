@@ -67,11 +67,9 @@ def _loc(node: Node) -> str:
     return f"  # {os.path.basename(path)}:{line}"
 
 
-def format_node(node: Node, name: Callable[[Any], str] = repr) -> str:
+def format_node(node: Node, name: Callable[[Any], str] = repr, level: int | None = None) -> str:
     args = " ".join(name(a) if isinstance(a, Var) else repr(a.value) for a in node.inputs)
-    tags = ""
-    if node.meta.get("level") is not None:
-        tags = f"  ; level {node.meta['level']}"
+    tags = "" if level is None else f"  ; level {level}"
     return (f"{name(node.out)}:{node.out.type} = {node.op}{_params(node)} {args}".rstrip()
             + tags + _loc(node))
 
@@ -86,8 +84,9 @@ def format_graph(graph: Graph) -> str:
 
     ins = " ".join(f"{name(v)}:{v.type}" for v in graph.inputs)
     lines = [f"{{ lambda {ins} . let"]
+    levels = graph.meta.get("level", {})  # the schedule pass's wavefronts
     for node in graph.nodes:
-        lines.append("    " + format_node(node, name))
+        lines.append("    " + format_node(node, name, levels.get(node.out.id)))
     outs = ", ".join(name(a) if isinstance(a, Var) else repr(a.value) for a in graph.outputs)
     lines.append(f"  in ({outs}) }}")
     return "\n".join(lines)

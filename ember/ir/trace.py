@@ -134,7 +134,11 @@ class TraceState:
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
         self.call_cache: dict[tuple, Any] = {}  # models() arguments -> resolved call
-        self._raised = False  # some node's value is an exception
+        # Local ops are evaluated on demand (`value_of`): most traced values are never
+        # read, and computing every prompt while tracing cost a fifth of the trace.
+        self._producer: dict[int, Node] = {}  # var id -> node, indexed on demand
+        self._indexed = 0  # nodes[:_indexed] are in _producer
+        self._settled: set[int] = set()  # var ids evaluated and found unknown
 
     # ---- graph building ------------------------------------------------------------
     def input(self, value: Any) -> Any:
@@ -174,10 +178,47 @@ class TraceState:
             raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
                             "over model output?)")
         nodes.append(node)
-        # a model call without a lookup has no value; it could only inherit an input's
-        # exception, and there is none until some node raised
-        if self.lookup is not None or self._raised or OPS[node.op].impl is not None:
+        # model calls are looked up in trace order (a sampled call's occurrence counts);
+        # local ops wait until something reads their value
+        if self.lookup is not None and OPS[node.op].impl is None:
+            for a in node.inputs:
+                if a.__class__ is Var:
+                    self.value_of(a)
             self._evaluate(node)
+            if node.out.id not in self.values:
+                self._settled.add(node.out.id)  # looked up once: occurrences count
+
+    def value_of(self, var: Var) -> Any:
+        """The concrete value of a traced var (an exception if computing it raised), or
+        UNKNOWN. Computes the local ops it depends on, once each."""
+        values, settled = self.values, self._settled
+        v = values.get(var.id, UNKNOWN)
+        if v is not UNKNOWN or var.id in settled:
+            return v
+        producer = self._producer
+        if self._indexed < len(self.nodes):
+            for node in self.nodes[self._indexed:]:
+                producer[node.out.id] = node
+            self._indexed = len(self.nodes)
+        stack = [var.id]  # depth first, without recursion (chains can be long)
+        while stack:
+            vid = stack[-1]
+            node = producer.get(vid)
+            if node is None:  # an input without a value
+                settled.add(vid)
+                stack.pop()
+                continue
+            more = [a.id for a in node.inputs if a.__class__ is Var and a.id not in values
+                    and a.id not in settled]
+            if more:
+                stack += more
+                continue
+            stack.pop()
+            if vid not in values and vid not in settled:
+                self._evaluate(node)
+                if vid not in values:
+                    settled.add(vid)
+        return values.get(var.id, UNKNOWN)
 
     def _evaluate(self, node: Node) -> None:
         values = self.values
@@ -206,7 +247,6 @@ class TraceState:
             values[node.out.id] = impl(node, *vals)
         except Exception as exc:  # e.g. .json() of prose: raised if the value is used
             values[node.out.id] = exc
-            self._raised = True
 
     def graph(self, result: Any) -> Graph:
         outputs: list[Atom] = []
@@ -218,7 +258,7 @@ class TraceState:
 
     # ---- markers ---------------------------------------------------------------------
     def mark(self, tracer: Traced, spec: str) -> str:
-        if self.strict and self.values.get(tracer._var.id, UNKNOWN) is UNKNOWN:
+        if self.strict and self.value_of(tracer._var) is UNKNOWN:
             self.need(tracer, "formatting an unfinished model answer (strict mode)")
         marked = self.marked
         marked.append(tracer._var)
@@ -228,7 +268,11 @@ class TraceState:
     def text_of(self, tracer: Traced) -> str:
         """``.text`` / ``str()`` of a model answer: the real text once it is known (the
         graph then depends on it), else a marker — or, in strict mode, a break."""
-        value = self.values.get(tracer._var.id, UNKNOWN)
+        var = tracer._var
+        value = self.values.get(var.id, UNKNOWN)
+        if value is UNKNOWN and (self.lookup is not None or var.type != ResponseT):
+            # (without a lookup a model call's answer is unknown: skip the sweep)
+            value = self.value_of(var)
         if value is UNKNOWN or isinstance(value, BaseException):
             return self.mark(tracer, "")
         self.guarded = True
@@ -277,7 +321,7 @@ class TraceState:
     def need(self, tracer: Traced, reason: str) -> Any:
         """The concrete value of a tracer, or suspend. Records the graph break."""
         loc = user_location(3)
-        value = self.values.get(tracer._var.id, UNKNOWN)
+        value = self.value_of(tracer._var)
         known = value is not UNKNOWN
         self.breaks.append(Break(loc, reason, known))
         if self.fullgraph:

@@ -6,10 +6,10 @@ from .dce import DceStats, dce
 from .estimate import Estimate, count_tokens, estimate
 from .fuse import FuseStats, fuse, toposort
 from .pipeline import DEFAULT_PASSES, PassResult, run_passes
-from .schedule import ScheduleStats, schedule
+from .schedule import ScheduleStats, level_of, priority_of, schedule
 
 __all__ = [
     "dce", "cse", "fuse", "schedule", "estimate", "run_passes", "DEFAULT_PASSES",
     "PassResult", "Estimate", "DceStats", "CseStats", "FuseStats", "ScheduleStats",
-    "count_tokens", "toposort",
+    "count_tokens", "toposort", "level_of", "priority_of",
 ]

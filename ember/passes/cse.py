@@ -22,6 +22,10 @@ from .dce import CALL_OPS, Interner, carry_meta, clone, plural
 __all__ = ["cse", "CseStats", "mergeable"]
 
 _LIT = object()  # tags literal keys apart from var ids
+_EFFECTFUL = ("effectful", True)  # in a node's params: an effectful `call`
+_DETERMINISTIC = ("deterministic", True)  # in an llm node's params: mergeable
+# pure ops that call no model: they merge unless their params say effectful
+_PLAIN = frozenset(name for name, d in OPS.items() if d.pure and not d.calls_model)
 
 
 @dataclass(frozen=True)
@@ -58,44 +62,52 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
     subst: dict[int, Var] = {}  # merged var id -> the representative's var
     table: dict[tuple, Var] = {}
     nodes: list[Node] = []
+    keep = nodes.append
     merged = merged_calls = 0
     intern = Interner()  # model calls' params (see Interner)
+    plain, calls, lit_tag = _PLAIN, CALL_OPS, _LIT
     for node in graph.nodes:
         ins = node.inputs
         if subst:
             for a in ins:
-                if isinstance(a, Var) and a.id in subst:
-                    ins = tuple([subst.get(b.id, b) if isinstance(b, Var) else b for b in ins])
+                if a.__class__ is Var and a.id in subst:
+                    ins = tuple([subst.get(b.id, b) if b.__class__ is Var else b for b in ins])
                     node = clone(node, inputs=ins)
                     break
         op = node.op
-        if op in CALL_OPS:
-            if not mergeable(node):
-                nodes.append(node)
-                continue
-            params: Any = intern(node.params)  # see Interner
-        elif not OPS[op].pure or node.param("effectful", False):  # mergeable(), inline
-            nodes.append(node)
-            continue
+        if op in plain and _EFFECTFUL not in node.params:  # mergeable(), inlined
+            params: Any = node.params
+        elif op == "llm" and _DETERMINISTIC in node.params or \
+                op in calls and mergeable(node):
+            params = intern(node.params)  # see Interner
         else:
-            params = node.params
-        # same op, params and inputs -> same value; literals are type-tagged because
-        # 1, 1.0 and True format differently (the output type follows from the rest)
-        parts = [op, params]
-        for a in ins:
-            parts.append(a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value))
-        key = tuple(parts)
+            keep(node)
+            continue
+        # same op, params and inputs -> same value. A var stands for itself (vars hash
+        # and compare by identity); literals are type-tagged because 1, 1.0 and True
+        # format differently. One or two inputs (most nodes) skip the generic build.
+        if len(ins) == 1:
+            a = ins[0]
+            key = (op, params, a if a.__class__ is Var else (lit_tag, a.value.__class__, a.value))
+        elif len(ins) == 2:
+            a, b = ins
+            key = (op, params,
+                   a if a.__class__ is Var else (lit_tag, a.value.__class__, a.value),
+                   b if b.__class__ is Var else (lit_tag, b.value.__class__, b.value))
+        else:
+            key = (op, params, *[a if a.__class__ is Var else (lit_tag, a.value.__class__, a.value)
+                                 for a in ins])
         try:
             rep = table.setdefault(key, node.out)  # one hash of the key
         except TypeError:  # an unhashable literal: leave the node alone
-            nodes.append(node)
+            keep(node)
             continue
         if rep is not node.out:
             subst[node.out.id] = rep
             merged += 1
-            merged_calls += op in CALL_OPS
+            merged_calls += op in calls
             continue
-        nodes.append(node)
+        keep(node)
     if not merged:
         return (Graph(list(graph.inputs), nodes, list(graph.outputs), dict(graph.meta)),
                 CseStats())

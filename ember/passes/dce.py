@@ -26,7 +26,7 @@ def clone(node: Node, *, inputs: tuple | None = None, meta: dict | None = None) 
     """A new node like ``node.replace(inputs=..., meta=...)``, without re-running the
     checks the node's constructor already made (known op, hashable params)."""
     return Node.trusted(node.op, node.inputs if inputs is None else tuple(inputs), node.params,
-                        node.out, node.loc, dict(node.meta) if meta is None else meta)
+                        node.out, node.loc, node.meta if meta is None else meta)
 
 
 class Interner:
@@ -73,9 +73,12 @@ def count_calls(graph: Graph) -> tuple[int, int]:
     return calls, done
 
 
+_ANALYSES = frozenset({"estimate", "level", "priority"})  # schedule's, of one shape
+
+
 def carry_meta(graph: Graph) -> dict:
-    """Graph meta for a rewritten graph: analyses of the old shape (the estimate) dropped."""
-    return {k: v for k, v in graph.meta.items() if k != "estimate"}
+    """Graph meta for a rewritten graph: analyses of the old shape (schedule's) dropped."""
+    return {k: v for k, v in graph.meta.items() if k not in _ANALYSES}
 
 
 def plural(n: int, word: str) -> str:

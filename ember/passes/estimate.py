@@ -344,16 +344,16 @@ class _Tally:
 
 
 def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
-            latency: Latency = None) -> tuple[Estimate, list[float], list[int]]:
-    """The estimate, plus per node (in order) its latency (0 for local ops) and its
-    level (model calls on the longest path from the inputs, itself included)."""
+            latency: Latency = None) -> tuple[Estimate, dict[int, float], dict[int, int]]:
+    """The estimate, the latency (seconds) of each model call (by output var id), and
+    every node's level: model calls on the longest path from the inputs, itself
+    included (by output var id)."""
     if inputs is not None and len(inputs) != len(graph.inputs):
         raise ValueError(f"estimate: the graph has {len(graph.inputs)} inputs, "
                          f"got {len(inputs)} example values")
     t = _Tally(graph, inputs, latency)
     calls = CALL_OPS
-    lat: list[float] = []
-    lev: list[int] = []
+    lat: dict[int, float] = {}
     finish: dict[int, float] = {}  # var id -> when its value is ready (seconds)
     depth: dict[int, int] = {}  # var id -> its level
     end_of, level_of = finish.get, depth.get
@@ -368,22 +368,18 @@ def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
                 d = level_of(a.id, 0)
                 if d > level:
                     level = d
+        out = node.out.id
         if node.op in calls:
             level += 1
-            seconds = t.call(node)
+            seconds = lat[out] = t.call(node)
             start += seconds
             if start > critical:
                 critical = start
-        else:
-            seconds = 0.0
-        lat.append(seconds)
-        lev.append(level)
-        out = node.out.id
         finish[out] = start
         depth[out] = level
     est = Estimate(t.requests, t.calls, t.answers, int(t.in_hi), int(t.in_lo), int(t.out_hi),
                    int(t.out_lo), t.cost_lo, t.cost_hi, critical, tuple(t.unpriced))
-    return est, lat, lev
+    return est, lat, depth
 
 
 def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,

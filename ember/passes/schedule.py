@@ -1,14 +1,18 @@
 """Scheduling annotations.
 
-Every node gets ``meta["level"]``: its wavefront, the number of model calls on the
-longest path from the inputs to it (first-wave calls are level 1; local ops before
-any call are level 0). Levels are for display: the backend starts a node the moment
-its inputs are ready and never waits for a whole wave.
+``graph.meta["level"]`` maps every node's output var id to its wavefront: the number
+of model calls on the longest path from the inputs to it (first-wave calls are level
+1; local ops before any call are level 0). Levels are for display: the backend starts
+a node the moment its inputs are ready and never waits for a whole wave.
 
-Every node gets ``meta["priority"]``: the longest estimated latency (seconds) from
-the start of this node to any output, its own latency included. When concurrency is
-limited the backend starts the ready node with the highest priority first, which
-is the critical-path-first list-scheduling rule.
+``graph.meta["priority"]`` maps every node's output var id to the longest estimated
+latency (seconds) from the start of this node to any output, its own latency
+included. When concurrency is limited the backend starts the ready node with the
+highest priority first, which is the critical-path-first list-scheduling rule.
+
+Both are graph-level tables, not per-node meta: the pass keeps the node objects of
+its input (annotating each node would mean copying it, which cost a third of the
+pass), and `level_of` / `priority_of` read them.
 
 ``graph.meta["estimate"]`` holds the static `Estimate` (see ``estimate.py``).
 Structural passes drop it, so it always describes the graph it sits on.
@@ -23,7 +27,18 @@ from ..ir.graph import Graph, Node, Var
 from .dce import plural
 from .estimate import Estimate, Latency, analyze
 
-__all__ = ["schedule", "ScheduleStats"]
+__all__ = ["schedule", "ScheduleStats", "level_of", "priority_of"]
+
+
+def level_of(graph: Graph, node: Node) -> int | None:
+    """A node's wavefront in a scheduled graph (None before `schedule` ran)."""
+    levels = graph.meta.get("level")
+    return None if levels is None else levels.get(node.out.id)
+
+
+def priority_of(graph: Graph, node: Node) -> float:
+    """A node's priority in a scheduled graph (0.0 before `schedule` ran)."""
+    return graph.meta.get("priority", {}).get(node.out.id, 0.0)
 
 
 @dataclass(frozen=True)
@@ -43,23 +58,19 @@ class ScheduleStats:
 
 def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
              latency: Latency = None) -> tuple[Graph, ScheduleStats]:
-    """Annotate level and priority on new copies of every node; attach the estimate."""
+    """Attach levels, priorities and the estimate to the graph's meta."""
     est, lat, level = analyze(graph, inputs=inputs, latency=latency)
-    new: list[Node] = []
+    priority: dict[int, float] = {}
     tail: dict[int, float] = {}  # var id -> longest latency from its users to an output
-    get = tail.get
-    trusted = Node.trusted
-    # backward: users before producers
-    for node, seconds, lv in zip(reversed(graph.nodes), reversed(lat), reversed(level)):
-        p = seconds + get(node.out.id, 0.0)
+    get, seconds = tail.get, lat.get
+    for node in reversed(graph.nodes):  # backward: users before producers
+        out = node.out.id
+        p = seconds(out, 0.0) + get(out, 0.0)
+        priority[out] = p
         for a in node.inputs:
             if isinstance(a, Var) and get(a.id, -1.0) < p:
                 tail[a.id] = p
-        meta = {**node.meta, "level": lv, "priority": p} if node.meta else \
-            {"level": lv, "priority": p}
-        new.append(trusted(node.op, node.inputs, node.params, node.out, node.loc, meta))
-    new.reverse()
-    graph_meta = dict(graph.meta)
-    graph_meta["estimate"] = est
-    return (Graph(list(graph.inputs), new, list(graph.outputs), graph_meta),
-            ScheduleStats(max(level, default=0), est))
+    meta = dict(graph.meta)
+    meta["estimate"], meta["level"], meta["priority"] = est, level, priority
+    return (Graph(list(graph.inputs), list(graph.nodes), list(graph.outputs), meta),
+            ScheduleStats(max(level.values(), default=0), est))

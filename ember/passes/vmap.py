@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 from ..ir.graph import Graph, GraphError, Node, Var, check_graph
 from ..ir.ops import is_effectful
 from ..ir.types import Batched, Type
+from .dce import carry_meta
 from .estimate import Estimate, estimate
 from .fuse import CapsCache
 
@@ -112,7 +113,7 @@ def batch_graph(graph: Graph, mapped: Sequence[bool], size: int) -> tuple[Graph,
         lanes = rule(node, flags)
         params: Any = dict(node.params, lanes=size) if lanes else node.params
         nodes.append(Node(node.op, atoms, params, fresh(node.out, lanes), node.loc,
-                          dict(node.meta)))
+                          node.meta))
         if node.op.startswith("llm"):
             requests = node_requests(node, caps)
             if lanes:
@@ -125,7 +126,8 @@ def batch_graph(graph: Graph, mapped: Sequence[bool], size: int) -> tuple[Graph,
     outputs = [new[a.id] if isinstance(a, Var) else a for a in graph.outputs]
     stats = VmapStats(size, hoisted_calls, batched_calls, hoisted_nodes,
                       len(nodes) - hoisted_nodes, hoisted_requests, lane_requests)
-    return Graph(inputs, nodes, outputs, {**graph.meta, "vmap": stats}), stats
+    # schedule's tables name the old vars: dropped (the element graph keeps them)
+    return Graph(inputs, nodes, outputs, {**carry_meta(graph), "vmap": stats}), stats
 
 
 def node_requests(node: Node, caps: CapsCache) -> int:
@@ -157,9 +159,9 @@ def unbatch(graph: Graph) -> Graph:
     for node in graph.nodes:
         atoms = [new.get(a.id, a) if isinstance(a, Var) else a for a in node.inputs]
         params = {k: v for k, v in node.params if k != "lanes"}
-        nodes.append(Node(node.op, atoms, params, elem(node.out), node.loc, dict(node.meta)))
+        nodes.append(Node(node.op, atoms, params, elem(node.out), node.loc, node.meta))
     outputs = [new.get(a.id, a) if isinstance(a, Var) else a for a in graph.outputs]
-    return Graph(inputs, nodes, outputs, dict(graph.meta))
+    return Graph(inputs, nodes, outputs, carry_meta(graph))
 
 
 def check_batched(graph: Graph) -> Graph:
