@@ -14,16 +14,17 @@ from ember.passes.cse import mergeable
 from ember.passes.dce import Interner, count_calls
 
 
-def test_trusted_and_fresh_nodes_equal_checked_ones():
+def test_trusted_and_traced_nodes_equal_checked_ones():
     v = Var(Str)
     params = {"specs": ("",), "segments": ("Q: ", "")}
     checked = Node("format", [v], params, Var(Str), "x.py:1")
     trusted = Node.trusted("format", (v,), tuple(sorted(params.items())), checked.out, "x.py:1")
-    fresh = Node.fresh("format", (v,), tuple(sorted(params.items())), Str, "x.py:1")
-    for n in (trusted, fresh):
+    state = trace_mod.TraceState()
+    out = state.add_trusted("format", (v,), tuple(sorted(params.items())), Str, "x.py:1")
+    for n in (trusted, state.nodes[0]):
         assert (n.op, n.inputs, n.params, n.loc, n.meta) == \
             (checked.op, checked.inputs, checked.params, checked.loc, checked.meta)
-    assert fresh.out.type == Str and fresh.out.id > checked.out.id
+    assert state.nodes[0].out is out and out.type == Str and out.id > checked.out.id
 
 
 def test_user_location_memo_survives_being_cleared(monkeypatch):
@@ -117,3 +118,16 @@ def test_traced_graph_and_passes_agree_with_the_checked_constructors():
     assert [n.params for n in rebuilt] == [n.params for n in graph.nodes]
     out, _ = run_passes(check_graph(graph), verify=True)
     assert out.count("llm_batch") == 1 and out.count("llm") == 2  # 3 batched, 2 as n=2, judge
+
+
+def test_markers_of_another_trace_stay_plain_text():
+    mine, other = trace_mod.TraceState(), trace_mod.TraceState()
+    x, y = mine.input("x"), other.input("y")
+    theirs = format(y, "")
+    assert mine.atomize(f"only {theirs}") == Lit(f"only {theirs}")
+    var = mine.atomize(f"<{theirs}|{x}|{x:>3}>")
+    node = mine.nodes[-1]
+    assert node.out is var and node.inputs == (x._var, x._var)
+    assert node.param("segments") == (f"<{theirs}|", "|", ">") and node.param("specs") == ("", ">3")
+    one = mine.atomize(f"{theirs}{x}")  # one marker of this trace after another's
+    assert mine.nodes[-1].out is one and mine.nodes[-1].param("segments") == (theirs, "")

@@ -19,6 +19,7 @@ from ember.ir.ops import OPS, is_effectful
 from ember.providers import sim
 from ember.passes import (DEFAULT_PASSES, Estimate, count_tokens, cse, dce, estimate, fuse,
                           level_of, priority_of, run_passes, schedule)
+from ember.passes.dce import count_calls
 
 SIM, OAI, ANT = "sim", "openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"
 CAPS = {"sim": (True, True), "openai": (True, False), "anthropic": (False, False)}  # n, batch
@@ -223,7 +224,8 @@ def test_schedule_levels_priorities_and_estimate():
     nodes = {n.out.id: n for n in g.nodes}
     assert [level_of(g, nodes[v.id]) for v in (first, second, side)] == [1, 2, 1]
     assert [priority_of(g, nodes[v.id]) for v in (first, second, side)] == [2.0, 1.0, 1.0]
-    assert (level_of(g, g.nodes[0]), priority_of(g, g.nodes[0])) == (0, 2.0)
+    assert g.nodes[0].op == "format" and level_of(g, g.nodes[0]) == 0
+    assert priority_of(g, g.nodes[0]) == 0.0  # priorities order model calls only
     assert g.nodes == src.nodes and level_of(src, src.nodes[0]) is None
     est = g.meta["estimate"]
     assert isinstance(est, Estimate) and est.critical_path_seconds == 2.0 and est.requests == 3
@@ -400,7 +402,12 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     assert dce(cur)[1].removed_nodes == 0  # no pass leaves dead nodes behind
     est = cur.meta["estimate"]  # the static estimate counts what the interpreter sent
     assert (est.requests, est.completions) == (after.requests, after.completions)
-    assert all(level_of(cur, n) is not None and priority_of(cur, n) >= 0 for n in cur.nodes)
+    assert all(level_of(cur, n) is not None for n in cur.nodes)
+    calls = {n.out.id for n in cur.nodes if n.op in ("llm", "llm_batch")}
+    assert set(cur.meta["priority"]) == calls  # a priority for each model call
+    # the pipeline's counts come from each pass's stats; verify=True checks them
+    _, results = run_passes(g, verify=True, batch=batch, max_batch=max_batch)
+    assert (results[-1].calls_after, results[-1].completions_after) == count_calls(cur)
 
 
 # ---------------------------------------------------------------- vmap's batching transform

@@ -91,23 +91,6 @@ class Node:
         node.meta = NO_META if meta is None else meta
         return node
 
-    @classmethod
-    def fresh(cls, op: str, inputs: tuple[Atom, ...], params: tuple, type_: Type,
-              loc: str | None = None) -> Node:
-        """`trusted`, with a new output var of type ``type_``: the tracer's hot path,
-        in one call instead of three."""
-        out = _new(Var)
-        out.id = next(_ids)
-        out.type = type_
-        node = _new(cls)
-        node.op = op
-        node.inputs = inputs
-        node.params = params
-        node.out = out
-        node.loc = loc
-        node.meta = NO_META
-        return node
-
     def param(self, name: str, default: Any = None) -> Any:
         for k, v in self.params:
             if k == name:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 from ..errors import TraceError
-from .graph import Atom, Graph, Lit, Node, Var
+from .graph import NO_META, Atom, Graph, Lit, Node, Var, _ids
 from .ops import OPS, REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
 from .types import AnyT, Json, ListT, ResponseT, Str, Type
 
@@ -39,10 +38,12 @@ __all__ = [
 
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
-_ANY_MARK = re.compile(_MARK_OPEN + r"([0-9a-f]{8})(\d+)" + _MARK_CLOSE)  # any trace's
 UNKNOWN = object()
 _PLAIN_SPECS = ("specs", ("",))  # the specs param of a format node of one plain {x}
 MAX_TRACE_NODES = 200_000
+_MODEL_OPS = frozenset(name for name, d in OPS.items() if d.impl is None)  # sent, not run
+_new = object.__new__
+_next_id = _ids.__next__
 
 trace_var: ContextVar[TraceState | None] = ContextVar("ember_trace", default=None)
 
@@ -167,26 +168,45 @@ class TraceState:
     def add_trusted(self, op: str, inputs: tuple[Atom, ...], params: tuple, type_: Type,
                     loc: str | None = None) -> Var:
         """`add` for nodes whose parts the caller vouches for (see `Node.trusted`): the
-        tracer's own formats and model calls."""
-        node = Node.fresh(op, inputs, params, type_, loc)
-        self._push(node)
-        return node.out
+        tracer's own formats and model calls. Builds the node in place: this is the
+        tracer's hot path."""
+        out = _new(Var)
+        out.id = _next_id()
+        out.type = type_
+        node = _new(Node)
+        node.op, node.inputs, node.params, node.out, node.loc, node.meta = \
+            op, inputs, params, out, loc, NO_META
+        nodes = self.nodes
+        if len(nodes) >= MAX_TRACE_NODES:
+            self._too_long()
+        nodes.append(node)
+        if self.lookup is not None and op in _MODEL_OPS:
+            self._look_up(node)
+        return out
 
     def _push(self, node: Node) -> None:
         nodes = self.nodes
         if len(nodes) >= MAX_TRACE_NODES:
-            raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
-                            "over model output?)")
+            self._too_long()
         nodes.append(node)
-        # model calls are looked up in trace order (a sampled call's occurrence counts);
-        # local ops wait until something reads their value
-        if self.lookup is not None and OPS[node.op].impl is None:
-            for a in node.inputs:
-                if a.__class__ is Var:
-                    self.value_of(a)
-            self._evaluate(node)
-            if node.out.id not in self.values:
-                self._settled.add(node.out.id)  # looked up once: occurrences count
+        if self.lookup is not None and node.op in _MODEL_OPS:
+            self._look_up(node)
+
+    @staticmethod
+    def _too_long() -> None:
+        raise StopTrace(f"the trace exceeded {MAX_TRACE_NODES} nodes (an unbounded loop "
+                        "over model output?)")
+
+    def _look_up(self, node: Node) -> None:
+        """A model call's answer, if the lookup knows it. Calls are looked up in trace
+        order (a sampled call's occurrence counts); local ops wait until something
+        reads their value."""
+        for a in node.inputs:
+            if a.__class__ is Var:
+                self.value_of(a)
+        self._evaluate(node)
+        if node.out.id not in self.values:
+            self._settled.add(node.out.id)  # looked up once: occurrences count
 
     def value_of(self, var: Var) -> Any:
         """The concrete value of a traced var (an exception if computing it raised), or
@@ -270,7 +290,7 @@ class TraceState:
         graph then depends on it), else a marker — or, in strict mode, a break."""
         var = tracer._var
         value = self.values.get(var.id, UNKNOWN)
-        if value is UNKNOWN and (self.lookup is not None or var.type != ResponseT):
+        if value is UNKNOWN and (self.lookup is not None or var.type is not ResponseT):
             # (without a lookup a model call's answer is unknown: skip the sweep)
             value = self.value_of(var)
         if value is UNKNOWN or isinstance(value, BaseException):
@@ -278,43 +298,39 @@ class TraceState:
         self.guarded = True
         return value.text
 
-    def _split_marks(self, value: str) -> list[str]:
-        """[text, index, text, index, ..., text] for this trace's markers; another
-        trace's markers stay plain text. (One regex for all traces: compiling one per
-        trace cost ~90 µs, more than tracing a small function.)"""
-        parts = _ANY_MARK.split(value)  # [text, nonce, index, text, nonce, index, ...]
-        if len(parts) == 4 and parts[1] == self.nonce:  # one marker: the common case
-            return [parts[0], parts[2], parts[3]]
-        out = [parts[0]]
-        for k in range(1, len(parts), 3):
-            if parts[k] == self.nonce:
-                out += (parts[k + 1], parts[k + 2])
-            else:
-                out[-1] += f"{_MARK_OPEN}{parts[k]}{parts[k + 1]}{_MARK_CLOSE}{parts[k + 2]}"
-        return out
-
     def atomize(self, value: Any, loc: str | None = None) -> Atom:
         """A traced value, a string holding markers, or a constant, as an atom."""
         if isinstance(value, Traced):
             return value._var
         if isinstance(value, str) and _MARK_OPEN in value:
-            # markers of this trace only (another trace's stay plain text): split gives
-            # [text, index, text, index, ..., text]
-            parts = self._split_marks(value)
-            if len(parts) == 3:  # one marker: the common f"...{x}..."
-                i = int(parts[1])
-                atom, spec = self.marked[i], self.specs[i]
-                if spec == "" and parts[0] == parts[2] == "" and atom.type == Str:
-                    return atom
-                return self.add_trusted("format", (atom,), (
-                    ("segments", (parts[0], parts[2])),
-                    _PLAIN_SPECS if spec == "" else ("specs", (spec,))), Str, loc)
-            if len(parts) > 1:
-                marks = [int(i) for i in parts[1::2]]
-                atoms = tuple([self.marked[i] for i in marks])
-                specs = tuple([self.specs[i] for i in marks])
-                return self.add_trusted("format", atoms, (
-                    ("segments", tuple(parts[0::2])), ("specs", specs)), Str, loc)
+            # split at this trace's markers only (another trace's stay plain text); each
+            # piece after the first is "<index>" CLOSE "<text>"
+            pieces = value.split(self._mark_open)
+            if len(pieces) == 2:  # one marker: the common f"...{x}..."
+                index, close, after = pieces[1].partition(_MARK_CLOSE)
+                if close and index.isdecimal():
+                    i = int(index)
+                    atom, spec, before = self.marked[i], self.specs[i], pieces[0]
+                    if spec == "" and not before and not after and \
+                            (atom.type is Str or atom.type == Str):
+                        return atom
+                    return self.add_trusted("format", (atom,), (
+                        ("segments", (before, after)),
+                        _PLAIN_SPECS if spec == "" else ("specs", (spec,))), Str, loc)
+            if len(pieces) > 1:
+                segments, atoms, specs = [pieces[0]], [], []
+                for piece in pieces[1:]:
+                    index, close, after = piece.partition(_MARK_CLOSE)
+                    if close and index.isdecimal():
+                        i = int(index)
+                        atoms.append(self.marked[i])
+                        specs.append(self.specs[i])
+                        segments.append(after)
+                    else:  # not a marker: plain text
+                        segments[-1] += self._mark_open + piece
+                if atoms:
+                    return self.add_trusted("format", tuple(atoms), (
+                        ("segments", tuple(segments)), ("specs", tuple(specs))), Str, loc)
         return Lit(value)
 
     # ---- breaks --------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..ir.graph import Graph, Lit, Node, Var
 from ..ir.ops import OPS
-from .dce import CALL_OPS, Interner, carry_meta, clone, plural
+from .dce import CALL_OPS, Interner, carry_meta, clone, completions, plural
 
 __all__ = ["cse", "CseStats", "mergeable"]
 
@@ -32,6 +32,11 @@ _PLAIN = frozenset(name for name, d in OPS.items() if d.pure and not d.calls_mod
 class CseStats:
     merged_nodes: int = 0
     merged_calls: int = 0  # model-call nodes among them
+    merged_completions: int = 0  # answers of those calls (their representatives give them)
+
+    def counts(self, calls: int, completions: int) -> tuple[int, int]:
+        """(model-call nodes, completions) after the pass, from those before it."""
+        return calls - self.merged_calls, completions - self.merged_completions
 
     @property
     def summary(self) -> str:
@@ -63,7 +68,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
     table: dict[tuple, Var] = {}
     nodes: list[Node] = []
     keep = nodes.append
-    merged = merged_calls = 0
+    merged = merged_calls = merged_done = 0
     intern = Interner()  # model calls' params (see Interner)
     plain, calls, lit_tag = _PLAIN, CALL_OPS, _LIT
     for node in graph.nodes:
@@ -105,7 +110,9 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
         if rep is not node.out:
             subst[node.out.id] = rep
             merged += 1
-            merged_calls += op in calls
+            if op in calls:
+                merged_calls += 1
+                merged_done += completions(node)
             continue
         keep(node)
     if not merged:
@@ -115,4 +122,4 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
                                 for a in graph.outputs]
     meta = carry_meta(graph)  # who was merged into whom, for inspect's pictures
     meta["merged"] = {**meta.get("merged", {}), **{k: v.id for k, v in subst.items()}}
-    return (Graph(list(graph.inputs), nodes, outputs, meta), CseStats(merged, merged_calls))
+    return (Graph(list(graph.inputs), nodes, outputs, meta), CseStats(merged, merged_calls, merged_done))

@@ -19,7 +19,6 @@ __all__ = ["dce", "DceStats", "CALL_OPS", "completions", "count_calls", "plural"
            "carry_meta", "clone", "Interner"]
 
 CALL_OPS = frozenset(name for name, d in OPS.items() if d.calls_model)  # model-call ops
-_N1 = ("n", 1)
 
 
 def clone(node: Node, *, inputs: tuple | None = None, meta: dict | None = None) -> Node:
@@ -64,12 +63,18 @@ def count_calls(graph: Graph) -> tuple[int, int]:
     """(model-call nodes, completions) in a graph."""
     calls = done = 0
     call_ops = CALL_OPS
+    n_of: dict[int, int] = {}  # id(params) -> n: the calls of a models() line share params
     for node in graph.nodes:
         op = node.op
         if op in call_ops:
             calls += 1
-            # most calls have n=1: a containment test in C before the param scan
-            done += 1 if op == "llm" and _N1 in node.params else completions(node)
+            if op == "llm":
+                k = n_of.get(id(node.params))
+                if k is None:
+                    k = n_of[id(node.params)] = node.param("n", 1)
+                done += k
+            else:
+                done += completions(node)
     return calls, done
 
 
@@ -90,6 +95,11 @@ class DceStats:
     removed_nodes: int = 0
     removed_calls: int = 0  # model-call nodes among them
     kept_effectful: int = 0  # nodes kept only because they are effectful
+    removed_completions: int = 0  # answers those calls would have produced
+
+    def counts(self, calls: int, completions: int) -> tuple[int, int]:
+        """(model-call nodes, completions) after the pass, from those before it."""
+        return calls - self.removed_calls, completions - self.removed_completions
 
     @property
     def summary(self) -> str:
@@ -106,7 +116,7 @@ def dce(graph: Graph) -> tuple[Graph, DceStats]:
     """Keep the nodes that outputs or effectful nodes (transitively) need."""
     live: set[int] = {a.id for a in graph.outputs if isinstance(a, Var)}
     keep: list[Node] = []
-    removed = calls = effectful_only = 0
+    removed = calls = done = effectful_only = 0
     gone: list[int] = []  # ids of removed nodes' outputs, for inspect's pictures
     for node in reversed(graph.nodes):  # one backward sweep: users come after producers
         if node.out.id in live:
@@ -115,7 +125,9 @@ def dce(graph: Graph) -> tuple[Graph, DceStats]:
             effectful_only += 1
         else:
             removed += 1
-            calls += node.op in CALL_OPS
+            if node.op in CALL_OPS:
+                calls += 1
+                done += completions(node)
             gone.append(node.out.id)
             continue
         keep.append(node)
@@ -129,4 +141,4 @@ def dce(graph: Graph) -> tuple[Graph, DceStats]:
         meta = carry_meta(graph)
         meta["removed"] = (*meta.get("removed", ()), *gone)
         out = Graph(list(graph.inputs), keep, list(graph.outputs), meta)
-    return out, DceStats(removed, calls, effectful_only)
+    return out, DceStats(removed, calls, effectful_only, done)

@@ -200,31 +200,38 @@ class _Sizes:
         rng, items, count, atom = self.rng, self.items, self.count, self.atom
         get = rng.get
         chars = count is _chars
+        answers: dict[int, tuple[Range, int]] = {}  # id(params) -> (one answer, answers)
         for node in nodes:
             op, out = node.op, node.out.id
             if op == "format":
-                segs = node.param("segments")
+                params = node.params  # name-sorted: segments first
+                segs = params[0][1] if params[0][0] == "segments" else node.param("segments")
                 lo = hi = sum(map(len, segs)) / 4 if chars else sum(map(count, segs))
                 for a in node.inputs:
-                    r = get(a.id, _DEFAULT_IN) if isinstance(a, Var) else atom(a)
+                    r = get(a.id, _DEFAULT_IN) if a.__class__ is Var else atom(a)
                     lo += r[0]
                     hi += r[1]
                 rng[out] = (lo, hi)
+            elif op == "llm" or op == "llm_batch":
+                known = answers.get(id(node.params))
+                if known is None:
+                    p = dict(node.params)
+                    hi = float(_max_tokens(p.get("params", ()),
+                                           provider_name(p.get("model", ""))))
+                    known = answers[id(node.params)] = ((max(1.0, hi // 4), hi), p.get("n", 1))
+                one, k = known
+                if op == "llm" and k == 1:
+                    rng[out] = one
+                else:
+                    if op == "llm_batch":
+                        k = len(node.inputs) // 2  # completions()
+                    items[out] = [one] * k
+                    rng[out] = (one[0] * k, one[1] * k)
             elif op == "attr" or op == "method":
                 a = node.inputs[0]
                 keep = op == "method" or node.param("name") == "text"  # text in, text out
                 rng[out] = (get(a.id, _DEFAULT_IN) if isinstance(a, Var) else atom(a)) \
                     if keep else _SMALL
-            elif op == "llm" or op == "llm_batch":
-                p = dict(node.params)
-                hi = float(_max_tokens(p.get("params", ()), provider_name(p.get("model", ""))))
-                one = (max(1.0, hi // 4), hi)
-                k = p.get("n", 1) if op == "llm" else len(node.inputs) // 2  # completions()
-                if op == "llm" and k == 1:
-                    rng[out] = one
-                else:
-                    items[out] = [one] * k
-                    rng[out] = (one[0] * k, one[1] * k)
             elif op == "getitem":
                 whole, key = node.inputs[0], node.param("key")
                 try:
@@ -282,6 +289,7 @@ class _Tally:
         self.caps = CapsCache()
         self.sizes: dict[str, _Sizes] = {}  # one sweep per token counter in use
         self.models: dict[str, tuple] = {}  # model -> (provider, price, caps, sizes)
+        self.by_params: dict[int, tuple] = {}  # id(node params) -> what call() needs
         self.sim_latency: float | None = None
         self.requests = self.calls = self.answers = 0
         self.in_lo = self.in_hi = self.out_lo = self.out_hi = 0
@@ -291,24 +299,23 @@ class _Tally:
 
     def call(self, node: Node) -> float:
         """Account for one model-call node; return its latency in seconds."""
-        p = dict(node.params)
-        model = p.get("model", "")
-        info = self.models.get(model)
-        if info is None:
-            provider, name = split_model(model)
-            kind, count = _counter(model)
-            s = self.sizes.get(kind)
-            if s is None:
-                s = self.sizes[kind] = _Sizes(self.graph, count, self.inputs)
-            info = self.models[model] = (provider, price_for(provider, name), self.caps(model), s)
-        provider, price, caps, s = info
+        info = self.by_params.get(id(node.params))
+        if info is None:  # a models() line's calls share one params tuple
+            p = dict(node.params)
+            model = p.get("model", "")
+            provider, price, caps, s = self._model(model)
+            per_out = _max_tokens(p.get("params", ()), provider)
+            info = self.by_params[id(node.params)] = (
+                model, price, caps, s, per_out, p.get("n", 1), self._latency(provider, per_out))
+        model, price, caps, s, per_out, k, seconds = info
         ins = node.inputs
-        per_out = _max_tokens(p.get("params", ()), provider)
         if node.op == "llm":
-            k = p.get("n", 1)
             i_lo, i_hi = s.prompt(ins[0], ins[1])
-            reqs = 1 if (k == 1 or caps.supports_n) else k  # without n: k full requests
-            i_lo, i_hi = i_lo * reqs, i_hi * reqs
+            if k > 1 and not caps.supports_n:  # without n: k full requests
+                reqs = k
+                i_lo, i_hi = i_lo * k, i_hi * k
+            else:
+                reqs = 1
         else:
             k = len(ins) // 2
             reqs = 1 if caps.supports_batch else k
@@ -333,9 +340,26 @@ class _Tally:
         elif self.cost_lo is not None and self.cost_hi is not None:
             self.cost_lo += (i_lo * price.input + o_lo * price.output) / 1e6
             self.cost_hi += (i_hi * price.input + o_hi * price.output) / 1e6
-        if self.latency is not None:
-            lat = self.latency
-            return float(lat(node) if callable(lat) else lat)
+        lat = self.latency
+        return seconds if not callable(lat) else float(lat(node))
+
+    def _model(self, model: str) -> tuple:
+        """(provider, price, caps, sizes) of a model, found once per estimate."""
+        info = self.models.get(model)
+        if info is None:
+            provider, name = split_model(model)
+            kind, count = _counter(model)
+            s = self.sizes.get(kind)
+            if s is None:
+                s = self.sizes[kind] = _Sizes(self.graph, count, self.inputs)
+            info = self.models[model] = (provider, price_for(provider, name), self.caps(model), s)
+        return info
+
+    def _latency(self, provider: str, per_out: int) -> float:
+        """Seconds per request (a callable ``latency=`` is asked per node instead)."""
+        lat = self.latency
+        if lat is not None:
+            return 0.0 if callable(lat) else float(lat)
         if provider == "sim":
             if self.sim_latency is None:
                 self.sim_latency = _sim_latency()
@@ -345,41 +369,44 @@ class _Tally:
 
 def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
             latency: Latency = None) -> tuple[Estimate, dict[int, float], dict[int, int]]:
-    """The estimate, the latency (seconds) of each model call (by output var id), and
-    every node's level: model calls on the longest path from the inputs, itself
-    included (by output var id)."""
+    """The estimate, the latency (seconds) of each model call, and each node's level
+    (model calls on the longest path from the inputs, itself included), both by
+    output var id. Levels of 0 (before any call) are left out."""
     if inputs is not None and len(inputs) != len(graph.inputs):
         raise ValueError(f"estimate: the graph has {len(graph.inputs)} inputs, "
                          f"got {len(inputs)} example values")
     t = _Tally(graph, inputs, latency)
     calls = CALL_OPS
     lat: dict[int, float] = {}
-    finish: dict[int, float] = {}  # var id -> when its value is ready (seconds)
-    depth: dict[int, int] = {}  # var id -> its level
-    end_of, level_of = finish.get, depth.get
+    # var id -> (when its value is ready in seconds, its level); only vars downstream
+    # of a model call (the rest are (0.0, 0), the default)
+    after: dict[int, tuple[float, int]] = {}
+    level: dict[int, int] = {}
+    get = after.get
     critical = 0.0
     for node in graph.nodes:
-        start, level = 0.0, 0
+        start, lv = 0.0, 0
         for a in node.inputs:
-            if isinstance(a, Var):
-                x = end_of(a.id, 0.0)
-                if x > start:
-                    start = x
-                d = level_of(a.id, 0)
-                if d > level:
-                    level = d
+            if a.__class__ is Var:
+                got = get(a.id)
+                if got is not None:
+                    if got[0] > start:
+                        start = got[0]
+                    if got[1] > lv:
+                        lv = got[1]
         out = node.out.id
         if node.op in calls:
-            level += 1
+            lv += 1
             seconds = lat[out] = t.call(node)
             start += seconds
             if start > critical:
                 critical = start
-        finish[out] = start
-        depth[out] = level
+        if lv:
+            after[out] = (start, lv)
+            level[out] = lv
     est = Estimate(t.requests, t.calls, t.answers, int(t.in_hi), int(t.in_lo), int(t.out_hi),
                    int(t.out_lo), t.cost_lo, t.cost_hi, critical, tuple(t.unpriced))
-    return est, lat, depth
+    return est, lat, level
 
 
 def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,

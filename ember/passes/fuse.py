@@ -27,8 +27,9 @@ The per-member source locations go to the fused node's ``meta["locs"]``.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
-from typing import Any, Container, Iterable
+from typing import Any, Iterable
 
 from .. import providers
 from ..ir.graph import Graph, Node, Var
@@ -87,6 +88,11 @@ class FuseStats:
     batched_calls: int = 0  # calls folded into them
     unfused_no_n: int = 0  # sampled calls left apart: their provider lacks `n`
 
+    def counts(self, calls: int, completions: int) -> tuple[int, int]:
+        """(model-call nodes, completions) after the pass: fusion keeps every answer."""
+        return (calls - self.sampled_calls + self.sampled_groups - self.batched_calls
+                + self.batches, completions)
+
     @property
     def summary(self) -> str:
         parts = []
@@ -136,51 +142,6 @@ def _join(fronts: list[Any]) -> Any:
     return u if len(u) <= _FRONTIER_CAP else object()
 
 
-def _ready_keys(nodes: list[Node], mode: str, single: dict[int, Any], rep: dict[int, int],
-                skip: set[int]) -> dict[int, Any]:
-    """For each n=1 llm node (positions in ``single``) outside ``skip``: when its inputs
-    become ready. ``rep`` maps each n-fused call to its group's first call."""
-    keys: dict[int, Any] = {}
-    if mode == "level":
-        level = call_levels(nodes)
-        for i, node in enumerate(nodes):
-            if i in single and i not in skip:
-                keys[i] = level[node.out.id] - 1
-        return keys
-    calls = CALL_OPS
-    front: dict[int, Any] = {}  # var id -> the model calls it waits on (frontier)
-    own_of: dict[int, frozenset] = {}
-    get = front.get
-    for i, node in enumerate(nodes):
-        f: Any = _EMPTY
-        many = None
-        for a in node.inputs:
-            if isinstance(a, Var):
-                g = get(a.id, _EMPTY)
-                if g and g is not f:
-                    if f:
-                        many = [f, g] if many is None else many + [g]
-                    else:
-                        f = g
-        if many is not None:
-            f = _join(many)
-        if node.op in calls:
-            if i in single and i not in skip:
-                keys[i] = f
-            r = rep.get(node.out.id, node.out.id)
-            own = own_of.get(r)
-            if own is None:
-                own = own_of[r] = frozenset((r,))
-            front[node.out.id] = own
-        else:
-            front[node.out.id] = f
-    return keys
-
-
-def _atom_key(a: Any) -> Any:
-    return a.id if isinstance(a, Var) else (_LIT, a.value.__class__, a.value)
-
-
 def _chunks(members: list[int], size: int) -> list[list[int]]:
     return [members[i:i + size] for i in range(0, len(members), size)]
 
@@ -196,17 +157,20 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[li
         gone.update(g[1:])
     out: list[Node] = []
     batches: set[int] = set()
-    for i, node in enumerate(nodes):
-        if i in gone:
-            continue
+    prev = 0
+    for i in sorted(gone.union(first)):  # the untouched runs between are copied whole
+        out += nodes[prev:i]
+        prev = i + 1
         group = first.get(i)
-        if group is None:
-            out.append(node)
-        else:
+        if group is not None:
             if group[0] == "batch":
                 batches.add(len(out))
-            out.extend(_fused(group[0], [nodes[j] for j in group[1]]))
+            out += _fused(group[0], [nodes[j] for j in group[1]])
+    out += nodes[prev:]
     return out, batches
+
+
+_KEYS = tuple((("key", i),) for i in range(128))  # getitem params, shared
 
 
 def _fused(kind: str, members: list[Node]) -> list[Node]:
@@ -225,37 +189,50 @@ def _fused(kind: str, members: list[Node]) -> list[Node]:
                   ("options", p.get("options")), ("params", p.get("params", ())))
         node = Node.trusted("llm_batch", tuple(a for m in members for a in m.inputs), params,
                             out, head.loc, meta)
-    return [node] + [Node.trusted("getitem", (out,), (("key", i),), m.out, m.loc)
-                     for i, m in enumerate(members)]
+    trusted = Node.trusted
+    return [node] + [trusted("getitem", (out,), _KEYS[i] if i < 128 else (("key", i),),
+                             m.out, m.loc) for i, m in enumerate(members)]
 
 
-def toposort(nodes: list[Node], starts: Container[int] | None = None) -> list[Node]:
+def toposort(nodes: list[Node], starts: Iterable[int] | None = None) -> list[Node]:
     """Order nodes so every var is defined before use, moving as little as possible
     (depth-first: each node is preceded by its not-yet-placed producers). ``starts``:
     the positions of the only nodes that may use a var defined after them (default:
-    any node). Linear."""
+    any node); the runs between them are copied whole. Linear."""
     where = {n.out.id: i for i, n in enumerate(nodes)}
     early: set[int] = set()  # positions placed ahead of their turn
+    pulled: list[int] = []  # the same, as a heap: the copied runs skip them
     out: list[Node] = []
-    for i, node in enumerate(nodes):
+
+    def copy(a: int, b: int) -> None:  # nodes[a:b], minus those placed early
+        nonlocal out
+        while pulled and pulled[0] < b:
+            j = heapq.heappop(pulled)
+            out += nodes[a:j]
+            a = max(a, j + 1)
+        out += nodes[a:b]
+
+    prev = 0
+    for i in (range(len(nodes)) if starts is None else sorted(starts)):
+        copy(prev, i)
+        prev = i + 1
         if i in early:
             continue
-        if starts is not None and i not in starts:
-            out.append(node)
-            continue
         # every position before i is placed; a producer after i goes first (and its own)
-        stack = [(i, iter(node.inputs))]
+        stack = [(i, iter(nodes[i].inputs))]
         while stack:
             k, ins = stack[-1]
             for a in ins:
-                j = where.get(a.id, -1) if isinstance(a, Var) else -1
+                j = where.get(a.id, -1) if a.__class__ is Var else -1
                 if j > i and j not in early:
                     early.add(j)
+                    heapq.heappush(pulled, j)
                     stack.append((j, iter(nodes[j].inputs)))
                     break
             else:
                 stack.pop()
                 out.append(nodes[k])
+    copy(prev, len(nodes))
     return out
 
 
@@ -267,45 +244,83 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
         raise ValueError(f"fuse: batch must be 'ready', 'level' or False, got {batch!r}")
     caps = CapsCache()
     nodes = graph.nodes
+    ready = mode == "ready"
+    calls = CALL_OPS
 
-    # (a) identical sampled calls -> one llm node with n=k
+    # One forward sweep. (a) groups identical sampled calls (same model, params,
+    # options, prompt and system) for n-fusion; (b) notes when each n=1 call becomes
+    # ready: the set of upstream model calls its inputs wait on (its frontier). An
+    # n-group is one request, so its members share one frontier token.
     kinds: dict[tuple, int] = {}  # (model, params, options) -> a small id, hashed once
     options = Interner()
     models: list[str] = []
-    # id(params) -> (params, kind id or None when n > 1, deterministic): the tracer
-    # shares one params tuple among the calls of one models() line
-    seen: dict[int, tuple[tuple, int | None, bool]] = {}
-    same: dict[tuple, list[int]] = {}
+    # id(params) -> (params, kind id or None when n > 1, deterministic, supports n):
+    # the tracer shares one params tuple among the calls of one models() line
+    seen: dict[int, tuple[tuple, int | None, bool, bool]] = {}
+    same: dict[tuple, list[int]] = {}  # sample key -> positions
     single: dict[int, int] = {}  # position -> kind id of each n=1 llm node
+    when: dict[int, Any] = {}  # position -> frontier of each n=1 llm node
+    front: dict[int, Any] = {}  # var id -> the model calls it waits on (frontier)
+    tokens: dict[Any, frozenset] = {}
+    get = front.get
     for i, node in enumerate(nodes):
-        if node.op != "llm":
+        op = node.op
+        if ready:
+            f: Any = _EMPTY
+            many = None
+            for a in node.inputs:
+                if a.__class__ is Var:
+                    g = get(a.id, _EMPTY)
+                    if g and g is not f:
+                        if f:
+                            many = [f, g] if many is None else many + [g]
+                        else:
+                            f = g
+            if many is not None:
+                f = _join(many)
+            if op not in calls:
+                if f:  # no entry: waits on no call (the default)
+                    front[node.out.id] = f
+                continue
+        elif op != "llm":
             continue
-        info = seen.get(id(node.params))
-        if info is None:
-            p = dict(node.params)
-            kind = None
-            if p.get("n", 1) == 1:
-                kind = kinds.setdefault(
-                    (p.get("model"), p.get("params", ()), options(p.get("options"))), len(kinds))
-                if kind == len(models):
-                    models.append(p.get("model"))
-            info = seen[id(node.params)] = (node.params, kind,
-                                            bool(p.get("deterministic", False)))
-        _, kind, deterministic = info
-        if kind is None:
-            continue
-        single[i] = kind
-        if deterministic:
-            continue
-        try:
-            key = (kind, _atom_key(node.inputs[0]), _atom_key(node.inputs[1]))
-            members = same.get(key)
-        except TypeError:  # an unhashable literal prompt
-            continue
-        if members is None:
-            same[key] = [i]
-        else:
-            members.append(i)
+        token: Any = node.out.id
+        if op == "llm":
+            info = seen.get(id(node.params))
+            if info is None:
+                p = dict(node.params)
+                kind = None
+                if p.get("n", 1) == 1:
+                    kind = kinds.setdefault((p.get("model"), p.get("params", ()),
+                                             options(p.get("options"))), len(kinds))
+                    if kind == len(models):
+                        models.append(p.get("model"))
+                info = seen[id(node.params)] = (
+                    node.params, kind, bool(p.get("deterministic", False)),
+                    kind is not None and caps(models[kind]).supports_n)
+            _, kind, deterministic, has_n = info
+            if kind is not None:
+                single[i] = kind
+                if ready:
+                    when[i] = f
+                if not deterministic:
+                    a, b = node.inputs[0], node.inputs[1]  # prompt, system
+                    key = (kind,
+                           a.id if a.__class__ is Var else (_LIT, a.value.__class__, a.value),
+                           b.id if b.__class__ is Var else (_LIT, b.value.__class__, b.value))
+                    try:
+                        members = same.setdefault(key, [])
+                    except TypeError:  # an unhashable literal prompt
+                        members = None
+                    if members is not None:
+                        if has_n:  # the chunk of n-group this call will be in
+                            token = (key, len(members) // max_n)
+                        members.append(i)
+        if ready:
+            own = tokens.get(token)
+            if own is None:
+                own = tokens[token] = frozenset((token,))
+            front[node.out.id] = own
     n_groups: list[list[int]] = []
     no_n = 0
     for key, members in same.items():
@@ -316,15 +331,19 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
             continue
         n_groups.extend(g for g in _chunks(members, max_n) if len(g) > 1)
 
-    # (b) calls to one model that become ready together -> one llm_batch node. Computed
-    # on the original positions, as if (a) were done: an n-group is one request.
+    # (b) calls to one model that become ready together -> one llm_batch node (an
+    # n-fused call is not batched again)
     b_groups: list[list[int]] = []
     if mode is not None:
-        rep = {nodes[j].out.id: nodes[g[0]].out.id for g in n_groups for j in g}
-        skip = {j for g in n_groups for j in g}
+        fused = {j for g in n_groups for j in g}
+        if mode == "level":
+            level = call_levels(nodes)
+            when = {i: level[nodes[i].out.id] - 1 for i in single}
         groups: dict[tuple, list[int]] = {}
-        for i, when in _ready_keys(nodes, mode, single, rep, skip).items():
-            key = (single[i], when)
+        for i, kind in single.items():
+            if i in fused:
+                continue
+            key = (kind, when[i])
             members = groups.get(key)
             if members is None:
                 groups[key] = [i]

@@ -1,18 +1,18 @@
 """Scheduling annotations.
 
-``graph.meta["level"]`` maps every node's output var id to its wavefront: the number
-of model calls on the longest path from the inputs to it (first-wave calls are level
-1; local ops before any call are level 0). Levels are for display: the backend starts
-a node the moment its inputs are ready and never waits for a whole wave.
+``graph.meta["level"]`` holds each node's wavefront: the number of model calls on the
+longest path from the inputs to it (first-wave calls are level 1; local ops before
+any call are level 0 and left out of the table). Levels are for display: the backend
+starts a node the moment its inputs are ready and never waits for a whole wave.
 
-``graph.meta["priority"]`` maps every node's output var id to the longest estimated
-latency (seconds) from the start of this node to any output, its own latency
-included. When concurrency is limited the backend starts the ready node with the
-highest priority first, which is the critical-path-first list-scheduling rule.
+``graph.meta["priority"]`` holds, for each model call, the longest estimated latency
+(seconds) from its start to any output, its own latency included. When concurrency
+is limited the backend starts the ready call with the highest priority first, which
+is the critical-path-first list-scheduling rule.
 
-Both are graph-level tables, not per-node meta: the pass keeps the node objects of
-its input (annotating each node would mean copying it, which cost a third of the
-pass), and `level_of` / `priority_of` read them.
+Both are graph-level tables keyed by output var id, not per-node meta: the pass keeps
+the node objects of its input (annotating each node would mean copying it, which
+cost a third of the pass); `level_of` and `priority_of` read them.
 
 ``graph.meta["estimate"]`` holds the static `Estimate` (see ``estimate.py``).
 Structural passes drop it, so it always describes the graph it sits on.
@@ -33,11 +33,12 @@ __all__ = ["schedule", "ScheduleStats", "level_of", "priority_of"]
 def level_of(graph: Graph, node: Node) -> int | None:
     """A node's wavefront in a scheduled graph (None before `schedule` ran)."""
     levels = graph.meta.get("level")
-    return None if levels is None else levels.get(node.out.id)
+    return None if levels is None else levels.get(node.out.id, 0)
 
 
 def priority_of(graph: Graph, node: Node) -> float:
-    """A node's priority in a scheduled graph (0.0 before `schedule` ran)."""
+    """A model call's priority in a scheduled graph (0.0 for other nodes, and before
+    `schedule` ran)."""
     return graph.meta.get("priority", {}).get(node.out.id, 0.0)
 
 
@@ -45,6 +46,10 @@ def priority_of(graph: Graph, node: Node) -> float:
 class ScheduleStats:
     levels: int = 0  # waves of model calls
     estimate: Estimate = Estimate()
+
+    def counts(self, calls: int, completions: int) -> tuple[int, int]:
+        """(model-call nodes, completions) after the pass: unchanged."""
+        return calls, completions
 
     @property
     def summary(self) -> str:
@@ -65,11 +70,15 @@ def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
     get, seconds = tail.get, lat.get
     for node in reversed(graph.nodes):  # backward: users before producers
         out = node.out.id
-        p = seconds(out, 0.0) + get(out, 0.0)
-        priority[out] = p
-        for a in node.inputs:
-            if isinstance(a, Var) and get(a.id, -1.0) < p:
-                tail[a.id] = p
+        p = get(out, 0.0)
+        s = seconds(out)
+        if s is not None:  # a model call
+            p += s
+            priority[out] = p
+        if p:
+            for a in node.inputs:
+                if a.__class__ is Var and get(a.id, -1.0) < p:
+                    tail[a.id] = p
     meta = dict(graph.meta)
     meta["estimate"], meta["level"], meta["priority"] = est, level, priority
     return (Graph(list(graph.inputs), list(graph.nodes), list(graph.outputs), meta),
