@@ -6,9 +6,11 @@ needs a model's answer ends the trace there and is listed.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ._jit import Jitted, trace_inputs
 from .ir.graph import Graph
 from .ir.printing import format_graph, pass_effects, to_dot, to_mermaid
 from .ir.trace import StopTrace, Suspend, TraceState, trace_var, tracing
@@ -106,11 +108,6 @@ def _indent(text: str) -> str:
 
 def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceState, bool, str | None]:
     """Trace without running anything. Returns (graph, state, complete, note)."""
-    import asyncio
-    import inspect as _pyinspect
-
-    from ._jit import Jitted, trace_inputs
-
     if isinstance(fn, Jitted):
         fn = fn.fn
     state = TraceState()
@@ -121,7 +118,7 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
     try:
         with tracing(state):
             result = fn(*targs, **tkwargs)
-        if _pyinspect.iscoroutine(result):
+        if asyncio.iscoroutine(result):
             result = asyncio.run(result)
     except Suspend:
         complete = False

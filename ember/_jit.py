@@ -41,6 +41,7 @@ from .backends.record import Recorder, recorder_var
 from .backends.policy import current_options
 from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
+from .passes import run_passes
 from .ir.trace import (UNKNOWN, StopTrace, Suspend, TraceState, current_trace, tracing,
                        trace_var)
 
@@ -142,8 +143,6 @@ def _substitute_known(graph: Graph, values: dict[int, Any]) -> Graph:
 
 
 def _compile(graph: Graph, verify: bool = False) -> tuple[Graph, list]:
-    from .passes import run_passes
-
     return run_passes(graph, verify=verify)
 
 

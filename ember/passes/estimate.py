@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -172,7 +173,9 @@ def _sum(ranges: Any) -> Range:
 
 
 class _Sizes:
-    """Token ranges of every var under one token counter (one forward sweep)."""
+    """Token ranges of every var under one token counter, from one forward sweep. The
+    sweep of the default counter (~4 characters a token) also does the estimate's
+    own per-node work (`_Analysis`), so the usual graph is walked once."""
 
     def __init__(self, graph: Graph, count: Callable[[str], float],
                  inputs: Sequence[Any] | None) -> None:
@@ -184,7 +187,6 @@ class _Sizes:
                 self.rng[v.id], items = _text_range(inputs[i], count)
                 if items is not None:
                     self.items[v.id] = items
-        self._sweep(graph.nodes)
 
     def atom(self, a: Any) -> Range:
         if isinstance(a, Var):
@@ -196,13 +198,37 @@ class _Sizes:
             return self.items.get(a.id)
         return _text_range(a.value, self.count)[1]
 
-    def _sweep(self, nodes: list[Node]) -> None:
+    def sweep(self, nodes: list[Node], analysis: _Analysis | None = None) -> None:
         rng, items, count, atom = self.rng, self.items, self.count, self.atom
         get = rng.get
         chars = count is _chars
         answers: dict[int, tuple[Range, int]] = {}  # id(params) -> (one answer, answers)
+        if analysis is not None:
+            after, level, lat, call = analysis.after, analysis.level, analysis.lat, \
+                analysis.tally.call
+            when = after.get
+            calls = CALL_OPS
         for node in nodes:
             op, out = node.op, node.out.id
+            if analysis is not None:  # when the node can start, its level (see analyze)
+                start, lv = 0.0, 0
+                for a in node.inputs:
+                    if a.__class__ is Var:
+                        got = when(a.id)
+                        if got is not None:
+                            if got[0] > start:
+                                start = got[0]
+                            if got[1] > lv:
+                                lv = got[1]
+                if op in calls:
+                    lv += 1
+                    seconds = lat[out] = call(node)
+                    start += seconds
+                    if start > analysis.critical:
+                        analysis.critical = start
+                if lv:
+                    after[out] = (start, lv)
+                    level[out] = lv
             if op == "format":
                 params = node.params  # name-sorted: segments first
                 segs = params[0][1] if params[0][0] == "segments" else node.param("segments")
@@ -267,8 +293,9 @@ class _Sizes:
 
 # ---- the estimate ---------------------------------------------------------------------
 def _sim_latency() -> float:
-    from ..providers import sim
-
+    sim = sys.modules.get("ember.providers.sim")  # a graph that calls sim imported it
+    if sim is None:
+        from ..providers import sim
     spec = sim._config.latency
     if isinstance(spec, (int, float)):
         return float(spec)
@@ -350,8 +377,9 @@ class _Tally:
             provider, name = split_model(model)
             kind, count = _counter(model)
             s = self.sizes.get(kind)
-            if s is None:
+            if s is None:  # another counter (tiktoken): a sizes-only sweep of its own
                 s = self.sizes[kind] = _Sizes(self.graph, count, self.inputs)
+                s.sweep(self.graph.nodes)
             info = self.models[model] = (provider, price_for(provider, name), self.caps(model), s)
         return info
 
@@ -367,6 +395,21 @@ class _Tally:
         return BASE_LATENCY + PER_TOKEN_LATENCY * per_out
 
 
+class _Analysis:
+    """What `analyze` gathers per node, filled in by the default counter's sweep."""
+
+    __slots__ = ("tally", "lat", "after", "level", "critical")
+
+    def __init__(self, tally: _Tally) -> None:
+        self.tally = tally
+        self.lat: dict[int, float] = {}  # model call's var id -> its latency
+        # var id -> (when its value is ready in seconds, its level); only vars downstream
+        # of a model call (the rest are (0.0, 0), the default)
+        self.after: dict[int, tuple[float, int]] = {}
+        self.level: dict[int, int] = {}
+        self.critical = 0.0
+
+
 def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
             latency: Latency = None) -> tuple[Estimate, dict[int, float], dict[int, int]]:
     """The estimate, the latency (seconds) of each model call, and each node's level
@@ -376,37 +419,12 @@ def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
         raise ValueError(f"estimate: the graph has {len(graph.inputs)} inputs, "
                          f"got {len(inputs)} example values")
     t = _Tally(graph, inputs, latency)
-    calls = CALL_OPS
-    lat: dict[int, float] = {}
-    # var id -> (when its value is ready in seconds, its level); only vars downstream
-    # of a model call (the rest are (0.0, 0), the default)
-    after: dict[int, tuple[float, int]] = {}
-    level: dict[int, int] = {}
-    get = after.get
-    critical = 0.0
-    for node in graph.nodes:
-        start, lv = 0.0, 0
-        for a in node.inputs:
-            if a.__class__ is Var:
-                got = get(a.id)
-                if got is not None:
-                    if got[0] > start:
-                        start = got[0]
-                    if got[1] > lv:
-                        lv = got[1]
-        out = node.out.id
-        if node.op in calls:
-            lv += 1
-            seconds = lat[out] = t.call(node)
-            start += seconds
-            if start > critical:
-                critical = start
-        if lv:
-            after[out] = (start, lv)
-            level[out] = lv
+    sizes = t.sizes["chars"] = _Sizes(graph, _chars, inputs)
+    found = _Analysis(t)
+    sizes.sweep(graph.nodes, found)
     est = Estimate(t.requests, t.calls, t.answers, int(t.in_hi), int(t.in_lo), int(t.out_hi),
-                   int(t.out_lo), t.cost_lo, t.cost_hi, critical, tuple(t.unpriced))
-    return est, lat, level
+                   int(t.out_lo), t.cost_lo, t.cost_hi, found.critical, tuple(t.unpriced))
+    return est, found.lat, found.level
 
 
 def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,
