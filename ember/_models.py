@@ -69,23 +69,55 @@ _NO_SYSTEM = Lit(None)
 
 
 class _Call:
-    """A models() call's model and params, resolved once per trace (loops repeat them)."""
+    """A models() call's model and params, resolved once (loops and later traces repeat
+    them). Valid while its provider's instance is the registered one."""
 
-    __slots__ = ("label", "frozen", "n", "deterministic", "_options", "_params")
+    __slots__ = ("provider", "inst", "label", "frozen", "n", "deterministic", "_shared")
 
-    def __init__(self, label: str, frozen: tuple, n: int, deterministic: bool) -> None:
-        self.label, self.frozen, self.n, self.deterministic = label, frozen, n, deterministic
-        self._options: Any = None
-        self._params: tuple = ()
+    def __init__(self, provider: str, inst: Any, label: str, frozen: tuple, n: int,
+                 deterministic: bool) -> None:
+        self.provider, self.inst, self.label = provider, inst, label
+        self.frozen, self.n, self.deterministic = frozen, n, deterministic
+        self._shared: tuple = (None, ())  # (options, params): one attribute, set at once
 
     def params(self, options: Any) -> tuple:
         """The llm node's params as Node keeps them (sorted by name; all hashable),
         shared by the calls made under the same options."""
-        if options is not self._options:
-            self._options = options
-            self._params = (("deterministic", self.deterministic), ("model", self.label),
-                            ("n", self.n), ("options", options), ("params", self.frozen))
-        return self._params
+        shared = self._shared
+        if options is not shared[0]:
+            shared = self._shared = (options, (
+                ("deterministic", self.deterministic), ("model", self.label), ("n", self.n),
+                ("options", options), ("params", self.frozen)))
+        return shared[1]
+
+
+# (model, params) -> _Call, for the whole process: resolving a model id and its params
+# costs ~10 µs, as much as tracing a few calls. A hit is checked against the provider
+# registry (register() and reset() make new instances), so it is never stale.
+_calls: dict[tuple, _Call] = {}
+_MAX_CALLS = 1024
+
+
+def _resolve(state: Any, model: Any, params: dict[str, Any]) -> _Call:
+    try:
+        key: Any = (model, tuple(params.items()))
+        call = _calls.get(key)
+    except TypeError:  # an unhashable param value (a JSON schema dict)
+        key = call = None
+    if call is not None and providers._instances.get(call.provider) is call.inst:
+        return call
+    provider, name, inst = canonical_model(model)
+    if has_traced(params, state):
+        raise StopTrace("a traced value in model parameters")
+    _, frozen, n = normalize_params(params)
+    probe = Request(provider, name, (("user", ""),), None, frozen)
+    call = _Call(provider, inst, f"{provider}/{name}" if name else provider, frozen, n,
+                 probe.deterministic(inst.default_temperature))
+    if key is not None:
+        if len(_calls) >= _MAX_CALLS:
+            _calls.clear()
+        _calls[key] = call
+    return call
 
 
 def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
@@ -93,21 +125,7 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     if not isinstance(model, str):
         model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
     system = params.pop("system", None)  # params: this call's own keyword arguments
-    try:  # a loop calls models() with the same model and params: resolve them once
-        ckey: Any = (model, tuple(params.items()))
-        call = state.call_cache.get(ckey)
-    except TypeError:  # an unhashable param value (a JSON schema dict)
-        ckey = call = None
-    if call is None:
-        provider, name, inst = canonical_model(model)
-        if has_traced(params, state):
-            raise StopTrace("a traced value in model parameters")
-        _, frozen, n = normalize_params(params)
-        probe = Request(provider, name, (("user", ""),), None, frozen)
-        call = _Call(f"{provider}/{name}" if name else provider, frozen, n,
-                     probe.deterministic(inst.default_temperature))
-        if ckey is not None:
-            state.call_cache[ckey] = call
+    call = _resolve(state, model, params)
     n = call.n
     p_atom = state.atomize(prompt, loc) if isinstance(prompt, str) else \
         _prompt_atom(state, prompt, loc)

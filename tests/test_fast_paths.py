@@ -131,3 +131,26 @@ def test_markers_of_another_trace_stay_plain_text():
     assert node.param("segments") == (f"<{theirs}|", "|", ">") and node.param("specs") == ("", ">3")
     one = mine.atomize(f"{theirs}{x}")  # one marker of this trace after another's
     assert mine.nodes[-1].out is one and mine.nodes[-1].param("segments") == (theirs, "")
+
+
+def test_resolved_calls_follow_the_provider_registry():
+    from ember import providers
+
+    async def answer(request):
+        return "ok"
+
+    def fn(x: str):
+        return models("mine/m", f"q {x}").text
+
+    def deterministic() -> bool:
+        graph, *_ = trace_graph(fn, ("a",), {})
+        return graph.nodes[1].param("deterministic")
+
+    try:
+        providers.register("mine", answer, default_temperature=0.0)
+        assert deterministic() and deterministic()  # the second trace reuses the resolution
+        providers.register("mine", answer, default_temperature=1.0)  # a new instance
+        assert not deterministic()
+    finally:
+        providers._custom.pop("mine", None)
+        providers._instances.pop("mine", None)

@@ -134,7 +134,6 @@ class TraceState:
         self.strict = strict  # .text / str() / format() of unknown values suspend
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
-        self.call_cache: dict[tuple, Any] = {}  # models() arguments -> resolved call
         # Local ops are evaluated on demand (`value_of`): most traced values are never
         # read, and computing every prompt while tracing cost a fifth of the trace.
         self._producer: dict[int, Node] = {}  # var id -> node, indexed on demand
