@@ -268,12 +268,20 @@ class TraceState:
             values[node.out.id] = exc
 
     def graph(self, result: Any) -> Graph:
-        outputs: list[Atom] = []
-        for leaf in _leaves(result):
-            atom = self.atomize(leaf)
-            if isinstance(atom, Var):
-                outputs.append(atom)
-        return Graph(list(self.inputs), list(self.nodes), outputs)
+        """The recorded graph, with ``result``'s leaves as its outputs (formatting them
+        adds nodes: the collector stays paused for those too, see `tracing`)."""
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            outputs: list[Atom] = []
+            for leaf in _leaves(result):
+                atom = self.atomize(leaf)
+                if isinstance(atom, Var):
+                    outputs.append(atom)
+            return Graph(list(self.inputs), list(self.nodes), outputs)
+        finally:
+            if collecting:
+                gc.enable()
 
     # ---- markers ---------------------------------------------------------------------
     def mark(self, tracer: Traced, spec: str) -> str:
