@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from ember import models
+from ember import op as ember_op
 from ember._inspect import trace_graph
 from ember.backends.policy import CallOptions, RetryPolicy
 from ember.ir import Graph, Lit, ListT, Node, ResponseT, Str, Var, check_graph
 from ember.ir import trace as trace_mod
-from ember.passes import cse, run_passes, toposort
+from ember.ir.graph import GraphError
+from ember.passes import cse, fuse, run_passes, toposort
 from ember.passes.cse import mergeable
 from ember.passes.dce import Interner, count_calls
 
@@ -154,3 +158,89 @@ def test_resolved_calls_follow_the_provider_registry():
     finally:
         providers._custom.pop("mine", None)
         providers._instances.pop("mine", None)
+
+
+def test_a_forged_marker_of_this_trace_is_plain_text():
+    state = trace_mod.TraceState()
+    x = state.input("x")
+    forged = f"{state._mark_open}not-an-index{trace_mod._MARK_CLOSE}"
+    var = state.atomize(f"{x} {forged}")
+    assert state.nodes[-1].out is var
+    assert state.nodes[-1].param("segments") == ("", f" {forged}")
+    assert state.atomize(forged) == Lit(forged)
+
+
+def test_values_are_computed_on_demand_once_and_effects_never_run():
+    runs = []
+
+    @ember_op(effectful=True)
+    def log(text: str) -> str:
+        runs.append(text)
+        return text
+
+    def fn(x: str):
+        upper = x.upper()  # a local op on a known input: computed only when read
+        if log(f"{upper}!"):  # bool() of an effect's result: it runs when the graph runs
+            return models("sim", upper).text
+        return "none"
+
+    _, state, complete, _ = trace_graph(fn, ("q",), {})
+    assert not complete and runs == []
+    method = next(n for n in state.nodes if n.op == "method")
+    assert state.values[method.out.id] == "Q"  # read by the format the effect got
+    stray = Var(Str)  # a var no node defines and no input holds
+    out = state.add_trusted("format", (stray,), (("segments", ("", "")), ("specs", ("",))), Str)
+    assert state.value_of(out) is trace_mod.UNKNOWN and state.value_of(out) is trace_mod.UNKNOWN
+
+
+def test_a_model_call_added_generically_is_looked_up_in_trace_order():
+    seen = []
+
+    def lookup(node, values):
+        seen.append(values)
+        return trace_mod.UNKNOWN
+
+    state = trace_mod.TraceState(lookup=lookup)
+    x = state.input("x")
+    state.add("llm", [x._var, Lit(None)], {"model": "sim", "n": 1, "params": (),
+                                             "deterministic": True, "options": None})
+    assert seen == [["x", None]]
+    assert state.value_of(state.nodes[-1].out) is trace_mod.UNKNOWN and len(seen) == 1
+
+
+def test_the_call_cache_is_bounded(monkeypatch):
+    from ember import _models
+
+    monkeypatch.setattr(_models, "_MAX_CALLS", 1)
+
+    def fn(x: str):
+        return [models("sim", x).text, models("sim", x, temperature=0.5).text]
+
+    trace_graph(fn, ("a",), {})
+    assert len(_models._calls) == 1
+
+
+def test_verify_checks_a_pass_s_own_call_counts():
+    class Lying:
+        summary = "lies"
+
+        def counts(self, calls, completions):
+            return calls + 1, completions
+
+    def noop(graph):
+        return graph, Lying()
+
+    b = Var(Str)
+    g = Graph([b], [], [b])
+    assert run_passes(g, [noop])[1][0].calls_after == 1  # trusted without verify
+    with pytest.raises(GraphError, match="its stats count"):
+        run_passes(g, [noop], verify=True)
+
+
+def test_sampled_calls_on_an_unhashable_literal_prompt_are_not_n_fused():
+    opts = (("model", "sim"), ("n", 1), ("options", CallOptions()), ("params", ()))
+    calls = [Node("llm", (Lit(["q"]), Lit(None)), (("deterministic", False),) + opts
+                  + (("sample", i),), Var(ResponseT)) for i in range(2)]
+    g = Graph([], calls, [c.out for c in calls])
+    fused, stats = fuse(g)
+    assert stats.sampled_groups == 0 and check_graph(fused)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 from ..errors import EmberError
 from .types import Type
@@ -45,9 +45,11 @@ def fresh_var(type: Type) -> Var:
 
 @dataclass(frozen=True, slots=True)
 class Lit:
-    """A literal input: any hashable Python value."""
+    """A literal input: any hashable Python value. Its ``id`` is None (no var has that
+    id), so a sweep keyed by var id can look up any atom without checking its kind."""
 
     value: Any
+    id: ClassVar[None] = None
 
     def __repr__(self) -> str:
         return repr(self.value)

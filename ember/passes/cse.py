@@ -75,7 +75,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
         ins = node.inputs
         if subst:
             for a in ins:
-                if a.__class__ is Var and a.id in subst:
+                if a.id in subst:  # (a literal's id is None: never in subst)
                     ins = tuple([subst.get(b.id, b) if b.__class__ is Var else b for b in ins])
                     node = clone(node, inputs=ins)
                     break

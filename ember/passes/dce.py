@@ -132,8 +132,7 @@ def dce(graph: Graph) -> tuple[Graph, DceStats]:
             continue
         keep.append(node)
         for a in node.inputs:
-            if isinstance(a, Var):
-                live.add(a.id)
+            live.add(a.id)  # (a literal adds None: no node's id)
     if not removed:
         out = Graph(list(graph.inputs), list(graph.nodes), list(graph.outputs), dict(graph.meta))
     else:

@@ -213,13 +213,12 @@ class _Sizes:
             if analysis is not None:  # when the node can start, its level (see analyze)
                 start, lv = 0.0, 0
                 for a in node.inputs:
-                    if a.__class__ is Var:
-                        got = when(a.id)
-                        if got is not None:
-                            if got[0] > start:
-                                start = got[0]
-                            if got[1] > lv:
-                                lv = got[1]
+                    got = when(a.id)  # (None for a literal)
+                    if got is not None:
+                        if got[0] > start:
+                            start = got[0]
+                        if got[1] > lv:
+                            lv = got[1]
                 if op in calls:
                     lv += 1
                     seconds = lat[out] = call(node)

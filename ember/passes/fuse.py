@@ -269,13 +269,12 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
             f: Any = _EMPTY
             many = None
             for a in node.inputs:
-                if a.__class__ is Var:
-                    g = get(a.id, _EMPTY)
-                    if g and g is not f:
-                        if f:
-                            many = [f, g] if many is None else many + [g]
-                        else:
-                            f = g
+                g = get(a.id, _EMPTY)  # (a literal's id is None: no entry)
+                if g and g is not f:
+                    if f:
+                        many = [f, g] if many is None else many + [g]
+                    else:
+                        f = g
             if many is not None:
                 f = _join(many)
             if op not in calls:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..ir.graph import Graph, Node, Var
+from ..ir.graph import Graph, Node
 from .dce import plural
 from .estimate import Estimate, Latency, analyze
 
@@ -77,7 +77,7 @@ def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
             priority[out] = p
         if p:
             for a in node.inputs:
-                if a.__class__ is Var and get(a.id, -1.0) < p:
+                if get(a.id, -1.0) < p:  # (a literal's id is None: a harmless entry)
                     tail[a.id] = p
     meta = dict(graph.meta)
     meta["estimate"], meta["level"], meta["priority"] = est, level, priority
