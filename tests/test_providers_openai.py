@@ -14,16 +14,9 @@ from servers import OPENAI_KEY, FakeOpenAI, Fault, complete, complete_all, opena
 from ember import errors, providers
 from ember._request import build_request
 from ember.providers import prices
-from ember.providers.openai import (
-    OpenAIProvider,
-    error_fields,
-    is_reasoning_model,
-    parse_retry_after,
-    reset_hint,
-    safe_url,
-    scrub,
-    split_tokens,
-)
+from ember.backends.headers import parse_retry_after
+from ember.providers.openai import OpenAIProvider, is_reasoning_model, split_tokens
+from ember.providers.sdk import error_fields, reset_hint, safe_url, scrub
 
 MODEL = "gpt-4o-mini"
 

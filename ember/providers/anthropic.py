@@ -17,7 +17,7 @@ map onto the Messages API:
 Usage counts cached prompt tokens as input tokens; the cost prices cache writes at
 1.25x and cache reads at 0.1x the input price, as Anthropic bills them (5-minute
 cache). ``finish_reason`` uses OpenAI's words: "stop", "length", "tool_calls",
-"content_filter". Errors map as described in `ember.providers.openai` (529 overloaded
+"content_filter". Errors map as described in `ember.providers.sdk` (529 overloaded
 is a `ServerError`).
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 from .._request import Request
 from .._response import Response, Usage
 from ..errors import BadRequestError, EmberError
-from .openai import SDKProvider
+from .sdk import SDKProvider
 
 __all__ = ["AnthropicProvider", "json_instruction"]
 

@@ -1,0 +1,461 @@
+"""`SDKProvider`: what every SDK-backed provider shares (`openai`, `anthropic`, and the
+OpenAI-compatible local servers): client pooling, rate-limit headers, and the mapping
+of HTTP failures to Ember's errors:
+
+
+    401 / 403                       AuthenticationError
+    404                             ModelNotFoundError
+    400 "context length"            ContextLengthError
+    400 / 413 / 422 / other 4xx     BadRequestError
+    429 insufficient_quota          QuotaExceededError  (also 402, 400 "credit balance")
+    429 without any retry hint      QuotaExceededError  (a spend cap, not throttling)
+    429                             RateLimitError      (``retry_after`` in seconds)
+    408 / 409 / 5xx / 529           ServerError
+    dropped / refused connection    ConnectionError
+    client timeout                  TimeoutError
+    non-JSON body, missing fields   ResponseFormatError
+
+``retry_after`` comes from ``retry-after-ms``, then ``retry-after`` (seconds or an
+HTTP date); a 429 without either falls back to the ``x-ratelimit-reset-*`` /
+``anthropic-ratelimit-*-reset`` headers. Every error carries the response headers;
+successful responses hand theirs to ``provider.on_headers`` when it is set. No error
+message ever contains the API key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+import weakref
+from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from .._request import Request
+from ..backends.headers import parse_duration, parse_retry_after, seconds_until
+from .._response import Response
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConfigurationError,
+    ContextLengthError,
+    EmberError,
+    MissingAPIKeyError,
+    ModelNotFoundError,
+    ProviderError,
+    QuotaExceededError,
+    RateLimitError,
+    ResponseFormatError,
+    ServerError,
+)
+from ..errors import ConnectionError as EmberConnectionError
+from ..errors import TimeoutError as EmberTimeoutError
+from . import prices
+from .transport import aiohttp_client
+from .base import Provider
+
+__all__ = ["SDKProvider", "ClientPool", "scrub", "safe_url", "header_dict", "reset_hint",
+           "error_fields"]
+
+T = TypeVar("T")
+
+_DETAIL_LIMIT = 300
+_SECRET_RE = re.compile(r"\b(sk-(?:ant-)?[A-Za-z0-9_\-]{8,})")
+_BEARER_RE = re.compile(r"(?i)\b(bearer\s+|x-api-key[:=]\s*)[^\s,;'\"]+")
+_CONTEXT_RE = re.compile(
+    r"context[_ ]length|context window|maximum context|prompt is too long|too many (input )?tokens"
+)
+# quota wording only: OpenAI's throttling 429s also mention "billing" (to raise limits)
+_QUOTA_RE = re.compile(
+    r"insufficient_quota|exceeded your current quota|quota exceeded|billing_hard_limit"
+    r"|credit balance|spend(ing)? limit"
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """``text`` without the given secrets or anything shaped like an API key."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = _SECRET_RE.sub("sk-***", text)
+    return _BEARER_RE.sub(lambda m: m.group(1) + "***", text)
+
+
+def _shorten(text: str, limit: int = _DETAIL_LIMIT) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def safe_url(url: str | None) -> str:
+    """A URL without user info or query (they may hold credentials)."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def header_dict(headers: Any) -> dict[str, str]:
+    """Response headers as a plain dict with lower-case names."""
+    return {str(k).lower(): str(v) for k, v in headers.items()} if headers else {}
+
+
+def reset_hint(headers: Mapping[str, str]) -> float | None:
+    """Seconds until the exhausted rate-limit windows reset, from the
+    ``x-ratelimit-reset-*`` / ``anthropic-ratelimit-*-reset`` headers (or ``None``)."""
+    resets: list[tuple[bool, float]] = []
+    for name, value in headers.items():
+        if name.startswith("x-ratelimit-reset-"):
+            kind = name[len("x-ratelimit-reset-"):]
+            remaining, secs = headers.get(f"x-ratelimit-remaining-{kind}"), parse_duration(value)
+        elif name.startswith("anthropic-ratelimit-") and name.endswith("-reset"):
+            kind = name[len("anthropic-ratelimit-"):-len("-reset")]
+            remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
+            secs = seconds_until(value)
+        else:
+            continue
+        if secs is not None:
+            resets.append((remaining == "0", secs))
+    pool = [s for exhausted, s in resets if exhausted] or [s for _, s in resets]
+    return max(pool) if pool else None
+
+
+def error_fields(body: Any, fallback: str) -> tuple[str, str]:
+    """(message, code) from an error body in OpenAI's or Anthropic's shape."""
+    if isinstance(body, dict):
+        inner = body.get("error") if isinstance(body.get("error"), dict) else body
+        message = inner.get("message")
+        code = inner.get("code") or inner.get("type") or ""
+        return (message if isinstance(message, str) else fallback), str(code)
+    if isinstance(body, str) and body.strip():
+        return body, ""
+    return fallback, ""
+
+
+async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` that cancels the others when one fails (Python 3.10 has no TaskGroup)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(api_key: str) -> str:
+    """A key's identity in the pool tables: its hash (the tables never hold the key;
+    this small cache does, like the environment it came from)."""
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class ClientPool:
+    """SDK clients keyed by (event loop, base URL, key hash).
+
+    Connections are reused within a loop but never shared across loops: an HTTP
+    connection pool belongs to the loop that opened it.
+    """
+
+    def __init__(self, factory: Callable[[str | None, str], Any]) -> None:
+        self._factory = factory
+        self._by_loop: weakref.WeakKeyDictionary[Any, dict[tuple, Any]] = weakref.WeakKeyDictionary()
+        self._no_loop: dict[tuple, Any] = {}
+
+    def get(self, base_url: str | None, api_key: str) -> Any:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # outside a loop: for inspection only
+            table = self._no_loop
+        else:
+            table = self._by_loop.get(loop)
+            if table is None:
+                # a client's connections keep its loop alive: drop the clients of closed loops
+                for dead in [lp for lp in self._by_loop if lp.is_closed()]:
+                    self._by_loop.pop(dead, None)
+                table = self._by_loop[loop] = {}
+        key = (base_url, _digest(api_key))
+        client = table.get(key)
+        if client is None:
+            client = table[key] = self._factory(base_url, api_key)
+        return client
+
+    async def aclose(self) -> None:
+        """Close the clients of the running loop (and those made outside any loop)."""
+        mine = self._by_loop.pop(asyncio.get_running_loop(), {})
+        clients = list(mine.values()) + list(self._no_loop.values())
+        self._no_loop.clear()
+        for client in clients:
+            await client.close()
+
+
+# ---------------------------------------------------------------------- SDKProvider
+
+
+class SDKProvider(Provider):
+    """A provider that speaks HTTP through an official SDK client.
+
+    Subclasses set ``sdk`` (the SDK's module name), ``key_env``, ``base_url_env`` and
+    ``label``, and implement `make_client`, `params`, `send` and `parse`.
+    """
+
+    sdk = ""
+    label = ""  # how messages name the service, e.g. "OpenAI"
+    key_env: str | None = None
+    base_url_env: str | None = None
+    example_model = "model-name"
+    default_base_url = ""  # shown in messages when base_url() is None
+
+    def __init__(self, *, timeout: float | None = None) -> None:
+        self.timeout = timeout  # seconds per HTTP request; None = the SDK's default
+        self._pool = ClientPool(self.make_client)
+
+    # -- configuration, read at call time
+
+    def api_key(self) -> str:
+        key = os.environ.get(self.key_env, "") if self.key_env else ""
+        if not key:
+            raise MissingAPIKeyError(self.name, self.key_env or "API key")
+        return key
+
+    def base_url(self) -> str | None:
+        return (os.environ.get(self.base_url_env) if self.base_url_env else None) or None
+
+    def client(self) -> Any:
+        """The pooled SDK client for the current event loop and configuration."""
+        return self._pool.get(self.base_url(), self.api_key())
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    # -- subclass hooks
+
+    def make_client(self, base_url: str | None, api_key: str) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def client_options(self, base_url: str | None, api_key: str) -> dict[str, Any]:
+        """The SDK client's keyword arguments: no SDK retries (Ember owns them), the
+        configured timeout, and the fastest HTTP transport available (`http_transport`)."""
+        kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
+        if base_url:
+            kwargs["base_url"] = base_url
+        if self.timeout is not None:
+            kwargs["timeout"] = self.timeout
+        # aiohttp refuses a URL with credentials next to the SDK's auth header
+        http_client = None if base_url and "@" in base_url else aiohttp_client(self.sdk)
+        if http_client is not None:
+            kwargs["http_client"] = http_client
+        return kwargs
+
+    def params(self, request: Request) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    async def send(self, client: Any, params: dict[str, Any]) -> tuple[Any, bytes]:  # pragma: no cover
+        """Make the request; return (raw response, body bytes)."""
+        raise NotImplementedError
+
+    def parse(self, body: dict, request: Request, latency: float,
+              headers: dict[str, str]) -> list[Response]:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- the call
+
+    async def complete(self, request: Request) -> list[Response]:
+        if not request.model:
+            raise ConfigurationError(
+                f"Model id {request.model_id!r} names provider {self.name!r} but no model; "
+                f"write it as '{self.name}/{self.example_model}'.")
+        if request.n > 1 and not self.supports_n:
+            singles = await gather_all(self.complete(request.with_n(1)) for _ in range(request.n))
+            return [r for rs in singles for r in rs]
+        params = self.params(request)
+        client = self.client()
+        start = time.perf_counter()
+        try:
+            raw, content = await self.send(client, params)
+        except Exception as exc:
+            mapped = self.map_error(exc, request)
+            if mapped is None:
+                raise
+            raise mapped from None
+        latency = time.perf_counter() - start
+        headers = header_dict(raw.headers)
+        if self.on_headers is not None:
+            self.on_headers(headers)
+        return self.parse(self.decode(content, request, headers), request, latency, headers)
+
+    def decode(self, content: bytes, request: Request, headers: dict[str, str]) -> dict:
+        try:
+            body = json.loads(content)
+        except ValueError:
+            raise self.format_error(request, "the body is not JSON", content, headers) from None
+        if not isinstance(body, dict):
+            raise self.format_error(request, "the body is not a JSON object", content, headers)
+        return body
+
+    def format_error(self, request: Request, what: str, content: Any,
+                     headers: dict[str, str]) -> ResponseFormatError:
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", "replace")
+        elif not isinstance(content, str):
+            content = json.dumps(content, default=str)
+        snippet = _shorten(scrub(content, self._key_or_none()), 200)
+        return ResponseFormatError(
+            f"{self.title} sent a malformed answer for model {request.model_id!r}: {what}. "
+            f"Body starts: {snippet!r}. This is usually transient (ember.retry retries it); "
+            f"if it persists, check that {self._where()}{self._url_hint()} is a compatible "
+            "endpoint.",
+            provider=self.name, model=request.model_id, status=200, headers=headers)
+
+    def cost(self, request: Request, input_tokens: float, output_tokens: float) -> float | None:
+        return prices.cost_of(self.name, request.model, input_tokens, output_tokens)  # type: ignore[arg-type]
+
+    # -- errors
+
+    @property
+    def title(self) -> str:
+        """The label, capitalized to start a sentence."""
+        return self.label[:1].upper() + self.label[1:]
+
+    def _key_or_none(self) -> str | None:
+        try:
+            return self.api_key()
+        except EmberError:
+            return None
+
+    def _where(self) -> str:
+        return safe_url(self.base_url() or self.default_base_url) or "the default endpoint"
+
+    def _url_hint(self) -> str:
+        return f" (set by {self.base_url_env})" if self.base_url_env else ""
+
+    def map_error(self, exc: BaseException, request: Request) -> EmberError | None:
+        """Ember's error for an SDK or transport exception, or ``None`` if it is not one."""
+        sdk = sys.modules.get(self.sdk)
+        model = request.model_id
+        timed_out = _is(exc, sdk, "APITimeoutError") or _is_transport(exc, "TimeoutException")
+        if timed_out and not _refused(exc):
+            limit = f"{self.timeout:g}s" if self.timeout is not None else "the client timeout"
+            return EmberTimeoutError(
+                f"{self.title} did not answer within {limit} for model {model!r}. The request "
+                "was abandoned; retry it (ember.retry does) or allow a longer timeout.")
+        if timed_out or _is(exc, sdk, "APIConnectionError") \
+                or _is_transport(exc, "TransportError", "StreamError"):
+            return EmberConnectionError(
+                f"Lost the connection to {self.label} at {self._where()}{self._url_hint()} for "
+                f"model {model!r}: {self._cause(exc)}. Check the network and that the server "
+                "is running; this is usually transient.", provider=self.name, model=model)
+        if _is(exc, sdk, "APIStatusError"):
+            headers = header_dict(exc.response.headers)  # type: ignore[attr-defined]
+            message, code = error_fields(exc.body, exc.message)  # type: ignore[attr-defined]
+            detail = _shorten(scrub(message, self._key_or_none()))
+            return self.status_error(exc.status_code, headers, detail, code, request)  # type: ignore[attr-defined]
+        if _is(exc, sdk, "APIError"):  # e.g. the SDK's response validation
+            return self.format_error(request, "the SDK could not read it", str(exc), {})
+        return None
+
+    def _cause(self, exc: BaseException) -> str:
+        root: BaseException = exc
+        for _ in range(10):  # the innermost cause says what actually happened
+            nxt = root.__cause__ or root.__context__
+            if nxt is None:
+                break
+            root = nxt
+        text = f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
+        return _shorten(scrub(text, self._key_or_none()), 200).rstrip(".")
+
+    def status_error(self, status: int, headers: dict[str, str], detail: str, code: str,
+                     request: Request) -> ProviderError:
+        """Map one HTTP error status (with its body's message and code) to Ember's error."""
+        model, label = request.model_id, self.title
+        retry_after = parse_retry_after(headers)
+        said = f" The server said: {detail}" if detail else ""
+        text = f"{code} {detail}".lower()
+        key_hint = f"Check {self.key_env}" if self.key_env else "Check the server's API key setting"
+
+        def make(cls: type[ProviderError], message: str, after: float | None = retry_after) -> ProviderError:
+            return cls(message + said, provider=self.name, model=model, status=status,
+                       retry_after=after, headers=headers)
+
+        if status == 401:
+            return make(AuthenticationError,
+                        f"{label} rejected the API key for model {model!r} (HTTP 401). {key_hint}.")
+        if status == 403:
+            return make(AuthenticationError,
+                        f"{label} refused access to model {model!r} (HTTP 403). {key_hint} and "
+                        "that the key's account or project may use this model.")
+        if status == 404:
+            return make(ModelNotFoundError,
+                        f"{label} has no model {request.model!r} at {self._where()}{self._url_hint()} "
+                        f"(HTTP 404). Check the model name in {model!r}, and that this key or "
+                        "server may use it.")
+        if status == 402 or (status in (400, 403, 429) and _QUOTA_RE.search(text)):
+            return make(QuotaExceededError,
+                        f"{label} says the quota, credit or spend limit of your account is used "
+                        f"up (HTTP {status}, model {model!r}). Check billing and usage limits; "
+                        "retrying will not help.", None)
+        if status == 429:
+            return self._throttled(make, retry_after, headers, model)
+        if status in (400, 413) and _CONTEXT_RE.search(text):
+            return make(ContextLengthError,
+                        f"The prompt for model {model!r} does not fit its context window "
+                        f"(HTTP {status}). Shorten the prompt or lower max_tokens.")
+        if status in (408, 409, 425) or status >= 500:
+            kind = "is overloaded" if status == 529 else "had a server error"
+            return make(ServerError,
+                        f"{label} {kind} (HTTP {status}) for model {model!r}. This is usually "
+                        "transient; ember.retry retries it.")
+        return make(BadRequestError,
+                    f"{label} rejected the request for model {model!r} as invalid (HTTP {status}). "
+                    "Check the parameters passed to models().")
+
+    def _throttled(self, make: Callable[..., ProviderError], retry_after: float | None,
+                   headers: dict[str, str], model: str) -> ProviderError:
+        if retry_after is None:
+            retry_after = reset_hint(headers)
+        if retry_after is None:
+            return make(QuotaExceededError,
+                        f"{self.title} refused model {model!r} with HTTP 429 and no hint of when "
+                        "to retry, which means an exhausted quota or spend limit rather than "
+                        "throttling. Check billing and usage limits; retrying will not help.")
+        return make(RateLimitError,
+                    f"{self.title} is throttling requests for model {model!r} (HTTP 429); retry "
+                    f"after {retry_after:.2f}s. ember.retry waits and retries automatically.",
+                    retry_after)
+
+
+def _is(exc: BaseException, module: Any, name: str) -> bool:
+    cls = getattr(module, name, None) if module is not None else None
+    return isinstance(cls, type) and isinstance(exc, cls)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Did the connection fail (refused, dropped) rather than time out? The SDKs'
+    aiohttp transport reports every aiohttp connection error as a connect timeout."""
+    aiohttp = sys.modules.get("aiohttp")
+    kinds: tuple[type, ...] = (ConnectionError,)  # the builtin: refused, reset, aborted
+    if aiohttp is not None:
+        kinds += (aiohttp.ClientConnectionError,)
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kinds) and not isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False  # pragma: no cover - a cause chain this deep
+
+
+def _is_transport(exc: BaseException, *names: str) -> bool:
+    """Is ``exc`` one of the HTTP library's exceptions (httpx2, or httpx for older SDKs)?"""
+    return any(_is(exc, sys.modules.get(lib), name) for lib in ("httpx2", "httpx") for name in names)
