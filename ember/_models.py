@@ -16,7 +16,7 @@ from ._response import Response
 from ._runtime import run_async, run_sync
 from .backends.dispatch import send
 from .backends.memo import MISSING, Memo
-from .backends.policy import current_options
+from .backends.policy import current_options, options_var
 from .ir.graph import Lit
 from .ir.trace import (StopTrace, TracedResponse, current_trace, has_traced, trace_var,
                        user_location)
@@ -66,6 +66,7 @@ def _request(model: Any, prompt: Any, params: dict[str, Any]) -> Request:
 
 # ---- inside a trace ------------------------------------------------------------------
 _NO_SYSTEM = Lit(None)
+_new = object.__new__
 
 
 class _Call:
@@ -98,14 +99,8 @@ _calls: dict[tuple, _Call] = {}
 _MAX_CALLS = 1024
 
 
-def _resolve(state: Any, model: Any, params: dict[str, Any]) -> _Call:
-    try:
-        key: Any = (model, tuple(params.items()))
-        call = _calls.get(key)
-    except TypeError:  # an unhashable param value (a JSON schema dict)
-        key = call = None
-    if call is not None and providers._instances.get(call.provider) is call.inst:
-        return call
+def _resolve(state: Any, model: Any, params: dict[str, Any], key: Any) -> _Call:
+    """Resolve a models() call (``key``: its `_calls` key, None if unhashable)."""
     provider, name, inst = canonical_model(model)
     if has_traced(params, state):
         raise StopTrace("a traced value in model parameters")
@@ -125,12 +120,20 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     if not isinstance(model, str):
         model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
     system = params.pop("system", None)  # params: this call's own keyword arguments
-    call = _resolve(state, model, params)
+    try:
+        key: Any = (model, tuple(params.items()))
+        call = _calls.get(key)
+    except TypeError:  # an unhashable param value (a JSON schema dict)
+        key = call = None
+    if call is None or providers._instances.get(call.provider) is not call.inst:
+        call = _resolve(state, model, params, key)
     n = call.n
     p_atom = state.atomize(prompt, loc) if isinstance(prompt, str) else \
         _prompt_atom(state, prompt, loc)
     s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
-    node_params = call.params(current_options())
+    options = options_var.get()
+    shared = call._shared  # call.params(options), its common case inlined
+    node_params = shared[1] if shared[0] is options else call.params(options)
     if not call.deterministic:
         skey = (call.label, call.frozen, p_atom, s_atom)
         sample = state.sample_counts.get(skey, 0)
@@ -139,7 +142,9 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     var = state.add_trusted("llm", (p_atom, s_atom), node_params,
                             ResponseT if n == 1 else ListT(ResponseT), loc)
     if n == 1:
-        return TracedResponse(state, var)
+        answer = _new(TracedResponse)  # TracedResponse(state, var), without its __init__
+        answer._state, answer._var = state, var
+        return answer
     return [TracedResponse(state, state.add_trusted("getitem", (var,), (("key", i),),
                                                     ResponseT, loc))
             for i in range(n)]
