@@ -131,9 +131,7 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     p_atom = state.atomize(prompt, loc) if isinstance(prompt, str) else \
         _prompt_atom(state, prompt, loc)
     s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
-    options = options_var.get()
-    shared = call._shared  # call.params(options), its common case inlined
-    node_params = shared[1] if shared[0] is options else call.params(options)
+    node_params = call.params(options_var.get())
     if not call.deterministic:
         skey = (call.label, call.frozen, p_atom, s_atom)
         sample = state.sample_counts.get(skey, 0)

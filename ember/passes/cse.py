@@ -122,4 +122,5 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
                                 for a in graph.outputs]
     meta = carry_meta(graph)  # who was merged into whom, for inspect's pictures
     meta["merged"] = {**meta.get("merged", {}), **{k: v.id for k, v in subst.items()}}
-    return (Graph(list(graph.inputs), nodes, outputs, meta), CseStats(merged, merged_calls, merged_done))
+    return (Graph(list(graph.inputs), nodes, outputs, meta),
+            CseStats(merged, merged_calls, merged_done))

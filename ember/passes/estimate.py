@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from ..ir.graph import Graph, Node, Var
 from ..providers.prices import price_for
 from .dce import CALL_OPS, plural
-from .fuse import CapsCache, provider_name, split_model
+from .fuse import CapsCache, split_model
 
 __all__ = ["Estimate", "estimate", "analyze", "count_tokens", "output_tokens",
            "DEFAULT_INPUT_TOKENS", "DEFAULT_OUTPUT_TOKENS", "FALLBACK_OUTPUT_TOKENS",
@@ -240,10 +240,9 @@ class _Sizes:
             elif op == "llm" or op == "llm_batch":
                 known = answers.get(id(node.params))
                 if known is None:
-                    p = dict(node.params)
-                    hi = float(_max_tokens(p.get("params", ()),
-                                           provider_name(p.get("model", ""))))
-                    known = answers[id(node.params)] = ((max(1.0, hi // 4), hi), p.get("n", 1))
+                    hi = float(output_tokens(node))
+                    known = answers[id(node.params)] = ((max(1.0, hi // 4), hi),
+                                                        node.param("n", 1))
                 one, k = known
                 if op == "llm" and k == 1:
                     rng[out] = one
