@@ -66,6 +66,7 @@ def _request(model: Any, prompt: Any, params: dict[str, Any]) -> Request:
 
 # ---- inside a trace ------------------------------------------------------------------
 _NO_SYSTEM = Lit(None)
+_MAX_SHARED_SAMPLES = 64  # sample indexes whose params tuples a _Call keeps
 _new = object.__new__
 
 
@@ -79,17 +80,26 @@ class _Call:
                  deterministic: bool) -> None:
         self.provider, self.inst, self.label = provider, inst, label
         self.frozen, self.n, self.deterministic = frozen, n, deterministic
-        self._shared: tuple = (None, ())  # (options, params): one attribute, set at once
+        # (options, params, {sample index: params}): one attribute, set at once
+        self._shared: tuple = (None, (), {})
 
-    def params(self, options: Any) -> tuple:
+    def params(self, options: Any, sample: int | None = None) -> tuple:
         """The llm node's params as Node keeps them (sorted by name; all hashable),
-        shared by the calls made under the same options."""
+        shared by the calls made under the same options (a sampled call's with the same
+        sample index too: passes key their per-params work by the tuple's id)."""
         shared = self._shared
         if options is not shared[0]:
             shared = self._shared = (options, (
                 ("deterministic", self.deterministic), ("model", self.label), ("n", self.n),
-                ("options", options), ("params", self.frozen)))
-        return shared[1]
+                ("options", options), ("params", self.frozen)), {})
+        if sample is None:
+            return shared[1]
+        params = shared[2].get(sample)
+        if params is None:
+            params = shared[1] + (("sample", sample),)
+            if sample < _MAX_SHARED_SAMPLES:
+                shared[2][sample] = params
+        return params
 
 
 # (model, params) -> _Call, for the whole process: resolving a model id and its params
@@ -131,12 +141,13 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     p_atom = state.atomize(prompt, loc) if isinstance(prompt, str) else \
         _prompt_atom(state, prompt, loc)
     s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
-    node_params = call.params(options_var.get())
-    if not call.deterministic:
+    if call.deterministic:
+        node_params = call.params(options_var.get())
+    else:
         skey = (call.label, call.frozen, p_atom, s_atom)
         sample = state.sample_counts.get(skey, 0)
         state.sample_counts[skey] = sample + n
-        node_params += (("sample", sample),)
+        node_params = call.params(options_var.get(), sample)
     var = state.add_trusted("llm", (p_atom, s_atom), node_params,
                             ResponseT if n == 1 else ListT(ResponseT), loc)
     if n == 1:

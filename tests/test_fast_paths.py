@@ -244,3 +244,37 @@ def test_sampled_calls_on_an_unhashable_literal_prompt_are_not_n_fused():
     g = Graph([], calls, [c.out for c in calls])
     fused, stats = fuse(g)
     assert stats.sampled_groups == 0 and check_graph(fused)
+
+
+def test_sampled_calls_share_params_per_sample_index_and_fused_groups_share_too(monkeypatch):
+    from ember import _models
+
+    monkeypatch.setattr(_models, "_MAX_SHARED_SAMPLES", 2)
+
+    def votes(q):
+        return [models("sim", f"question {i}", temperature=0.7).text
+                for i in range(3) for _ in range(3)]
+
+    graph = trace_graph(votes, ("q",), {})[0]
+    calls = [n for n in graph.nodes if n.op == "llm"]
+    samples = [n.param("sample") for n in calls]
+    assert samples == [0, 1, 2] * 3
+    # one tuple per sample index below the cap, across prompts; a fresh one above it
+    assert calls[0].params is calls[3].params is calls[6].params
+    assert calls[1].params is calls[4].params
+    assert calls[2].params is not calls[5].params and calls[2].params == calls[5].params
+    assert calls[0].params != calls[1].params
+    fused = [n for n in fuse(graph)[0].nodes if n.op == "llm"]
+    assert [n.param("n") for n in fused] == [3, 3, 3]
+    assert fused[0].params is fused[1].params is fused[2].params
+    assert "sample" in dict(fused[0].params) and dict(fused[0].params)["sample"] == 0
+
+
+def test_markers_survive_strip_and_splitlines():
+    def f(q):
+        a = models("sim", q).text
+        return models("sim", f"  {a}\n".strip().splitlines()[0]).text
+
+    graph = trace_graph(f, ("q",), {})[0]
+    second = [n for n in graph.nodes if n.op == "llm"][1]
+    assert isinstance(second.inputs[0], Var)  # the marker was found: the calls chain

@@ -9,7 +9,7 @@ earlier round) it is supplied and the graph is marked data-dependent; otherwise 
 trace suspends (`Suspend`) so the driver can run what was recorded and trace again.
 
 ``format(tracer)`` / ``str(tracer)`` / ``.text`` return a real ``str`` holding a
-*marker* (private-use code points, a per-trace nonce and an index), which `models()`
+*marker* (ASCII control characters, a per-trace nonce and an index), which `models()`
 and `ember.op` parse back into a ``format`` node. A marker that reaches other code
 (``len``, ``re``, ``json``) would compute on the marker, not the value — so jit never
 trusts the trace for the answer: the answer always comes from a check run of the
@@ -37,7 +37,10 @@ __all__ = [
 ]
 
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
+# ASCII start/end of text: not whitespace or line breaks, so strip() and splitlines()
+# keep them; and strings holding markers stay one byte per character
+# (a private-use code point made every prompt UCS-2, and each split convert back)
+_MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"
 UNKNOWN = object()
 _PLAIN_SPECS = ("specs", ("",))  # the specs param of a format node of one plain {x}
 MAX_TRACE_NODES = 200_000

@@ -80,11 +80,20 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
                     node = clone(node, inputs=ins)
                     break
         op = node.op
-        if op in plain and _EFFECTFUL not in node.params:  # mergeable(), inlined
-            params: Any = node.params
-        elif op == "llm" and _DETERMINISTIC in node.params or \
-                op in calls and mergeable(node):
-            params = intern(node.params)  # see Interner
+        params: Any = node.params
+        if op in plain:  # mergeable(), inlined
+            if _EFFECTFUL in params:
+                keep(node)
+                continue
+        elif op == "llm":  # params sorted by name: "deterministic" comes first
+            head = params[0] if params else ("", None)
+            if head[1] is not True or head[0] != "deterministic":  # a sample
+                if head[0] == "deterministic" or not mergeable(node):
+                    keep(node)
+                    continue
+            params = intern(params)  # see Interner
+        elif op in calls and mergeable(node):
+            params = intern(params)
         else:
             keep(node)
             continue

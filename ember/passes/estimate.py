@@ -257,7 +257,8 @@ class _Sizes:
                 rng[out] = (get(a.id, _DEFAULT_IN) if isinstance(a, Var) else atom(a)) \
                     if keep else _SMALL
             elif op == "getitem":
-                whole, key = node.inputs[0], node.param("key")
+                whole, params = node.inputs[0], node.params
+                key = params[0][1] if params and params[0][0] == "key" else node.param("key")
                 try:
                     rng[out] = (items.get(whole.id) if isinstance(whole, Var)
                                 else self.atom_items(whole))[key]

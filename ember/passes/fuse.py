@@ -41,6 +41,7 @@ __all__ = ["fuse", "FuseStats", "Caps", "CapsCache", "provider_name", "split_mod
 
 _LIT = object()
 _EMPTY: frozenset = frozenset()
+_DETERMINISTIC = ("deterministic", True)  # in an llm node's params
 _FRONTIER_CAP = 64  # larger frontiers become opaque tokens (keeps the pass linear)
 
 
@@ -157,6 +158,7 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[li
         gone.update(g[1:])
     out: list[Node] = []
     batches: set[int] = set()
+    shared: dict[tuple, tuple] = {}  # (id(member params), n) -> the n-node's params
     prev = 0
     for i in sorted(gone.union(first)):  # the untouched runs between are copied whole
         out += nodes[prev:i]
@@ -165,7 +167,7 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[li
         if group is not None:
             if group[0] == "batch":
                 batches.add(len(out))
-            out += _fused(group[0], [nodes[j] for j in group[1]])
+            out += _fused(group[0], [nodes[j] for j in group[1]], shared)
     out += nodes[prev:]
     return out, batches
 
@@ -173,18 +175,24 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[li
 _KEYS = tuple((("key", i),) for i in range(128))  # getitem params, shared
 
 
-def _fused(kind: str, members: list[Node]) -> list[Node]:
+def _fused(kind: str, members: list[Node], shared: dict) -> list[Node]:
     head = members[0]
     out = Var(ListT(ResponseT))
     meta = {"locs": tuple(m.loc for m in members)}
     # params from the members' (hashable) ones, sorted by name as Node keeps them
     if kind == "n":
-        p = dict(head.params)
-        p["n"] = len(members)
-        node = Node.trusted("llm", head.inputs, tuple(sorted(p.items())), out, head.loc, meta)
+        # groups of the same models() line share one params tuple (later passes key
+        # per-params work by its id)
+        key = (id(head.params), len(members))
+        params = shared.get(key)
+        if params is None:
+            p = dict(head.params)
+            p["n"] = len(members)
+            params = shared[key] = tuple(sorted(p.items()))
+        node = Node.trusted("llm", head.inputs, params, out, head.loc, meta)
     else:
         p = dict(head.params)
-        flags = tuple(m.param("deterministic", False) is True for m in members)
+        flags = tuple([_DETERMINISTIC in m.params for m in members])
         params = (("deterministic", flags), ("model", p.get("model")),
                   ("options", p.get("options")), ("params", p.get("params", ())))
         node = Node.trusted("llm_batch", tuple(a for m in members for a in m.inputs), params,
