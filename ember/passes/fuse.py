@@ -51,6 +51,9 @@ class Caps:
     supports_batch: bool = False
 
 
+_CAPS = {(n, b): Caps(n, b) for n in (False, True) for b in (False, True)}  # shared
+
+
 def provider_name(model: str) -> str:
     """The provider of a canonical model id: up to the first "/" (the whole id if none)."""
     return model.split("/", 1)[0]
@@ -74,9 +77,9 @@ class CapsCache:
         if caps is None:
             try:
                 p = providers.get(name)
-                caps = Caps(bool(p.supports_n), bool(p.supports_batch))
+                caps = _CAPS[bool(p.supports_n), bool(p.supports_batch)]
             except Exception:
-                caps = Caps()
+                caps = _CAPS[False, False]
             self._caps[name] = caps
         return caps
 
