@@ -278,3 +278,26 @@ def test_markers_survive_strip_and_splitlines():
     graph = trace_graph(f, ("q",), {})[0]
     second = [n for n in graph.nodes if n.op == "llm"][1]
     assert isinstance(second.inputs[0], Var)  # the marker was found: the calls chain
+
+
+def test_levels_are_worked_out_when_first_read_and_jit_never_reads_them():
+    from ember import jit
+    from ember.passes.schedule import Levels
+
+    def chain(q):
+        a = models("sim", f"one: {q}")
+        b = models("sim", f"two: {a.text}")
+        return [b.text, models("sim", f"side: {q}").text]
+
+    graph, results = run_passes(trace_graph(chain, ("q",), {})[0])
+    table = graph.meta["level"]
+    assert isinstance(table, Levels) and table._table is None
+    by_prompt = {n.inputs[0].id: n for n in graph.nodes if n.op in ("llm", "llm_batch")}
+    levels = sorted(table[n.out.id] for n in by_prompt.values())
+    assert levels == [1, 2]  # "one" and "side" batched in wave 1, "two" in wave 2
+    assert results[-1].stats.levels == 2 and "2 levels" in results[-1].summary
+    assert all(v > 0 for v in table.values()) and len(table) == len(list(table))
+
+    fast = jit(chain)
+    fast("q")
+    assert fast.entry("q").graph.meta["level"]._table is None

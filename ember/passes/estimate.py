@@ -204,30 +204,24 @@ class _Sizes:
         chars = count is _chars
         answers: dict[int, tuple[Range, int]] = {}  # id(params) -> (one answer, answers)
         if analysis is not None:
-            after, level, lat, call = analysis.after, analysis.level, analysis.lat, \
-                analysis.tally.call
+            after, lat, call = analysis.after, analysis.lat, analysis.tally.call
             when = after.get
             calls = CALL_OPS
         for node in nodes:
             op, out = node.op, node.out.id
-            if analysis is not None:  # when the node can start, its level (see analyze)
-                start, lv = 0.0, 0
+            if analysis is not None:  # when the node's value is ready (see analyze)
+                start = 0.0
                 for a in node.inputs:
-                    got = when(a.id)  # (None for a literal)
-                    if got is not None:
-                        if got[0] > start:
-                            start = got[0]
-                        if got[1] > lv:
-                            lv = got[1]
+                    got = when(a.id, 0.0)  # (a literal's id is None: no entry)
+                    if got > start:
+                        start = got
                 if op in calls:
-                    lv += 1
                     seconds = lat[out] = call(node)
                     start += seconds
                     if start > analysis.critical:
                         analysis.critical = start
-                if lv:
-                    after[out] = (start, lv)
-                    level[out] = lv
+                if start:
+                    after[out] = start
             if op == "format":
                 params = node.params  # name-sorted: segments first
                 segs = params[0][1] if params[0][0] == "segments" else node.param("segments")
@@ -397,23 +391,20 @@ class _Tally:
 class _Analysis:
     """What `analyze` gathers per node, filled in by the default counter's sweep."""
 
-    __slots__ = ("tally", "lat", "after", "level", "critical")
+    __slots__ = ("tally", "lat", "after", "critical")
 
     def __init__(self, tally: _Tally) -> None:
         self.tally = tally
         self.lat: dict[int, float] = {}  # model call's var id -> its latency
-        # var id -> (when its value is ready in seconds, its level); only vars downstream
-        # of a model call (the rest are (0.0, 0), the default)
-        self.after: dict[int, tuple[float, int]] = {}
-        self.level: dict[int, int] = {}
+        # var id -> when its value is ready, in seconds; only vars downstream of a model
+        # call (the rest are ready at 0.0, the default)
+        self.after: dict[int, float] = {}
         self.critical = 0.0
 
 
 def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
-            latency: Latency = None) -> tuple[Estimate, dict[int, float], dict[int, int]]:
-    """The estimate, the latency (seconds) of each model call, and each node's level
-    (model calls on the longest path from the inputs, itself included), both by
-    output var id. Levels of 0 (before any call) are left out."""
+            latency: Latency = None) -> tuple[Estimate, dict[int, float]]:
+    """The estimate, and the latency (seconds) of each model call by output var id."""
     if inputs is not None and len(inputs) != len(graph.inputs):
         raise ValueError(f"estimate: the graph has {len(graph.inputs)} inputs, "
                          f"got {len(inputs)} example values")
@@ -423,7 +414,7 @@ def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
     sizes.sweep(graph.nodes, found)
     est = Estimate(t.requests, t.calls, t.answers, int(t.in_hi), int(t.in_lo), int(t.out_hi),
                    int(t.out_lo), t.cost_lo, t.cost_hi, found.critical, tuple(t.unpriced))
-    return est, found.lat, found.level
+    return est, found.lat
 
 
 def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,

@@ -3,7 +3,9 @@
 ``graph.meta["level"]`` holds each node's wavefront: the number of model calls on the
 longest path from the inputs to it (first-wave calls are level 1; local ops before
 any call are level 0 and left out of the table). Levels are for display: the backend
-starts a node the moment its inputs are ready and never waits for a whole wave.
+starts a node the moment its inputs are ready and never waits for a whole wave. So
+the table (`Levels`) is worked out when something first reads it (``inspect``, the
+graph's printout, ``ScheduleStats.levels``), not on every compile: jit never does.
 
 ``graph.meta["priority"]`` holds, for each model call, the longest estimated latency
 (seconds) from its start to any output, its own latency included. When concurrency
@@ -20,14 +22,44 @@ Structural passes drop it, so it always describes the graph it sits on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
 
 from ..ir.graph import Graph, Node
 from .dce import plural
 from .estimate import Estimate, Latency, analyze
+from .fuse import call_levels
 
-__all__ = ["schedule", "ScheduleStats", "level_of", "priority_of"]
+__all__ = ["schedule", "ScheduleStats", "Levels", "level_of", "priority_of"]
+
+
+class Levels(Mapping[int, int]):
+    """var id -> wavefront (levels above 0) of a node list, computed on first read."""
+
+    __slots__ = ("_nodes", "_table")
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self._nodes = nodes
+        self._table: dict[int, int] | None = None
+
+    @property
+    def table(self) -> dict[int, int]:
+        table = self._table
+        if table is None:  # (two threads may both compute it: the same table)
+            table = self._table = {k: v for k, v in call_levels(self._nodes).items() if v}
+        return table
+
+    def __getitem__(self, key: int) -> int:
+        return self.table[key]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __repr__(self) -> str:
+        return f"Levels({self.table!r})"
 
 
 def level_of(graph: Graph, node: Node) -> int | None:
@@ -44,8 +76,13 @@ def priority_of(graph: Graph, node: Node) -> float:
 
 @dataclass(frozen=True)
 class ScheduleStats:
-    levels: int = 0  # waves of model calls
     estimate: Estimate = Estimate()
+    table: Mapping[int, int] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def levels(self) -> int:
+        """Waves of model calls (the highest level)."""
+        return max(self.table.values(), default=0)
 
     def counts(self, calls: int, completions: int) -> tuple[int, int]:
         """(model-call nodes, completions) after the pass: unchanged."""
@@ -64,7 +101,7 @@ class ScheduleStats:
 def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
              latency: Latency = None) -> tuple[Graph, ScheduleStats]:
     """Attach levels, priorities and the estimate to the graph's meta."""
-    est, lat, level = analyze(graph, inputs=inputs, latency=latency)
+    est, lat = analyze(graph, inputs=inputs, latency=latency)
     priority: dict[int, float] = {}
     tail: dict[int, float] = {}  # var id -> longest latency from its users to an output
     get, seconds = tail.get, lat.get
@@ -79,7 +116,9 @@ def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
             for a in node.inputs:
                 if get(a.id, -1.0) < p:  # (a literal's id is None: a harmless entry)
                     tail[a.id] = p
+    nodes = list(graph.nodes)
+    level = Levels(nodes)
     meta = dict(graph.meta)
     meta["estimate"], meta["level"], meta["priority"] = est, level, priority
-    return (Graph(list(graph.inputs), list(graph.nodes), list(graph.outputs), meta),
-            ScheduleStats(max(level.values(), default=0), est))
+    return (Graph(list(graph.inputs), nodes, list(graph.outputs), meta),
+            ScheduleStats(est, level))
