@@ -297,6 +297,7 @@ def test_levels_are_worked_out_when_first_read_and_jit_never_reads_them():
     assert levels == [1, 2]  # "one" and "side" batched in wave 1, "two" in wave 2
     assert results[-1].stats.levels == 2 and "2 levels" in results[-1].summary
     assert all(v > 0 for v in table.values()) and len(table) == len(list(table))
+    assert repr(table) == f"Levels({dict(table)!r})"
 
     fast = jit(chain)
     fast("q")
