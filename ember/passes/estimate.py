@@ -130,7 +130,8 @@ def count_tokens(text: str, model: str = "sim") -> int:
 
 def output_tokens(node: Node) -> int:
     """Worst-case output tokens of one completion of a model-call node."""
-    return _max_tokens(node.param("params", ()), split_model(node.param("model", ""))[0])
+    p = dict(node.params)
+    return _max_tokens(p.get("params", ()), split_model(p.get("model", ""))[0])
 
 
 def _max_tokens(params: tuple, provider: str) -> int:
@@ -205,6 +206,7 @@ class _Sizes:
         answers: dict[int, tuple[Range, int]] = {}  # id(params) -> (one answer, answers)
         if analysis is not None:
             after, lat, call = analysis.after, analysis.lat, analysis.tally.call
+            by_params = analysis.tally.by_params
             when = after.get
             calls = CALL_OPS
         for node in nodes:
@@ -234,9 +236,11 @@ class _Sizes:
             elif op == "llm" or op == "llm_batch":
                 known = answers.get(id(node.params))
                 if known is None:
-                    hi = float(output_tokens(node))
-                    known = answers[id(node.params)] = ((max(1.0, hi // 4), hi),
-                                                        node.param("n", 1))
+                    # the tally's call() just worked these out for this params tuple
+                    info = by_params.get(id(node.params)) if analysis is not None else None
+                    hi, k = (float(info[4]), info[5]) if info is not None else \
+                        (float(output_tokens(node)), node.param("n", 1))
+                    known = answers[id(node.params)] = ((max(1.0, hi // 4), hi), k)
                 one, k = known
                 if op == "llm" and k == 1:
                     rng[out] = one
