@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .. import providers
-from ..ir.graph import Graph, Node, Var
+from ..ir.graph import NO_META, Graph, Node, Var
 from ..ir.types import ListT, ResponseT
 from .dce import CALL_OPS, Interner, carry_meta, plural
 
@@ -133,21 +133,27 @@ def call_levels(nodes: Iterable[Node]) -> dict[int, int]:
 
 
 def _join(fronts: list[Any]) -> Any:
-    """Union of frontiers; a frontier over the cap becomes a fresh opaque token."""
-    live = [f for f in fronts if f]
-    if not live:
-        return _EMPTY
-    first = live[0]
-    if all(f is first for f in live):
+    """Union of (non-empty) frontiers; one over the cap, or holding an opaque token,
+    becomes a fresh opaque token."""
+    first = fronts[0]
+    for f in fronts:
+        if f is not first:
+            break
+    else:
         return first
-    if any(not isinstance(f, frozenset) for f in live):
-        return object()
-    u = first.union(*live[1:])
+    for f in fronts:
+        if f.__class__ is not frozenset:
+            return object()
+    u = first.union(*fronts)
     return u if len(u) <= _FRONTIER_CAP else object()
 
 
 def _chunks(members: list[int], size: int) -> list[list[int]]:
-    return [members[i:i + size] for i in range(0, len(members), size)]
+    """The groups of at least two calls in ``members``, at most ``size`` each."""
+    if len(members) <= size:
+        return [members] if len(members) > 1 else []
+    chunks = [members[i:i + size] for i in range(0, len(members), size)]
+    return chunks if len(chunks[-1]) > 1 else chunks[:-1]
 
 
 def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[list[Node], set[int]]:
@@ -176,12 +182,14 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[li
 
 
 _KEYS = tuple((("key", i),) for i in range(128))  # getitem params, shared
+_RESPONSES = ListT(ResponseT)
+_new = object.__new__
 
 
 def _fused(kind: str, members: list[Node], shared: dict) -> list[Node]:
     head = members[0]
-    out = Var(ListT(ResponseT))
-    meta = {"locs": tuple(m.loc for m in members)}
+    out = Var(_RESPONSES)
+    meta = {"locs": tuple([m.loc for m in members])}
     # params from the members' (hashable) ones, sorted by name as Node keeps them
     if kind == "n":
         # groups of the same models() line share one params tuple (later passes key
@@ -192,17 +200,22 @@ def _fused(kind: str, members: list[Node], shared: dict) -> list[Node]:
             p = dict(head.params)
             p["n"] = len(members)
             params = shared[key] = tuple(sorted(p.items()))
-        node = Node.trusted("llm", head.inputs, params, out, head.loc, meta)
+        fused = [Node.trusted("llm", head.inputs, params, out, head.loc, meta)]
     else:
         p = dict(head.params)
         flags = tuple([_DETERMINISTIC in m.params for m in members])
         params = (("deterministic", flags), ("model", p.get("model")),
                   ("options", p.get("options")), ("params", p.get("params", ())))
-        node = Node.trusted("llm_batch", tuple(a for m in members for a in m.inputs), params,
-                            out, head.loc, meta)
-    trusted = Node.trusted
-    return [node] + [trusted("getitem", (out,), _KEYS[i] if i < 128 else (("key", i),),
-                             m.out, m.loc) for i, m in enumerate(members)]
+        inputs: list[Any] = []
+        for m in members:
+            inputs += m.inputs
+        fused = [Node.trusted("llm_batch", tuple(inputs), params, out, head.loc, meta)]
+    for i, m in enumerate(members):  # Node.trusted, inlined: one getitem per member
+        get = _new(Node)
+        get.op, get.inputs, get.params, get.out, get.loc, get.meta = \
+            "getitem", (out,), _KEYS[i] if i < 128 else (("key", i),), m.out, m.loc, NO_META
+        fused.append(get)
+    return fused
 
 
 def toposort(nodes: list[Node], starts: Iterable[int] | None = None) -> list[Node]:
@@ -214,20 +227,18 @@ def toposort(nodes: list[Node], starts: Iterable[int] | None = None) -> list[Nod
     early: set[int] = set()  # positions placed ahead of their turn
     pulled: list[int] = []  # the same, as a heap: the copied runs skip them
     out: list[Node] = []
-
-    def copy(a: int, b: int) -> None:  # nodes[a:b], minus those placed early
-        nonlocal out
-        while pulled and pulled[0] < b:
-            j = heapq.heappop(pulled)
-            out += nodes[a:j]
-            a = max(a, j + 1)
-        out += nodes[a:b]
-
+    end = len(nodes)
+    order = list(range(end)) if starts is None else sorted(starts)
+    order.append(end)  # (the last run)
     prev = 0
-    for i in (range(len(nodes)) if starts is None else sorted(starts)):
-        copy(prev, i)
+    for i in order:
+        while pulled and pulled[0] < i:  # copy nodes[prev:i], minus those placed early
+            j = heapq.heappop(pulled)
+            out += nodes[prev:j]
+            prev = max(prev, j + 1)
+        out += nodes[prev:i]
         prev = i + 1
-        if i in early:
+        if i == end or i in early:
             continue
         # every position before i is placed; a producer after i goes first (and its own)
         stack = [(i, iter(nodes[i].inputs))]
@@ -243,7 +254,6 @@ def toposort(nodes: list[Node], starts: Iterable[int] | None = None) -> list[Nod
             else:
                 stack.pop()
                 out.append(nodes[k])
-    copy(prev, len(nodes))
     return out
 
 
@@ -339,7 +349,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
         if not caps(models[key[0]]).supports_n:
             no_n += len(members)
             continue
-        n_groups.extend(g for g in _chunks(members, max_n) if len(g) > 1)
+        n_groups += _chunks(members, max_n)
 
     # (b) calls to one model that become ready together -> one llm_batch node (an
     # n-fused call is not batched again)
@@ -360,7 +370,8 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
             else:
                 members.append(i)
         for members in groups.values():
-            b_groups.extend(g for g in _chunks(members, max_batch) if len(g) > 1)
+            if len(members) > 1:
+                b_groups += _chunks(members, max_batch)
     if n_groups or b_groups:
         nodes, batches = _rewrite(nodes, [("n", g) for g in n_groups] +
                                   [("batch", g) for g in b_groups])
