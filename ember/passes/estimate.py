@@ -237,8 +237,8 @@ class _Sizes:
                 known = answers.get(id(node.params))
                 if known is None:
                     # the tally's call() just worked these out for this params tuple
-                    info = by_params.get(id(node.params)) if analysis is not None else None
-                    hi, k = (float(info[4]), info[5]) if info is not None else \
+                    acc = by_params.get(id(node.params)) if analysis is not None else None
+                    hi, k = (float(acc.per_out), acc.n) if acc is not None else \
                         (float(output_tokens(node)), node.param("n", 1))
                     known = answers[id(node.params)] = ((max(1.0, hi // 4), hi), k)
                 one, k = known
@@ -305,67 +305,92 @@ def _sim_latency() -> float:
     return float(a)
 
 
+class _Calls:
+    """The calls of one params tuple (a models() line's calls share one): what they
+    share, worked out once, and their running totals."""
+
+    __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "seconds", "nodes",
+                 "batches", "answers", "requests", "in_lo", "in_hi")
+
+    def __init__(self, model: str, price: Any, caps: Any, sizes: _Sizes, per_out: int,
+                 n: int, seconds: float) -> None:
+        self.model, self.price, self.caps, self.sizes = model, price, caps, sizes
+        self.per_out, self.n, self.seconds = per_out, n, seconds
+        # llm nodes: n answers each, in n requests without n support; llm_batch nodes'
+        # answers and requests are counted as they come
+        self.nodes = self.batches = self.answers = self.requests = self.in_lo = self.in_hi = 0
+
+
 class _Tally:
-    """Accumulates requests, tokens and cost call by call."""
+    """Accumulates requests, tokens and cost call by call (per params tuple; `totals`
+    adds them up)."""
 
     def __init__(self, graph: Graph, inputs: Sequence[Any] | None, latency: Latency) -> None:
         self.graph, self.inputs, self.latency = graph, inputs, latency
         self.caps = CapsCache()
         self.sizes: dict[str, _Sizes] = {}  # one sweep per token counter in use
         self.models: dict[str, tuple] = {}  # model -> (provider, price, caps, sizes)
-        self.by_params: dict[int, tuple] = {}  # id(node params) -> what call() needs
+        self.by_params: dict[int, _Calls] = {}  # id(node params) -> its calls
         self.sim_latency: float | None = None
-        self.requests = self.calls = self.answers = 0
-        self.in_lo = self.in_hi = self.out_lo = self.out_hi = 0
-        self.cost_lo: float | None = 0.0
-        self.cost_hi: float | None = 0.0
-        self.unpriced: list[str] = []
 
     def call(self, node: Node) -> float:
         """Account for one model-call node; return its latency in seconds."""
-        info = self.by_params.get(id(node.params))
-        if info is None:  # a models() line's calls share one params tuple
+        acc = self.by_params.get(id(node.params))
+        if acc is None:
             p = dict(node.params)
             model = p.get("model", "")
             provider, price, caps, s = self._model(model)
             per_out = _max_tokens(p.get("params", ()), provider)
-            info = self.by_params[id(node.params)] = (
+            acc = self.by_params[id(node.params)] = _Calls(
                 model, price, caps, s, per_out, p.get("n", 1), self._latency(provider, per_out))
-        model, price, caps, s, per_out, k, seconds = info
         ins = node.inputs
         if node.op == "llm":
-            i_lo, i_hi = s.prompt(ins[0], ins[1])
-            if k > 1 and not caps.supports_n:  # without n: k full requests
-                reqs = k
-                i_lo, i_hi = i_lo * k, i_hi * k
-            else:
-                reqs = 1
-        else:
+            acc.nodes += 1
+            lo, hi = acc.sizes.prompt(ins[0], ins[1])
+        else:  # llm_batch: one answer per (prompt, system) pair
             k = len(ins) // 2
-            reqs = 1 if caps.supports_batch else k
-            i_lo = i_hi = 0
-            prompt = s.prompt
+            acc.batches += 1
+            acc.answers += k
+            acc.requests += 1 if acc.caps.supports_batch else k
+            lo = hi = 0
+            prompt = acc.sizes.prompt
             for j in range(0, len(ins), 2):
-                lo, hi = prompt(ins[j], ins[j + 1])
-                i_lo += lo
-                i_hi += hi
-        o_lo, o_hi = max(1, per_out // 4) * k, per_out * k
-        self.requests += reqs
-        self.calls += 1
-        self.answers += k
-        self.in_lo += i_lo
-        self.in_hi += i_hi
-        self.out_lo += o_lo
-        self.out_hi += o_hi
-        if price is None:
-            self.cost_lo = self.cost_hi = None
-            if model not in self.unpriced:
-                self.unpriced.append(model)
-        elif self.cost_lo is not None and self.cost_hi is not None:
-            self.cost_lo += (i_lo * price.input + o_lo * price.output) / 1e6
-            self.cost_hi += (i_hi * price.input + o_hi * price.output) / 1e6
+                a, b = prompt(ins[j], ins[j + 1])
+                lo += a
+                hi += b
+        acc.in_lo += lo
+        acc.in_hi += hi
         lat = self.latency
-        return seconds if not callable(lat) else float(lat(node))
+        return acc.seconds if not callable(lat) else float(lat(node))
+
+    def totals(self, critical: float) -> Estimate:
+        requests = calls = answers = in_lo = in_hi = out_lo = out_hi = 0
+        cost_lo: float | None = 0.0
+        cost_hi: float | None = 0.0
+        unpriced: list[str] = []
+        for acc in self.by_params.values():
+            # without n support, an llm node's n answers are n full requests
+            apart = acc.n if acc.n > 1 and not acc.caps.supports_n else 1
+            k = acc.nodes * acc.n + acc.answers
+            requests += acc.nodes * apart + acc.requests
+            i_lo, i_hi = acc.in_lo * apart, acc.in_hi * apart
+            o_lo, o_hi = max(1, acc.per_out // 4) * k, acc.per_out * k
+            calls += acc.nodes + acc.batches
+            answers += k
+            in_lo += i_lo
+            in_hi += i_hi
+            out_lo += o_lo
+            out_hi += o_hi
+            price = acc.price
+            if price is None:
+                cost_lo = cost_hi = None
+                if acc.model not in unpriced:
+                    unpriced.append(acc.model)
+            elif cost_lo is not None and cost_hi is not None:
+                cost_lo += (i_lo * price.input + o_lo * price.output) / 1e6
+                cost_hi += (i_hi * price.input + o_hi * price.output) / 1e6
+        return Estimate(requests, calls, answers, int(in_hi), int(in_lo), int(out_hi),
+                        int(out_lo), cost_lo, cost_hi, critical, tuple(unpriced))
 
     def _model(self, model: str) -> tuple:
         """(provider, price, caps, sizes) of a model, found once per estimate."""
@@ -416,9 +441,7 @@ def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
     sizes = t.sizes["chars"] = _Sizes(graph, _chars, inputs)
     found = _Analysis(t)
     sizes.sweep(graph.nodes, found)
-    est = Estimate(t.requests, t.calls, t.answers, int(t.in_hi), int(t.in_lo), int(t.out_hi),
-                   int(t.out_lo), t.cost_lo, t.cost_hi, found.critical, tuple(t.unpriced))
-    return est, found.lat
+    return t.totals(found.critical), found.lat
 
 
 def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,
