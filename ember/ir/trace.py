@@ -19,11 +19,11 @@ Python on the real values (see ember/_jit.py), which also detects such leaks.
 from __future__ import annotations
 
 import gc
+import itertools
 import os
 import sys
-from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import TraceError
 from .graph import NO_META, Atom, Graph, Lit, Node, Var, _ids
@@ -47,6 +47,10 @@ MAX_TRACE_NODES = 200_000
 _MODEL_OPS = frozenset(name for name, d in OPS.items() if d.impl is None)  # sent, not run
 _new = object.__new__
 _next_id = _ids.__next__
+# a trace's marker nonce: a per-process secret and a counter (one urandom per process,
+# not one system call per trace)
+_nonces = map(f"{os.urandom(6).hex()}{{:x}}".format, itertools.count())
+_next_nonce = _nonces.__next__
 
 trace_var: ContextVar[TraceState | None] = ContextVar("ember_trace", default=None)
 
@@ -55,22 +59,28 @@ def current_trace() -> TraceState | None:
     return trace_var.get()
 
 
-@contextmanager
-def tracing(state: TraceState) -> Iterator[None]:
-    """Run a (sync) trace: ``state`` is the current trace, and the cycle collector is
-    paused. A trace allocates a node, a var and a few tuples per step and creates no
-    reference cycles; on long traces the collector's repeated scans of the growing
-    heap otherwise cost a third of the tracing time. Memory is still freed by
-    reference counting, and a collection pending from the user's code runs after."""
-    token = trace_var.set(state)
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
+class tracing:
+    """``with tracing(state):`` runs a (sync) trace: ``state`` is the current trace, and
+    the cycle collector is paused. A trace allocates a node, a var and a few tuples per
+    step and creates no reference cycles; on long traces the collector's repeated scans
+    of the growing heap otherwise cost a third of the tracing time. Memory is still
+    freed by reference counting, and a collection pending from the user's code runs
+    after. (A class, not a generator: it is entered on every trace.)"""
+
+    __slots__ = ("state", "token", "collecting")
+
+    def __init__(self, state: TraceState) -> None:
+        self.state = state
+
+    def __enter__(self) -> None:
+        self.token = trace_var.set(self.state)
+        self.collecting = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.collecting:
             gc.enable()
-        trace_var.reset(token)
+        trace_var.reset(self.token)
 
 
 # (id(code), instruction offset) -> (code, "file:line"): computing a frame's line
@@ -129,7 +139,7 @@ class TraceState:
         self.values: dict[int, Any] = {}  # var id -> concrete value, when known
         self.marked: list[Var] = []  # marker i stands for marked[i] formatted with specs[i]
         self.specs: list[str] = []
-        self.nonce = os.urandom(4).hex()  # unguessable, so user text never forges a marker
+        self.nonce = _next_nonce()  # unguessable, so user text never forges a marker
         self._mark_open = _MARK_OPEN + self.nonce
         self.breaks: list[Break] = []
         self.guarded = False  # a known value steered the Python: graph is data-dependent
