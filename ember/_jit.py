@@ -87,16 +87,21 @@ def signature_of(value: Any) -> Any:
 
 def trace_inputs(value: Any, state: TraceState | None, leaves: list[Any]) -> Any:
     """Replace strings and Responses by tracers (collecting the concrete leaves)."""
+    if value.__class__ in _SCALARS:
+        return value
     if isinstance(value, (str, Response)):
         leaves.append(value)
         return state.input(value) if state is not None else value
     if isinstance(value, list):
         return [trace_inputs(v, state, leaves) for v in value]
     if isinstance(value, tuple):
-        return tuple(trace_inputs(v, state, leaves) for v in value)
+        return tuple([trace_inputs(v, state, leaves) for v in value])
     if isinstance(value, dict):
         return {k: trace_inputs(v, state, leaves) for k, v in value.items()}
     return value
+
+
+_SCALARS = frozenset({int, float, bool, type(None), bytes})  # never traced: as they are
 
 
 def _lookup(memo: Memo) -> Callable:

@@ -144,7 +144,8 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     if call.deterministic:
         node_params = call.params(options_var.get())
     else:
-        skey = (call.label, call.frozen, p_atom, s_atom)
+        # (no system: None, which hashes in C; a Lit's dataclass hash runs in Python)
+        skey = (call.label, call.frozen, p_atom, None if s_atom is _NO_SYSTEM else s_atom)
         sample = state.sample_counts.get(skey, 0)
         state.sample_counts[skey] = sample + n
         node_params = call.params(options_var.get(), sample)

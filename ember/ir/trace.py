@@ -332,7 +332,7 @@ class TraceState:
                     i = int(index)
                     atom, spec, before = self.marked[i], self.specs[i], pieces[0]
                     if spec == "" and not before and not after and \
-                            (atom.type is Str or atom.type == Str):
+                            (atom.type is Str or atom.type is not ResponseT and atom.type == Str):
                         return atom
                     return self.add_trusted("format", (atom,), (
                         ("segments", (before, after)),
