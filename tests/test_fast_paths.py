@@ -302,3 +302,20 @@ def test_levels_are_worked_out_when_first_read_and_jit_never_reads_them():
     fast = jit(chain)
     fast("q")
     assert fast.entry("q").graph.meta["level"]._table is None
+
+
+def test_group_caps_split_groups_and_never_leave_a_group_of_one():
+    def samples(q):
+        return [models("sim", "same prompt", temperature=0.7).text for _ in range(5)] + \
+            [models("sim", f"{i}: {q}").text for i in range(3)]
+
+    graph = trace_graph(samples, ("q",), {})[0]
+    out, stats = fuse(graph, max_n=2, max_batch=1)
+    check_graph(out)
+    ns = sorted(n.param("n") for n in out.nodes if n.op == "llm")
+    assert ns == [1, 1, 1, 1, 2, 2]  # 5 samples: two pairs and one left; 3 calls unbatched
+    assert stats.batches == 0 and stats.sampled_groups == 2 and stats.sampled_calls == 4
+    out, stats = fuse(graph, max_n=4, max_batch=2)
+    # a group of four and one sample left; of the 3 other calls a pair and one left
+    assert sorted(n.param("n") for n in out.nodes if n.op == "llm") == [1, 1, 4]
+    assert stats.batches == 1 and stats.batched_calls == 2

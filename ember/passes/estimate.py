@@ -364,6 +364,7 @@ class _Tally:
         return acc.seconds if not callable(lat) else float(lat(node))
 
     def totals(self, critical: float) -> Estimate:
+        """The estimate: every params tuple's calls added up."""
         requests = calls = answers = in_lo = in_hi = out_lo = out_hi = 0
         cost_lo: float | None = 0.0
         cost_hi: float | None = 0.0

@@ -153,7 +153,7 @@ def _chunks(members: list[int], size: int) -> list[list[int]]:
     if len(members) <= size:
         return [members] if len(members) > 1 else []
     chunks = [members[i:i + size] for i in range(0, len(members), size)]
-    return chunks if len(chunks[-1]) > 1 else chunks[:-1]
+    return [c for c in chunks if len(c) > 1]
 
 
 def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[list[Node], set[int]]:
