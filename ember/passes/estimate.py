@@ -227,7 +227,11 @@ class _Sizes:
             if op == "format":
                 params = node.params  # name-sorted: segments first
                 segs = params[0][1] if params[0][0] == "segments" else node.param("segments")
-                lo = hi = sum(map(len, segs)) / 4 if chars else sum(map(count, segs))
+                if chars:  # (most formats have two segments: no map object for those)
+                    lo = hi = (len(segs[0]) + len(segs[1]) if len(segs) == 2
+                               else sum(map(len, segs))) / 4
+                else:
+                    lo = hi = sum(map(count, segs))
                 for a in node.inputs:
                     r = get(a.id, _DEFAULT_IN) if a.__class__ is Var else atom(a)
                     lo += r[0]
