@@ -304,6 +304,37 @@ def test_levels_are_worked_out_when_first_read_and_jit_never_reads_them():
     assert fast.entry("q").graph.meta["level"]._table is None
 
 
+def test_the_estimate_is_worked_out_when_first_read_and_jit_reads_only_its_critical_path():
+    import pickle
+
+    from ember import jit
+    from ember.passes import Estimate, estimate
+    from ember.passes.estimate import LazyEstimate
+
+    def chain(q):
+        a = models("sim", f"one: {q}")
+        return [models("sim", f"two: {a.text}").text, models("sim", f"side: {q}").text]
+
+    graph, results = run_passes(trace_graph(chain, ("q",), {})[0], latency=1.0)
+    lazy = graph.meta["estimate"]
+    assert isinstance(lazy, LazyEstimate) and lazy._value is None
+    assert lazy.critical_path_seconds == 2.0 and lazy._value is None  # known already
+    eager = estimate(graph, latency=1.0)
+    assert lazy.requests == 2 and lazy._value is not None  # "one" + "side" batched, "two"
+    assert lazy == eager and eager == lazy and hash(lazy) == hash(eager)
+    assert repr(lazy) == repr(eager) and str(lazy) == str(eager)
+    copy = pickle.loads(pickle.dumps(lazy))
+    assert type(copy) is Estimate and copy == eager
+    assert lazy != Estimate() and (lazy == "an estimate") is False
+    assert "2 requests" in results[-1].summary and "critical path 2.00 s" in str(results[-1])
+    with pytest.raises(ValueError, match="1 inputs, got 2 example values"):
+        run_passes(trace_graph(chain, ("q",), {})[0], inputs=["a", "b"])
+
+    fast = jit(chain)
+    fast("q")
+    assert fast.entry("q").graph.meta["estimate"]._value is None  # never resolved
+
+
 def test_group_caps_split_groups_and_never_leave_a_group_of_one():
     def samples(q):
         return [models("sim", "same prompt", temperature=0.7).text for _ in range(5)] + \

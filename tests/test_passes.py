@@ -20,6 +20,7 @@ from ember.providers import sim
 from ember.passes import (DEFAULT_PASSES, Estimate, count_tokens, cse, dce, estimate, fuse,
                           level_of, priority_of, run_passes, schedule)
 from ember.passes.dce import count_calls
+from ember.passes.estimate import request_seconds
 
 SIM, OAI, ANT = "sim", "openai/gpt-4o-mini", "anthropic/claude-3-5-haiku-latest"
 CAPS = {"sim": (True, True), "openai": (True, False), "anthropic": (False, False)}  # n, batch
@@ -402,6 +403,14 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     assert dce(cur)[1].removed_nodes == 0  # no pass leaves dead nodes behind
     est = cur.meta["estimate"]  # the static estimate counts what the interpreter sent
     assert (est.requests, est.completions) == (after.requests, after.completions)
+    assert est == estimate(cur)  # schedule's deferred estimate is the eager one
+    # the critical path is the longest chain of request latencies (oracle: ready times
+    # computed forward; schedule finds it backward, as the highest priority)
+    seconds, ready = request_seconds(), {}
+    for n in cur.nodes:
+        start = max([ready.get(a.id, 0.0) for a in n.inputs if isinstance(a, Var)], default=0.0)
+        ready[n.out.id] = start + (seconds(n) if n.op in ("llm", "llm_batch") else 0.0)
+    assert est.critical_path_seconds == pytest.approx(max(ready.values(), default=0.0))
     assert all(level_of(cur, n) is not None for n in cur.nodes)
     calls = {n.out.id for n in cur.nodes if n.op in ("llm", "llm_batch")}
     assert set(cur.meta["priority"]) == calls  # a priority for each model call

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Sequence
 
 from ..ir.graph import Graph, Node, Var
@@ -33,7 +33,8 @@ from ..providers.prices import price_for
 from .dce import CALL_OPS, plural
 from .fuse import CapsCache, split_model
 
-__all__ = ["Estimate", "estimate", "analyze", "count_tokens", "output_tokens",
+__all__ = ["Estimate", "LazyEstimate", "estimate", "priorities", "request_seconds",
+           "count_tokens", "output_tokens",
            "DEFAULT_INPUT_TOKENS", "DEFAULT_OUTPUT_TOKENS", "FALLBACK_OUTPUT_TOKENS",
            "MESSAGE_OVERHEAD", "BASE_LATENCY", "PER_TOKEN_LATENCY"]
 
@@ -174,9 +175,7 @@ def _sum(ranges: Any) -> Range:
 
 
 class _Sizes:
-    """Token ranges of every var under one token counter, from one forward sweep. The
-    sweep of the default counter (~4 characters a token) also does the estimate's
-    own per-node work (`_Analysis`), so the usual graph is walked once."""
+    """Token ranges of every var under one token counter, from one forward sweep."""
 
     def __init__(self, graph: Graph, count: Callable[[str], float],
                  inputs: Sequence[Any] | None) -> None:
@@ -199,31 +198,17 @@ class _Sizes:
             return self.items.get(a.id)
         return _text_range(a.value, self.count)[1]
 
-    def sweep(self, nodes: list[Node], analysis: _Analysis | None = None) -> None:
+    def sweep(self, nodes: list[Node], tally: _Tally | None = None) -> None:
+        """Size every var; with ``tally``, also account for each model call (the
+        default counter's sweep does the estimate's per-node work, so the usual graph
+        is walked once)."""
         rng, items, count, atom = self.rng, self.items, self.count, self.atom
         get = rng.get
         chars = count is _chars
         answers: dict[int, tuple[Range, int]] = {}  # id(params) -> (one answer, answers)
-        if analysis is not None:
-            after, lat, call = analysis.after, analysis.lat, analysis.tally.call
-            by_params = analysis.tally.by_params
-            when = after.get
-            calls = CALL_OPS
+        by_params = tally.by_params if tally is not None else {}
         for node in nodes:
             op, out = node.op, node.out.id
-            if analysis is not None:  # when the node's value is ready (see analyze)
-                start = 0.0
-                for a in node.inputs:
-                    got = when(a.id, 0.0)  # (a literal's id is None: no entry)
-                    if got > start:
-                        start = got
-                if op in calls:
-                    seconds = lat[out] = call(node)
-                    start += seconds
-                    if start > analysis.critical:
-                        analysis.critical = start
-                if start:
-                    after[out] = start
             if op == "format":
                 params = node.params  # name-sorted: segments first
                 segs = params[0][1] if params[0][0] == "segments" else node.param("segments")
@@ -238,10 +223,12 @@ class _Sizes:
                     hi += r[1]
                 rng[out] = (lo, hi)
             elif op == "llm" or op == "llm_batch":
+                if tally is not None:
+                    tally.call(node)
                 known = answers.get(id(node.params))
                 if known is None:
                     # the tally's call() just worked these out for this params tuple
-                    acc = by_params.get(id(node.params)) if analysis is not None else None
+                    acc = by_params.get(id(node.params))
                     hi, k = (float(acc.per_out), acc.n) if acc is not None else \
                         (float(output_tokens(node)), node.param("n", 1))
                     known = answers[id(node.params)] = ((max(1.0, hi // 4), hi), k)
@@ -313,40 +300,38 @@ class _Calls:
     """The calls of one params tuple (a models() line's calls share one): what they
     share, worked out once, and their running totals."""
 
-    __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "seconds", "nodes",
-                 "batches", "answers", "requests", "in_lo", "in_hi")
+    __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "nodes", "batches",
+                 "answers", "requests", "in_lo", "in_hi")
 
     def __init__(self, model: str, price: Any, caps: Any, sizes: _Sizes, per_out: int,
-                 n: int, seconds: float) -> None:
+                 n: int) -> None:
         self.model, self.price, self.caps, self.sizes = model, price, caps, sizes
-        self.per_out, self.n, self.seconds = per_out, n, seconds
+        self.per_out, self.n = per_out, n
         # llm nodes: n answers each, in n requests without n support; llm_batch nodes'
         # answers and requests are counted as they come
         self.nodes = self.batches = self.answers = self.requests = self.in_lo = self.in_hi = 0
 
 
 class _Tally:
-    """Accumulates requests, tokens and cost call by call (per params tuple; `totals`
-    adds them up)."""
+    """Accumulates requests and tokens call by call (per params tuple; `totals` adds
+    them up and prices them)."""
 
-    def __init__(self, graph: Graph, inputs: Sequence[Any] | None, latency: Latency) -> None:
-        self.graph, self.inputs, self.latency = graph, inputs, latency
+    def __init__(self, graph: Graph, inputs: Sequence[Any] | None) -> None:
+        self.graph, self.inputs = graph, inputs
         self.caps = CapsCache()
         self.sizes: dict[str, _Sizes] = {}  # one sweep per token counter in use
         self.models: dict[str, tuple] = {}  # model -> (provider, price, caps, sizes)
         self.by_params: dict[int, _Calls] = {}  # id(node params) -> its calls
-        self.sim_latency: float | None = None
 
-    def call(self, node: Node) -> float:
-        """Account for one model-call node; return its latency in seconds."""
+    def call(self, node: Node) -> None:
+        """Account for one model-call node."""
         acc = self.by_params.get(id(node.params))
         if acc is None:
             p = dict(node.params)
             model = p.get("model", "")
             provider, price, caps, s = self._model(model)
-            per_out = _max_tokens(p.get("params", ()), provider)
             acc = self.by_params[id(node.params)] = _Calls(
-                model, price, caps, s, per_out, p.get("n", 1), self._latency(provider, per_out))
+                model, price, caps, s, _max_tokens(p.get("params", ()), provider), p.get("n", 1))
         ins = node.inputs
         if node.op == "llm":
             acc.nodes += 1
@@ -364,8 +349,6 @@ class _Tally:
                 hi += b
         acc.in_lo += lo
         acc.in_hi += hi
-        lat = self.latency
-        return acc.seconds if not callable(lat) else float(lat(node))
 
     def totals(self, critical: float) -> Estimate:
         """The estimate: every params tuple's calls added up."""
@@ -410,46 +393,126 @@ class _Tally:
             info = self.models[model] = (provider, price_for(provider, name), self.caps(model), s)
         return info
 
-    def _latency(self, provider: str, per_out: int) -> float:
-        """Seconds per request (a callable ``latency=`` is asked per node instead)."""
-        lat = self.latency
-        if lat is not None:
-            return 0.0 if callable(lat) else float(lat)
+
+def request_seconds(latency: Latency = None) -> Callable[[Node], float]:
+    """``seconds(node)``: the estimated latency of one request of a model-call node.
+    Worked out once per params tuple (a callable ``latency=`` is asked per node)."""
+    if callable(latency):
+        return lambda node: float(latency(node))
+    if latency is not None:
+        fixed = float(latency)
+        return lambda node: fixed
+    known: dict[int, tuple[tuple, float]] = {}  # id(params) -> (params, seconds)
+
+    def seconds(node: Node) -> float:
+        hit = known.get(id(node.params))
+        if hit is not None:
+            return hit[1]
+        p = dict(node.params)
+        provider = split_model(p.get("model", ""))[0]
         if provider == "sim":
-            if self.sim_latency is None:
-                self.sim_latency = _sim_latency()
-            return self.sim_latency
-        return BASE_LATENCY + PER_TOKEN_LATENCY * per_out
+            s = _sim_latency()
+        else:
+            s = BASE_LATENCY + PER_TOKEN_LATENCY * _max_tokens(p.get("params", ()), provider)
+        known[id(node.params)] = (node.params, s)  # (held: its id stays unique)
+        return s
+
+    return seconds
 
 
-class _Analysis:
-    """What `analyze` gathers per node, filled in by the default counter's sweep."""
+def priorities(nodes: Sequence[Node], latency: Latency = None) -> tuple[dict[int, float], float]:
+    """Each model call's priority by output var id: the longest estimated latency
+    (seconds) from its start to an output, its own included. And the critical path:
+    the longest chain of request latencies, which is the highest priority. One
+    backward sweep (users come after producers)."""
+    seconds = request_seconds(latency)
+    priority: dict[int, float] = {}
+    tail: dict[int, float] = {}  # var id -> longest latency from its users to an output
+    get, calls = tail.get, CALL_OPS
+    critical = 0.0
+    for node in reversed(nodes):
+        out = node.out.id
+        p = get(out, 0.0)
+        if node.op in calls:
+            p += seconds(node)
+            priority[out] = p
+            if p > critical:
+                critical = p
+        if p:
+            for a in node.inputs:
+                if get(a.id, -1.0) < p:  # (a literal's id is None: a harmless entry)
+                    tail[a.id] = p
+    return priority, critical
 
-    __slots__ = ("tally", "lat", "after", "critical")
 
-    def __init__(self, tally: _Tally) -> None:
-        self.tally = tally
-        self.lat: dict[int, float] = {}  # model call's var id -> its latency
-        # var id -> when its value is ready, in seconds; only vars downstream of a model
-        # call (the rest are ready at 0.0, the default)
-        self.after: dict[int, float] = {}
-        self.critical = 0.0
+def _tally(graph: Graph, inputs: Sequence[Any] | None, critical: float) -> Estimate:
+    """Requests, tokens and cost of a graph, with its critical path already known."""
+    t = _Tally(graph, inputs)
+    t.sizes["chars"] = sizes = _Sizes(graph, _chars, inputs)
+    sizes.sweep(graph.nodes, t)
+    return t.totals(critical)
 
 
-def analyze(graph: Graph, *, inputs: Sequence[Any] | None = None,
-            latency: Latency = None) -> tuple[Estimate, dict[int, float]]:
-    """The estimate, and the latency (seconds) of each model call by output var id."""
+def _check_inputs(graph: Graph, inputs: Sequence[Any] | None) -> None:
     if inputs is not None and len(inputs) != len(graph.inputs):
         raise ValueError(f"estimate: the graph has {len(graph.inputs)} inputs, "
                          f"got {len(inputs)} example values")
-    t = _Tally(graph, inputs, latency)
-    sizes = t.sizes["chars"] = _Sizes(graph, _chars, inputs)
-    found = _Analysis(t)
-    sizes.sweep(graph.nodes, found)
-    return t.totals(found.critical), found.lat
 
 
 def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,
              latency: Latency = None) -> Estimate:
     """A static estimate of requests, tokens, cost and critical-path latency."""
-    return analyze(graph, inputs=inputs, latency=latency)[0]
+    _check_inputs(graph, inputs)
+    return _tally(graph, inputs, priorities(graph.nodes, latency)[1])
+
+
+_FIELDS = tuple(f.name for f in fields(Estimate))
+
+
+class LazyEstimate(Estimate):
+    """The `Estimate` of a graph, worked out when a field other than the critical path
+    is first read. `schedule` attaches one: it knows the critical path from its
+    priorities already, and jit reads nothing else (``inspect`` and the run report
+    do). Equal to, hashes and pickles as the `Estimate` it stands for."""
+
+    def __init__(self, graph: Graph, inputs: Sequence[Any] | None, critical: float) -> None:
+        _check_inputs(graph, inputs)
+        object.__setattr__(self, "_source", (graph, None if inputs is None else tuple(inputs)))
+        object.__setattr__(self, "_critical", critical)
+        object.__setattr__(self, "_value", None)
+
+    def resolve(self) -> Estimate:
+        """The plain `Estimate` (computed on the first call)."""
+        value = self._value
+        if value is None:  # (two threads may both compute it: equal values)
+            graph, inputs = self._source
+            value = _tally(graph, inputs, self._critical)
+            object.__setattr__(self, "_value", value)
+            object.__setattr__(self, "_source", None)
+        return value
+
+    @property
+    def critical_path_seconds(self) -> float:  # type: ignore[override]
+        return self._critical
+
+    def __eq__(self, other: object) -> bool:
+        return self.resolve() == other if isinstance(other, Estimate) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.resolve())
+
+    def __repr__(self) -> str:
+        return repr(self.resolve())
+
+    def __reduce__(self) -> tuple:
+        value = self.resolve()
+        return Estimate, tuple(getattr(value, name) for name in _FIELDS)
+
+
+def _read(name: str) -> property:
+    return property(lambda self: getattr(self.resolve(), name), doc=f"`Estimate.{name}`")
+
+
+for _name in _FIELDS:
+    if _name != "critical_path_seconds":
+        setattr(LazyEstimate, _name, _read(_name))

@@ -16,7 +16,10 @@ Both are graph-level tables keyed by output var id, not per-node meta: the pass 
 the node objects of its input (annotating each node would mean copying it, which
 cost a third of the pass); `level_of` and `priority_of` read them.
 
-``graph.meta["estimate"]`` holds the static `Estimate` (see ``estimate.py``).
+``graph.meta["estimate"]`` holds the static `Estimate` (see ``estimate.py``) as a
+`LazyEstimate`: its critical path is the highest priority, known already, and its
+tokens, requests and cost are worked out when first read (``inspect``, the pass's
+summary), not on every compile: jit reads only the critical path.
 Structural passes drop it, so it always describes the graph it sits on.
 """
 
@@ -27,7 +30,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..ir.graph import Graph, Node
 from .dce import plural
-from .estimate import Estimate, Latency, analyze
+from .estimate import Estimate, LazyEstimate, Latency, priorities
 from .fuse import call_levels
 
 __all__ = ["schedule", "ScheduleStats", "Levels", "level_of", "priority_of"]
@@ -101,21 +104,8 @@ class ScheduleStats:
 def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
              latency: Latency = None) -> tuple[Graph, ScheduleStats]:
     """Attach levels, priorities and the estimate to the graph's meta."""
-    est, lat = analyze(graph, inputs=inputs, latency=latency)
-    priority: dict[int, float] = {}
-    tail: dict[int, float] = {}  # var id -> longest latency from its users to an output
-    get, seconds = tail.get, lat.get
-    for node in reversed(graph.nodes):  # backward: users before producers
-        out = node.out.id
-        p = get(out, 0.0)
-        s = seconds(out)
-        if s is not None:  # a model call
-            p += s
-            priority[out] = p
-        if p:
-            for a in node.inputs:
-                if get(a.id, -1.0) < p:  # (a literal's id is None: a harmless entry)
-                    tail[a.id] = p
+    priority, critical = priorities(graph.nodes, latency)
+    est = LazyEstimate(graph, inputs, critical)
     nodes = list(graph.nodes)
     level = Levels(nodes)
     meta = dict(graph.meta)
