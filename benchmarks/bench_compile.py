@@ -9,10 +9,12 @@ The traced function is app-shaped: blocks of 10 calls (an ensemble of 3 and its 
 a 2-step chain, 2 sampled votes, a duplicate deterministic call, a dead call), so
 every pass has work to do. Tracing is `ember._inspect.trace_graph` (what jit's plan
 phase does, without running anything); compiling is `ember.passes.run_passes` with
-the default pipeline (dce, cse, fuse, schedule + estimate), as jit runs it (the
-display-only wavefront levels are worked out when first read, which jit never does:
-about 0.4 µs per node when `inspect` shows them). The four sizes are measured
-interleaved (see the test). (bench_passes.py times the passes alone on hand-built
+the default pipeline (dce, cse, fuse, schedule), as jit runs it. Two of schedule's
+products are worked out when first read, which jit never does: the display-only
+wavefront levels (about 0.4 µs per node when `inspect` shows them) and the estimate's
+tokens, requests and cost (its critical path, which jit reads, is schedule's own). The
+estimate's cost on first read is timed apart and printed too. The four sizes are
+measured interleaved (see the test). (bench_passes.py times the passes alone on hand-built
 graphs.)
 """
 
@@ -60,6 +62,7 @@ def test_trace_and_compile_per_node(benchmark):
     other compared different machine states (the growth ratio most of all); interleaved,
     every size samples the same mixture, and each figure is the median round."""
     timings: dict[int, list[tuple[float, float]]] = {calls: [] for calls in SIZES}
+    reads: dict[int, list[float]] = {calls: [] for calls in SIZES}  # the estimate, read
 
     def cycle():
         for calls in SIZES:
@@ -68,11 +71,14 @@ def test_trace_and_compile_per_node(benchmark):
                 t0 = time.perf_counter()
                 graph, _, _, _ = trace_graph(app, args, {})
                 t1 = time.perf_counter()
-                run_passes(graph)
-                timings[calls].append((t1 - t0, time.perf_counter() - t1))
+                graph = run_passes(graph)[0]
+                t2 = time.perf_counter()
+                assert graph.meta["estimate"].requests > 0
+                reads[calls].append(time.perf_counter() - t2)
+                timings[calls].append((t1 - t0, t2 - t1))
 
     cycle()  # imports, first-use caches and allocator arenas outside the timing
-    for rounds in timings.values():
+    for rounds in (*timings.values(), *reads.values()):
         rounds.clear()
     benchmark.pedantic(cycle, rounds=CYCLES, iterations=1, warmup_rounds=0)
     per_node: dict[int, float] = {}
@@ -91,6 +97,9 @@ def test_trace_and_compile_per_node(benchmark):
                table=(f"{calls:,} calls", "trace µs/node"))
         figure(f"{label}: compile per node", compile_s / nodes * 1e6, "µs/node",
                table=(f"{calls:,} calls", "compile µs/node"))
+        read = sorted(reads[calls])[len(rounds) // 2]
+        figure(f"{label}: the estimate's tokens and cost, on first read, per node",
+               read / nodes * 1e6, "µs/node", table=(f"{calls:,} calls", "estimate read µs/node"))
         figure(f"{label}: per model call", (trace_s + compile_s) / calls * 1e6, "µs/call",
                table=(f"{calls:,} calls", "trace+compile µs/call"))
         figure(f"{label}: total", (trace_s + compile_s) * 1e3, "ms",
@@ -114,3 +123,4 @@ def test_jit_first_call_per_node(sim_config):
     nodes = len(trace_and_compile(calls // 10)[0].nodes)
     figure(f"jit first call (trace, compile, run, check) on {calls:,} calls, zero latency: "
            "per traced node", wall / nodes * 1e6, "µs/node")
+

@@ -43,6 +43,7 @@ _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _MARK_OPEN, _MARK_CLOSE = "\x02", "\x03"
 UNKNOWN = object()
 _PLAIN_SPECS = ("specs", ("",))  # the specs param of a format node of one plain {x}
+_TEXT_OF = (("segments", ("", "")), _PLAIN_SPECS)  # the params of a bare str(x): shared
 MAX_TRACE_NODES = 200_000
 _MODEL_OPS = frozenset(name for name, d in OPS.items() if d.impl is None)  # sent, not run
 _new = object.__new__
@@ -331,9 +332,10 @@ class TraceState:
                 if close and index.isdecimal():
                     i = int(index)
                     atom, spec, before = self.marked[i], self.specs[i], pieces[0]
-                    if spec == "" and not before and not after and \
-                            (atom.type is Str or atom.type is not ResponseT and atom.type == Str):
-                        return atom
+                    if spec == "" and not before and not after:  # str(x), x.text
+                        if atom.type is Str or atom.type is not ResponseT and atom.type == Str:
+                            return atom
+                        return self.add_trusted("format", (atom,), _TEXT_OF, Str, loc)
                     return self.add_trusted("format", (atom,), (
                         ("segments", (before, after)),
                         _PLAIN_SPECS if spec == "" else ("specs", (spec,))), Str, loc)
