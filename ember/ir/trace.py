@@ -18,7 +18,6 @@ Python on the real values (see ember/_jit.py), which also detects such leaks.
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
 import sys
@@ -26,6 +25,7 @@ from contextvars import ContextVar
 from typing import Any, Callable
 
 from ..errors import TraceError
+from .collector import pause, resume
 from .graph import NO_META, Atom, Graph, Lit, Node, Var, _ids
 from .ops import OPS, REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
 from .types import AnyT, Json, ListT, ResponseT, Str, Type
@@ -62,11 +62,10 @@ def current_trace() -> TraceState | None:
 
 class tracing:
     """``with tracing(state):`` runs a (sync) trace: ``state`` is the current trace, and
-    the cycle collector is paused. A trace allocates a node, a var and a few tuples per
-    step and creates no reference cycles; on long traces the collector's repeated scans
-    of the growing heap otherwise cost a third of the tracing time. Memory is still
-    freed by reference counting, and a collection pending from the user's code runs
-    after. (A class, not a generator: it is entered on every trace.)"""
+    the cycle collector is paused (see ``ember.ir.collector``: a trace creates no
+    reference cycles, memory is still freed by reference counting, and what the trace
+    made is promoted to the oldest generation on exit). (A class, not a generator: it
+    is entered on every trace.)"""
 
     __slots__ = ("state", "token", "collecting")
 
@@ -75,12 +74,10 @@ class tracing:
 
     def __enter__(self) -> None:
         self.token = trace_var.set(self.state)
-        self.collecting = gc.isenabled()
-        gc.disable()
+        self.collecting = pause()
 
     def __exit__(self, *exc: Any) -> None:
-        if self.collecting:
-            gc.enable()
+        resume(self.collecting)
         trace_var.reset(self.token)
 
 
@@ -284,8 +281,7 @@ class TraceState:
     def graph(self, result: Any) -> Graph:
         """The recorded graph, with ``result``'s leaves as its outputs (formatting them
         adds nodes: the collector stays paused for those too, see `tracing`)."""
-        collecting = gc.isenabled()
-        gc.disable()
+        collecting = pause()
         try:
             outputs: list[Atom] = []
             for leaf in _leaves(result):
@@ -294,8 +290,7 @@ class TraceState:
                     outputs.append(atom)
             return Graph(list(self.inputs), list(self.nodes), outputs)
         finally:
-            if collecting:
-                gc.enable()
+            resume(collecting)
 
     # ---- markers ---------------------------------------------------------------------
     def mark(self, tracer: Traced, spec: str) -> str:

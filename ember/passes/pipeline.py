@@ -13,7 +13,9 @@ still uses, and fusion only regroups live calls, so neither leaves dead nodes be
 
 The cycle collector is paused while the passes run: they create no reference
 cycles (memory is still freed by reference counting), and on graphs of 10,000 calls
-its repeated full-heap scans otherwise cost as much as the passes themselves.
+its repeated full-heap scans otherwise cost as much as the passes themselves. On
+resuming, what they made goes straight to the oldest generation (see
+``ember.ir.collector``).
 
 A pass's stats may have ``counts(calls, completions)``: the model calls and answers
 after the pass from those before it, so the pipeline need not count them again
@@ -26,12 +28,12 @@ is an error.
 
 from __future__ import annotations
 
-import gc
 import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ..ir.collector import pause, resume
 from ..ir.graph import Graph, GraphError, check_graph
 from .cse import cse
 from .dce import count_calls, dce
@@ -90,8 +92,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
     results: list[PassResult] = []
     nodes = len(graph.nodes)
     calls, done = count_calls(graph)
-    collecting = gc.isenabled()
-    gc.disable()
+    collecting = pause()
     clock = time.perf_counter
     try:
         for p in passes:
@@ -118,6 +119,5 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
                                       n2, calls, c2, done, d2, seconds))
             nodes, calls, done = n2, c2, d2
     finally:
-        if collecting:
-            gc.enable()
+        resume(collecting)
     return graph, results
