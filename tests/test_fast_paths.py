@@ -350,3 +350,40 @@ def test_group_caps_split_groups_and_never_leave_a_group_of_one():
     # a group of four and one sample left; of the 3 other calls a pair and one left
     assert sorted(n.param("n") for n in out.nodes if n.op == "llm") == [1, 1, 4]
     assert stats.batches == 1 and stats.batched_calls == 2
+
+
+def _call_sizes(graph):
+    """n of each llm node (negative) and members of each llm_batch, sorted."""
+    return sorted(len(n.inputs) // 2 if n.op == "llm_batch" else -n.param("n")
+                  for n in graph.nodes if n.op.startswith("llm"))
+
+
+def test_calls_waiting_on_one_n_group_share_its_frontier():
+    def app(q):
+        votes = [models("sim", f"vote: {q}", temperature=0.7) for _ in range(2)]
+        both = f"{votes[0].text} | {votes[1].text}"
+        return [models("sim", f"a: {both}").text, models("sim", f"b: {both}").text,
+                models("sim", f"c: {votes[0].text}").text]
+
+    graph = cse(trace_graph(app, ("q",), {})[0])[0]
+    out, stats = fuse(graph)
+    check_graph(out)
+    # the votes are one request (n=2): a and b wait on both, c on one, all on that request
+    assert _call_sizes(out) == [-2, 3] and stats.batched_calls == 3
+
+
+def test_a_frontier_over_the_cap_is_opaque_and_equal_frontiers_batch():
+    def app(q):
+        many = [models("sim", f"{i}: {q}").text for i in range(65)]
+        big, few = "\n".join(many), "\n".join(many[:3])
+        return [models("sim", f"x: {big}").text, models("sim", f"y: {big}").text,
+                models("sim", f"u: {few}").text, models("sim", f"v: {few}").text,
+                models("sim", f"w: {few}", system=f"s: {big}").text]
+
+    graph = cse(trace_graph(app, ("q",), {})[0])[0]
+    out, _ = fuse(graph)
+    check_graph(out)
+    # 65 first-wave calls: a batch of 64 and one left; u and v wait on the same 3 calls;
+    # x and y wait on 65 (over the cap of 64): opaque, so never batched with anything,
+    # and w too (its system prompt's frontier is opaque: it absorbs the prompt's)
+    assert _call_sizes(out) == [-1, -1, -1, -1, 2, 64]

@@ -40,7 +40,6 @@ __all__ = ["fuse", "FuseStats", "Caps", "CapsCache", "provider_name", "split_mod
            "call_levels", "toposort"]
 
 _LIT = object()
-_EMPTY: frozenset = frozenset()
 _DETERMINISTIC = ("deterministic", True)  # in an llm node's params
 _FRONTIER_CAP = 64  # larger frontiers become opaque tokens (keeps the pass linear)
 
@@ -132,20 +131,29 @@ def call_levels(nodes: Iterable[Node]) -> dict[int, int]:
     return level
 
 
+class _Opaque:
+    """A frontier too large to track (over `_FRONTIER_CAP` calls): equal to no other."""
+
+    __slots__ = ()
+
+
 def _join(fronts: list[Any]) -> Any:
-    """Union of (non-empty) frontiers; one over the cap, or holding an opaque token,
-    becomes a fresh opaque token."""
-    first = fronts[0]
+    """Union of (distinct) frontiers. A frontier is one call's token (a var id, or an n-group's
+    key: a call waits on itself), a frozenset of two or more tokens, or an `_Opaque`
+    one, which absorbs the rest. Tokens need no set of their own: most frontiers are a
+    single call's, and a set per call was the pass's biggest allocation."""
+    tokens: set[Any] = set()
     for f in fronts:
-        if f is not first:
-            break
-    else:
-        return first
-    for f in fronts:
-        if f.__class__ is not frozenset:
-            return object()
-    u = first.union(*fronts)
-    return u if len(u) <= _FRONTIER_CAP else object()
+        kind = f.__class__
+        if kind is frozenset:
+            tokens.update(f)
+        elif kind is _Opaque:
+            return _Opaque()
+        else:
+            tokens.add(f)
+    if len(tokens) == 1:  # equal tokens of different objects (an n-group's keys)
+        return fronts[0]
+    return frozenset(tokens) if len(tokens) <= _FRONTIER_CAP else _Opaque()
 
 
 def _chunks(members: list[int], size: int) -> list[list[int]]:
@@ -281,25 +289,25 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
     same: dict[tuple, list[int]] = {}  # sample key -> positions
     single: dict[int, int] = {}  # position -> kind id of each n=1 llm node
     when: dict[int, Any] = {}  # position -> frontier of each n=1 llm node
-    front: dict[int, Any] = {}  # var id -> the model calls it waits on (frontier)
-    tokens: dict[Any, frozenset] = {}
+    # var id -> the model calls it waits on (its frontier, see _join); no entry: none
+    front: dict[int, Any] = {}
     get = front.get
     for i, node in enumerate(nodes):
         op = node.op
         if ready:
-            f: Any = _EMPTY
+            f: Any = None
             many = None
             for a in node.inputs:
-                g = get(a.id, _EMPTY)  # (a literal's id is None: no entry)
-                if g and g is not f:
-                    if f:
-                        many = [f, g] if many is None else many + [g]
-                    else:
+                g = get(a.id)  # (a literal's id is None: no entry)
+                if g is not None and g is not f:
+                    if f is None:
                         f = g
+                    else:
+                        many = [f, g] if many is None else many + [g]
             if many is not None:
                 f = _join(many)
             if op not in calls:
-                if f:  # no entry: waits on no call (the default)
+                if f is not None:
                     front[node.out.id] = f
                 continue
         elif op != "llm":
@@ -337,10 +345,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
                             token = (key, len(members) // max_n)
                         members.append(i)
         if ready:
-            own = tokens.get(token)
-            if own is None:
-                own = tokens[token] = frozenset((token,))
-            front[node.out.id] = own
+            front[node.out.id] = token
     n_groups: list[list[int]] = []
     no_n = 0
     for key, members in same.items():
