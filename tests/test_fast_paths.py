@@ -387,3 +387,19 @@ def test_a_frontier_over_the_cap_is_opaque_and_equal_frontiers_batch():
     # x and y wait on 65 (over the cap of 64): opaque, so never batched with anything,
     # and w too (its system prompt's frontier is opaque: it absorbs the prompt's)
     assert _call_sizes(out) == [-1, -1, -1, -1, 2, 64]
+
+
+def test_a_rewrite_drops_the_old_shape_s_analyses_and_keeps_the_rest():
+    from ember.passes import dce
+
+    def app(q):
+        models("sim", f"unused: {q}")
+        return [models("sim", f"{i}: {q}").text for i in range(2)]
+
+    graph = run_passes(trace_graph(app, ("q",), {})[0])[0]
+    assert {"estimate", "level", "priority", "removed"} <= set(graph.meta)
+    first = graph.nodes[0]
+    graph.nodes.append(first.replace(out=Var(first.out.type)))  # unused: dce drops it
+    check_graph(graph)
+    again = dce(graph)[0]
+    assert set(again.meta) == {"removed"} and len(again.meta["removed"]) == 3

@@ -83,7 +83,10 @@ _ANALYSES = frozenset({"estimate", "level", "priority"})  # schedule's, of one s
 
 def carry_meta(graph: Graph) -> dict:
     """Graph meta for a rewritten graph: analyses of the old shape (schedule's) dropped."""
-    return {k: v for k, v in graph.meta.items() if k not in _ANALYSES}
+    meta = graph.meta
+    if _ANALYSES.isdisjoint(meta):  # (the usual case: schedule runs last)
+        return dict(meta)
+    return {k: v for k, v in meta.items() if k not in _ANALYSES}
 
 
 def plural(n: int, word: str) -> str:
