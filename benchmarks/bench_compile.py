@@ -52,6 +52,18 @@ def trace_and_compile(blocks: int):
 
 
 SIZES = (10, 100, 1_000, 10_000)  # model calls
+
+
+def calibration() -> float:
+    """Seconds for a fixed pure-Python workload (dicts, tuples, attribute reads): a
+    reading of how fast this machine is at the moment, printed with the figures."""
+    t0 = time.perf_counter()
+    table: dict[int, tuple[int, int]] = {}
+    for i in range(20_000):
+        table[i] = (i, i & 7)
+    total = sum(a + b for a, b in table.values())
+    assert total > 0
+    return time.perf_counter() - t0
 ROUNDS_PER_CYCLE = {10: 40, 100: 4, 1_000: 1, 10_000: 1}
 CYCLES = 7
 
@@ -63,8 +75,10 @@ def test_trace_and_compile_per_node(benchmark):
     every size samples the same mixture, and each figure is the median round."""
     timings: dict[int, list[tuple[float, float]]] = {calls: [] for calls in SIZES}
     reads: dict[int, list[float]] = {calls: [] for calls in SIZES}  # the estimate, read
+    speed: list[float] = []
 
     def cycle():
+        speed.append(calibration())
         for calls in SIZES:
             args = ("the question", calls // 10)
             for _ in range(ROUNDS_PER_CYCLE[calls]):
@@ -78,7 +92,7 @@ def test_trace_and_compile_per_node(benchmark):
                 timings[calls].append((t1 - t0, t2 - t1))
 
     cycle()  # imports, first-use caches and allocator arenas outside the timing
-    for rounds in (*timings.values(), *reads.values()):
+    for rounds in (*timings.values(), *reads.values(), speed):
         rounds.clear()
     benchmark.pedantic(cycle, rounds=CYCLES, iterations=1, warmup_rounds=0)
     per_node: dict[int, float] = {}
@@ -104,6 +118,8 @@ def test_trace_and_compile_per_node(benchmark):
                table=(f"{calls:,} calls", "trace+compile µs/call"))
         figure(f"{label}: total", (trace_s + compile_s) * 1e3, "ms",
                table=(f"{calls:,} calls", "total ms"))
+    figure("machine speed: a fixed pure-Python workload, median of the cycles (this VM "
+           "swings ~1.6x; compare runs by it)", sorted(speed)[len(speed) // 2] * 1e3, "ms")
     report("trace+compile growth: per-node time at 10,000 calls / at 100 calls",
            per_node[10_000] / per_node[100], 1.0, unit="x", target=1.5)
     # loose (a shared VM varies 2x): the ratios are the figures
