@@ -183,9 +183,13 @@ class TraceState:
         out = _new(Var)
         out.id = _next_id()
         out.type = type_
-        node = _new(Node)
-        node.op, node.inputs, node.params, node.out, node.loc, node.meta = \
-            op, inputs, params, out, loc, NO_META
+        node = _new(Node)  # (one assignment per slot: a 6-tuple assignment builds a tuple)
+        node.op = op
+        node.inputs = inputs
+        node.params = params
+        node.out = out
+        node.loc = loc
+        node.meta = NO_META
         nodes = self.nodes
         if len(nodes) >= MAX_TRACE_NODES:
             self._too_long()

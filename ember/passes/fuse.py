@@ -218,10 +218,15 @@ def _fused(kind: str, members: list[Node], shared: dict) -> list[Node]:
         for m in members:
             inputs += m.inputs
         fused = [Node.trusted("llm_batch", tuple(inputs), params, out, head.loc, meta)]
+    ins = (out,)
     for i, m in enumerate(members):  # Node.trusted, inlined: one getitem per member
         get = _new(Node)
-        get.op, get.inputs, get.params, get.out, get.loc, get.meta = \
-            "getitem", (out,), _KEYS[i] if i < 128 else (("key", i),), m.out, m.loc, NO_META
+        get.op = "getitem"
+        get.inputs = ins
+        get.params = _KEYS[i] if i < 128 else (("key", i),)
+        get.out = m.out
+        get.loc = m.loc
+        get.meta = NO_META
         fused.append(get)
     return fused
 
