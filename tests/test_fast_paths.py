@@ -305,6 +305,7 @@ def test_levels_are_worked_out_when_first_read_and_jit_never_reads_them():
 
 
 def test_the_estimate_is_worked_out_when_first_read_and_jit_reads_only_its_critical_path():
+    import dataclasses
     import pickle
 
     from ember import jit
@@ -325,6 +326,9 @@ def test_the_estimate_is_worked_out_when_first_read_and_jit_reads_only_its_criti
     assert repr(lazy) == repr(eager) and str(lazy) == str(eager)
     copy = pickle.loads(pickle.dumps(lazy))
     assert type(copy) is Estimate and copy == eager
+    changed = dataclasses.replace(lazy, requests=7)
+    assert type(changed) is Estimate and changed == dataclasses.replace(eager, requests=7)
+    assert dataclasses.asdict(lazy) == dataclasses.asdict(eager)
     assert lazy != Estimate() and (lazy == "an estimate") is False
     assert "2 requests" in results[-1].summary and "critical path 2.00 s" in str(results[-1])
     with pytest.raises(ValueError, match="1 inputs, got 2 example values"):

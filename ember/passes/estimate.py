@@ -473,7 +473,13 @@ class LazyEstimate(Estimate):
     """The `Estimate` of a graph, worked out when a field other than the critical path
     is first read. `schedule` attaches one: it knows the critical path from its
     priorities already, and jit reads nothing else (``inspect`` and the run report
-    do). Equal to, hashes and pickles as the `Estimate` it stands for."""
+    do). Equal to, hashes, pickles and ``dataclasses.replace``s as the `Estimate` it
+    stands for."""
+
+    def __new__(cls, *args: Any, **fields: Any) -> Any:
+        if fields:  # dataclasses.replace(): a plain Estimate with the changes
+            return Estimate(**fields)
+        return super().__new__(cls)
 
     def __init__(self, graph: Graph, inputs: Sequence[Any] | None, critical: float) -> None:
         _check_inputs(graph, inputs)
