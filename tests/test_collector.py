@@ -89,3 +89,18 @@ def test_a_traced_and_compiled_graph_is_in_the_oldest_generation(collecting):
     assert gc.isenabled() and in_generation(graph.nodes[0], 2)
     optimized = run_passes(graph)[0]
     assert gc.isenabled() and in_generation(optimized.nodes[-1], 2)
+
+
+def test_a_free_threaded_build_is_not_frozen(collecting, monkeypatch):
+    from ember.ir import collector
+
+    monkeypatch.setattr(collector, "_GENERATIONAL", False)  # no generations to skip
+    collecting = pause()
+    made = [Cell()]
+    resume(collecting)
+    running = gc.isenabled()
+    gc.disable()  # (a young collection while looking would move `made` along)
+    try:
+        assert running and in_generation(made, 0)
+    finally:
+        gc.enable()

@@ -15,14 +15,18 @@ full collections examine (``gc.freeze()`` then ``gc.unfreeze()``: two list splic
 whatever the heap size). What the program pays: cyclic garbage that happened to be
 young at that moment is reclaimed at the next full collection instead of the next
 young one. Skipped when the program froze objects itself (``gc.freeze()`` before a
-fork): unfreezing would undo that.
+fork): unfreezing would undo that. Skipped on free-threaded builds too: their
+collector has no generations, and freezing there marks every object in the heap.
 """
 
 from __future__ import annotations
 
 import gc
+import sys
 
 __all__ = ["pause", "resume"]
+
+_GENERATIONAL = "t" not in getattr(sys, "abiflags", "")  # not a free-threaded build
 
 
 def pause() -> bool:
@@ -36,7 +40,7 @@ def resume(collecting: bool) -> None:
     """Undo `pause`: promote what is tracked to the oldest generation, then restart
     the collector if it was running."""
     if collecting:
-        if not gc.get_freeze_count():
+        if _GENERATIONAL and not gc.get_freeze_count():
             gc.freeze()
             gc.unfreeze()
         gc.enable()
