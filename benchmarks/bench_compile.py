@@ -13,8 +13,9 @@ the default pipeline (dce, cse, fuse, schedule), as jit runs it. Two of schedule
 products are worked out when first read, which jit never does: the display-only
 wavefront levels (about 0.4 µs per node when `inspect` shows them) and the estimate's
 tokens, requests and cost (its critical path, which jit reads, is schedule's own). The
-estimate's cost on first read is timed apart and printed too. The four sizes are
-measured interleaved (see the test). (bench_passes.py times the passes alone on hand-built
+estimate's cost on first read is timed apart and printed too, as is dropping the
+graphs at the end of a round (jit keeps its graphs). The four sizes are measured
+interleaved (see the test). (bench_passes.py times the passes alone on hand-built
 graphs.)
 """
 
@@ -52,6 +53,8 @@ def trace_and_compile(blocks: int):
 
 
 SIZES = (10, 100, 1_000, 10_000)  # model calls
+ROUNDS_PER_CYCLE = {10: 40, 100: 4, 1_000: 1, 10_000: 1}
+CYCLES = 7
 
 
 def calibration() -> float:
@@ -64,8 +67,6 @@ def calibration() -> float:
     total = sum(a + b for a, b in table.values())
     assert total > 0
     return time.perf_counter() - t0
-ROUNDS_PER_CYCLE = {10: 40, 100: 4, 1_000: 1, 10_000: 1}
-CYCLES = 7
 
 
 def test_trace_and_compile_per_node(benchmark):
@@ -75,6 +76,7 @@ def test_trace_and_compile_per_node(benchmark):
     every size samples the same mixture, and each figure is the median round."""
     timings: dict[int, list[tuple[float, float]]] = {calls: [] for calls in SIZES}
     reads: dict[int, list[float]] = {calls: [] for calls in SIZES}  # the estimate, read
+    frees: dict[int, list[float]] = {calls: [] for calls in SIZES}  # dropping the graphs
     speed: list[float] = []
 
     def cycle():
@@ -83,16 +85,22 @@ def test_trace_and_compile_per_node(benchmark):
             args = ("the question", calls // 10)
             for _ in range(ROUNDS_PER_CYCLE[calls]):
                 t0 = time.perf_counter()
-                graph, _, _, _ = trace_graph(app, args, {})
+                traced, state, _, _ = trace_graph(app, args, {})
                 t1 = time.perf_counter()
-                graph = run_passes(graph)[0]
+                graph = run_passes(traced)[0]
                 t2 = time.perf_counter()
                 assert graph.meta["estimate"].requests > 0
                 reads[calls].append(time.perf_counter() - t2)
                 timings[calls].append((t1 - t0, t2 - t1))
+                # freed outside the timing (and timed apart): dropping a graph is neither
+                # tracing nor compiling (jit keeps its graphs); freed by the next round's
+                # trace, the 10- and 100-call rounds paid for it and the larger ones not
+                t3 = time.perf_counter()
+                del traced, state, graph
+                frees[calls].append(time.perf_counter() - t3)
 
     cycle()  # imports, first-use caches and allocator arenas outside the timing
-    for rounds in (*timings.values(), *reads.values(), speed):
+    for rounds in (*timings.values(), *reads.values(), *frees.values(), speed):
         rounds.clear()
     benchmark.pedantic(cycle, rounds=CYCLES, iterations=1, warmup_rounds=0)
     per_node: dict[int, float] = {}
@@ -114,6 +122,9 @@ def test_trace_and_compile_per_node(benchmark):
         read = sorted(reads[calls])[len(rounds) // 2]
         figure(f"{label}: the estimate's tokens and cost, on first read, per node",
                read / nodes * 1e6, "µs/node", table=(f"{calls:,} calls", "estimate read µs/node"))
+        free = sorted(frees[calls])[len(rounds) // 2]
+        figure(f"{label}: dropping the traced and compiled graphs, per node",
+               free / nodes * 1e6, "µs/node", table=(f"{calls:,} calls", "drop µs/node"))
         figure(f"{label}: per model call", (trace_s + compile_s) / calls * 1e6, "µs/call",
                table=(f"{calls:,} calls", "trace+compile µs/call"))
         figure(f"{label}: total", (trace_s + compile_s) * 1e3, "ms",
