@@ -58,8 +58,8 @@ CYCLES = 7
 
 
 def calibration() -> float:
-    """Seconds for a fixed pure-Python workload (dicts, tuples, attribute reads): a
-    reading of how fast this machine is at the moment, printed with the figures."""
+    """Seconds for a fixed pure-Python workload (dict inserts, small tuples, a sum over
+    a generator): how fast this machine is at the moment, printed with the figures."""
     t0 = time.perf_counter()
     table: dict[int, tuple[int, int]] = {}
     for i in range(20_000):

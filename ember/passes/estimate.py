@@ -522,3 +522,4 @@ def _read(name: str) -> property:
 for _name in _FIELDS:
     if _name != "critical_path_seconds":
         setattr(LazyEstimate, _name, _read(_name))
+del _name
