@@ -150,4 +150,3 @@ def test_jit_first_call_per_node(sim_config):
     nodes = len(trace_and_compile(calls // 10)[0].nodes)
     figure(f"jit first call (trace, compile, run, check) on {calls:,} calls, zero latency: "
            "per traced node", wall / nodes * 1e6, "µs/node")
-
