@@ -130,8 +130,9 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     if not isinstance(model, str):
         model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
     system = params.pop("system", None)  # params: this call's own keyword arguments
-    try:
-        key: Any = (model, tuple(params.items()))
+    try:  # (no params, the common case: a model id string alone is the key)
+        key: Any = model if not params and model.__class__ is str else \
+            (model, tuple(params.items()))
         call = _calls.get(key)
     except TypeError:  # an unhashable param value (a JSON schema dict)
         key = call = None

@@ -170,6 +170,42 @@ def test_a_forged_marker_of_this_trace_is_plain_text():
     assert state.atomize(forged) == Lit(forged)
 
 
+def test_markers_past_the_shared_tables_are_formatted_and_parsed_alike(monkeypatch):
+    def fn(x: str):
+        answers = [models("sim", f"{i}: {x}") for i in range(3)]
+        joined = "|".join(a.text for a in answers)  # three markers in one prompt
+        return [models("sim", f"all {joined} {x:>2}").text, *(a.text for a in answers)]
+
+    def shape(graph):
+        return [(n.op, [graph.inputs.index(a) if a in graph.inputs else getattr(a, "value", "v")
+                        for a in n.inputs], n.params) for n in graph.nodes]
+
+    expected = shape(trace_graph(fn, ("q",), {})[0])
+    # tables that hold only the first two markers: the rest take the general path
+    monkeypatch.setattr(trace_mod, "_TAILS", [])
+    monkeypatch.setattr(trace_mod, "_INDEX_OF", {})
+    monkeypatch.setattr(trace_mod, "_TAILS_CAP", 2)
+    assert shape(trace_graph(fn, ("q",), {})[0]) == expected
+    assert trace_mod._TAILS == ["0\x03", "1\x03"] and trace_mod._INDEX_OF == {"0": 0, "1": 1}
+    state = trace_mod.TraceState()
+    x = state.input("x")
+    padded = f"{state._mark_open}00{trace_mod._MARK_CLOSE}"  # not the table's spelling of 0
+    assert state.atomize(f"{x}{padded}") == state.nodes[-1].out
+    assert state.nodes[-1].inputs == (x._var, x._var)
+
+
+def test_a_model_id_that_is_not_a_string_is_never_served_from_the_call_cache():
+    def fn(x: str):
+        return models("sim", x, temperature=0.5).text
+
+    trace_graph(fn, ("a",), {})  # caches ("sim", (("temperature", 0.5),))
+    with pytest.raises(Exception, match="model"):
+        models(("sim", (("temperature", 0.5),)), "q")
+    _, _, complete, note = trace_graph(lambda x: models(("sim", (("temperature", 0.5),)), x),
+                                       ("a",), {})
+    assert not complete and "model" in note
+
+
 def test_values_are_computed_on_demand_once_and_effects_never_run():
     runs = []
 
@@ -212,6 +248,7 @@ def test_the_call_cache_is_bounded(monkeypatch):
     from ember import _models
 
     monkeypatch.setattr(_models, "_MAX_CALLS", 1)
+    monkeypatch.setattr(_models, "_calls", {})  # (what other tests resolved is not a miss)
 
     def fn(x: str):
         return [models("sim", x).text, models("sim", x, temperature=0.5).text]

@@ -52,6 +52,12 @@ _next_id = _ids.__next__
 # not one system call per trace)
 _nonces = map(f"{os.urandom(6).hex()}{{:x}}".format, itertools.count())
 _next_nonce = _nonces.__next__
+# a marker's tail "<index>" CLOSE, and the index of such a tail's digits, for the first
+# indexes of any trace (grown on first use): formatting an int into the marker and
+# parsing it back cost about a sixth of a prompt's trace
+_TAILS: list[str] = []
+_INDEX_OF: dict[str, int] = {}
+_TAILS_CAP = 1 << 15
 
 trace_var: ContextVar[TraceState | None] = ContextVar("ember_trace", default=None)
 
@@ -301,9 +307,17 @@ class TraceState:
         if self.strict and self.value_of(tracer._var) is UNKNOWN:
             self.need(tracer, "formatting an unfinished model answer (strict mode)")
         marked = self.marked
+        i = len(marked)
         marked.append(tracer._var)
         self.specs.append(spec)
-        return f"{self._mark_open}{len(marked) - 1}{_MARK_CLOSE}"
+        if i < len(_TAILS):
+            return self._mark_open + _TAILS[i]
+        if i < _TAILS_CAP:
+            for k in range(len(_TAILS), min(_TAILS_CAP, 2 * i + 64)):
+                _TAILS.append(f"{k}{_MARK_CLOSE}")
+                _INDEX_OF[str(k)] = k
+            return self._mark_open + _TAILS[i]
+        return f"{self._mark_open}{i}{_MARK_CLOSE}"
 
     def text_of(self, tracer: Traced) -> str:
         """``.text`` / ``str()`` of a model answer: the real text once it is known (the
@@ -314,6 +328,14 @@ class TraceState:
             # (without a lookup a model call's answer is unknown: skip the sweep)
             value = self.value_of(var)
         if value is UNKNOWN or isinstance(value, BaseException):
+            if self.strict:
+                return self.mark(tracer, "")
+            marked = self.marked  # mark(tracer, ""), inlined: every answer's text comes here
+            i = len(marked)
+            if i < len(_TAILS):
+                marked.append(var)
+                self.specs.append("")
+                return self._mark_open + _TAILS[i]
             return self.mark(tracer, "")
         self.guarded = True
         return value.text
@@ -328,8 +350,10 @@ class TraceState:
             pieces = value.split(self._mark_open)
             if len(pieces) == 2:  # one marker: the common f"...{x}..."
                 index, close, after = pieces[1].partition(_MARK_CLOSE)
-                if close and index.isdecimal():
+                i = _INDEX_OF.get(index) if close else None
+                if i is None and close and index.isdecimal():
                     i = int(index)
+                if i is not None:
                     atom, spec, before = self.marked[i], self.specs[i], pieces[0]
                     if spec == "" and not before and not after:  # str(x), x.text
                         if atom.type is Str or atom.type is not ResponseT and atom.type == Str:
@@ -342,8 +366,10 @@ class TraceState:
                 segments, atoms, specs = [pieces[0]], [], []
                 for piece in pieces[1:]:
                     index, close, after = piece.partition(_MARK_CLOSE)
-                    if close and index.isdecimal():
+                    i = _INDEX_OF.get(index) if close else None
+                    if i is None and close and index.isdecimal():
                         i = int(index)
+                    if i is not None:
                         atoms.append(self.marked[i])
                         specs.append(self.specs[i])
                         segments.append(after)

@@ -236,12 +236,14 @@ def toposort(nodes: list[Node], starts: Iterable[int] | None = None) -> list[Nod
     (depth-first: each node is preceded by its not-yet-placed producers). ``starts``:
     the positions of the only nodes that may use a var defined after them (default:
     any node); the runs between them are copied whole. Linear."""
-    where = {n.out.id: i for i, n in enumerate(nodes)}
+    end = len(nodes)
+    order = list(range(end)) if starts is None else sorted(starts)
+    # producers that may have to move: those after the first start
+    base = order[0] + 1 if order else end
+    where = {nodes[k].out.id: k for k in range(base, end)}
     early: set[int] = set()  # positions placed ahead of their turn
     pulled: list[int] = []  # the same, as a heap: the copied runs skip them
     out: list[Node] = []
-    end = len(nodes)
-    order = list(range(end)) if starts is None else sorted(starts)
     order.append(end)  # (the last run)
     prev = 0
     for i in order:
