@@ -127,10 +127,12 @@ def _resolve(state: Any, model: Any, params: dict[str, Any], key: Any) -> _Call:
 
 def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     loc = user_location(3)
-    if not isinstance(model, str):
+    if model.__class__ is not str and not isinstance(model, str):
         model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
-    system = params.pop("system", None)  # params: this call's own keyword arguments
-    try:  # (no params, the common case: a model id string alone is the key)
+    # params: this call's own keyword arguments (none, the common case: a model id
+    # string alone is the call cache's key)
+    system = params.pop("system", None) if params else None
+    try:
         key: Any = model if not params and model.__class__ is str else \
             (model, tuple(params.items()))
         call = _calls.get(key)

@@ -87,10 +87,11 @@ class tracing:
         trace_var.reset(self.token)
 
 
-# (id(code), instruction offset) -> (code, "file:line"): computing a frame's line
-# number scans the code's line table, which costs more than the rest of a traced call.
-# Holding the code object keeps its id from being reused while the entry exists.
-_locations: dict[tuple[int, int], tuple[Any, str]] = {}
+# id(code) -> (code, {instruction offset: "file:line"}), or (code, None) for ember's own
+# code: computing a frame's line number scans the code's line table, which costs more
+# than the rest of a traced call. Holding the code object keeps its id from being reused
+# while the entry exists. At most _MAX_LOCATIONS codes, and offsets per code.
+_locations: dict[int, tuple[Any, dict[int, str] | None]] = {}
 _MAX_LOCATIONS = 4096
 
 
@@ -99,15 +100,19 @@ def user_location(skip: int = 1) -> str | None:
     frame = sys._getframe(skip)
     while frame is not None:
         code = frame.f_code
-        if not code.co_filename.startswith(_EMBER_DIR):
-            key = (id(code), frame.f_lasti)
-            hit = _locations.get(key)
-            if hit is not None:
-                return hit[1]
+        site = _locations.get(id(code))
+        if site is None:
             if len(_locations) >= _MAX_LOCATIONS:
                 _locations.clear()
-            loc = f"{code.co_filename}:{frame.f_lineno}"
-            _locations[key] = (code, loc)
+            site = _locations[id(code)] = (
+                code, None if code.co_filename.startswith(_EMBER_DIR) else {})
+        lines = site[1]
+        if lines is not None:
+            loc = lines.get(frame.f_lasti)
+            if loc is None:
+                if len(lines) >= _MAX_LOCATIONS:
+                    lines.clear()
+                loc = lines[frame.f_lasti] = f"{code.co_filename}:{frame.f_lineno}"
             return loc
         frame = frame.f_back
     return None
