@@ -112,6 +112,10 @@ def _normalize_format(fmt: Any) -> Any:
     )
 
 
+# json.dumps(..., sort_keys=True, default=str), without building an encoder per call
+_KEY_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """A provider-neutral request. Hashable; ``key`` identifies it across runs."""
@@ -164,10 +168,8 @@ class Request:
     def key(self) -> str:
         """xxhash of everything but ``n``: identical requests share a key."""
         if not self._key:
-            blob = json.dumps(
-                [self.provider, self.model, self.messages, self.system, self.params],
-                sort_keys=True, default=str,
-            )
+            blob = _KEY_JSON.encode(
+                [self.provider, self.model, self.messages, self.system, self.params])
             self._key.append(xxhash.xxh3_128_hexdigest(blob.encode()))
         return self._key[0]
 
