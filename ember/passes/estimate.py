@@ -403,6 +403,7 @@ def request_seconds(latency: Latency = None) -> Callable[[Node], float]:
         fixed = float(latency)
         return lambda node: fixed
     known: dict[int, tuple[tuple, float]] = {}  # id(params) -> (params, seconds)
+    sim: list[float] = []  # sim's configured latency, read once
 
     def seconds(node: Node) -> float:
         hit = known.get(id(node.params))
@@ -411,7 +412,9 @@ def request_seconds(latency: Latency = None) -> Callable[[Node], float]:
         p = dict(node.params)
         provider = split_model(p.get("model", ""))[0]
         if provider == "sim":
-            s = _sim_latency()
+            if not sim:
+                sim.append(_sim_latency())
+            s = sim[0]
         else:
             s = BASE_LATENCY + PER_TOKEN_LATENCY * _max_tokens(p.get("params", ()), provider)
         known[id(node.params)] = (node.params, s)  # (held: its id stays unique)
