@@ -111,7 +111,7 @@ class Node:
         return format_node(self)
 
 
-@dataclass
+@dataclass(slots=True)  # (no per-graph __dict__: passes make one graph each)
 class Graph:
     inputs: list[Var]
     nodes: list[Node]
