@@ -41,7 +41,6 @@ _WORDS = (
     "because data and reasoning agree overall this suggests a clear answer with "
     "moderate confidence further review could refine details and risks remain low"
 ).split()
-_N_WORDS = float(len(_WORDS))
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z'-]{2,}")
 _xxh64 = xxhash.xxh64_intdigest
 
@@ -207,11 +206,11 @@ _last_topic: tuple = (None, [])
 
 
 def _generate(req: Request, prompt: str, h: int) -> str:
-    rng = random.Random(h)
     topic = _topic(prompt)
     fmt = req.response_format
     wants_json = fmt is not None or "json" in prompt.lower()
     if wants_json:
+        rng = random.Random(h)
         if isinstance(fmt, tuple) and fmt[0] == "schema":
             return json.dumps(_from_schema(json.loads(fmt[2]), rng, topic))
         if re.search(r"\b(list|array)\b", prompt, re.IGNORECASE):
@@ -220,12 +219,25 @@ def _generate(req: Request, prompt: str, h: int) -> str:
             return json.dumps(picks[: rng.randint(2, 4)])
         return json.dumps({"answer": rng.choice(topic or _WORDS),
                            "confidence": round(rng.uniform(0.5, 0.99), 2)})
-    n_words = rng.randint(12, 40)
-    rand = rng.random  # rng.choices(_WORDS, k=n_words), without its per-call set-up
-    words = [_WORDS[int(rand() * _N_WORDS)] for _ in range(n_words)]
+    # prose: a window of a fixed random word stream, placed by the hash (seeding a
+    # Random per answer cost more than the rest of an answer)
+    stream = _STREAM or _make_stream()
+    n_words = 12 + (h >> 14) % 29
+    start = (h >> 24) % (len(stream) - 40)
+    words = stream[start:start + n_words]
     if topic:
-        words[rng.randrange(n_words)] = rng.choice(topic[-8:])
+        recent = topic[-8:]
+        words[(h >> 40) % n_words] = recent[(h >> 48) % len(recent)]
     return (f"[{h % 10_000:04d}] " + " ".join(words)).rstrip() + "."
+
+
+_STREAM: list[str] = []
+
+
+def _make_stream() -> list[str]:
+    rng = random.Random(0)
+    _STREAM[:] = [rng.choice(_WORDS) for _ in range(4096)]
+    return _STREAM
 
 
 def _from_schema(schema: dict, rng: random.Random, topic: list[str],
