@@ -204,7 +204,7 @@ class CheckRun:
         provider, name, inst = canonical_model(model)
         request = build_request(provider, name, prompt, params)
         det = request.deterministic(inst.default_temperature)
-        single = request.with_n(1)
+        single = request if request.n == 1 else request.with_n(1)
         out = []
         for _ in range(request.n):
             occ = self.occurrences.get(single.key, 0)
