@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
 from contextvars import ContextVar
 from typing import Any, Callable
 
@@ -58,6 +59,7 @@ _next_nonce = _nonces.__next__
 _TAILS: list[str] = []
 _INDEX_OF: dict[str, int] = {}
 _TAILS_CAP = 1 << 15
+_TAILS_LOCK = threading.Lock()
 
 trace_var: ContextVar[TraceState | None] = ContextVar("ember_trace", default=None)
 
@@ -318,9 +320,10 @@ class TraceState:
         if i < len(_TAILS):
             return self._mark_open + _TAILS[i]
         if i < _TAILS_CAP:
-            for k in range(len(_TAILS), min(_TAILS_CAP, 2 * i + 64)):
-                _TAILS.append(f"{k}{_MARK_CLOSE}")
-                _INDEX_OF[str(k)] = k
+            with _TAILS_LOCK:  # (traces in other threads may be growing them too)
+                more = range(len(_TAILS), min(_TAILS_CAP, 2 * i + 64))
+                _INDEX_OF.update((str(k), k) for k in more)
+                _TAILS.extend([f"{k}{_MARK_CLOSE}" for k in more])
             return self._mark_open + _TAILS[i]
         return f"{self._mark_open}{i}{_MARK_CLOSE}"
 
