@@ -32,22 +32,22 @@ def collecting():
 
 
 def test_what_a_pause_made_goes_to_the_oldest_generation(collecting):
-    collecting = pause()
-    assert collecting and not gc.isenabled()
+    pause()
+    assert not gc.isenabled()
     made = [Cell() for _ in range(10)]
     assert in_generation(made, 0)
-    resume(collecting)
+    resume()
     assert gc.isenabled() and gc.get_freeze_count() == 0
     assert in_generation(made, 2) and not in_generation(made, 0)
 
 
 def test_cyclic_garbage_is_still_reclaimed(collecting):
-    collecting = pause()
+    pause()
     a, b = Cell(), Cell()
     a.other, b.other = b, a
     gone = weakref.ref(a)
     del a, b
-    resume(collecting)
+    resume()
     assert gone() is not None  # a cycle: reference counting cannot free it
     gc.collect()
     assert gone() is None
@@ -55,10 +55,10 @@ def test_cyclic_garbage_is_still_reclaimed(collecting):
 
 def test_a_paused_collector_stays_paused_and_nothing_moves(collecting):
     gc.disable()
-    collecting = pause()
+    pause()
     made = [Cell()]
-    resume(collecting)
-    assert not collecting and not gc.isenabled()
+    resume()
+    assert not gc.isenabled()
     assert in_generation(made, 0)
     gc.enable()
 
@@ -68,9 +68,9 @@ def test_objects_the_program_froze_stay_frozen(collecting):
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
-        collecting = pause()
+        pause()
         made = [Cell()]
-        resume(collecting)
+        resume()
         running = gc.isenabled()
         gc.disable()  # (a young collection while looking would move `made` along)
         assert gc.get_freeze_count() == frozen and running
@@ -95,12 +95,48 @@ def test_a_free_threaded_build_is_not_frozen(collecting, monkeypatch):
     from ember.ir import collector
 
     monkeypatch.setattr(collector, "_GENERATIONAL", False)  # no generations to skip
-    collecting = pause()
+    pause()
     made = [Cell()]
-    resume(collecting)
+    resume()
     running = gc.isenabled()
     gc.disable()  # (a young collection while looking would move `made` along)
     try:
         assert running and in_generation(made, 0)
     finally:
         gc.enable()
+
+
+def test_overlapping_pauses_restart_the_collector_once_the_last_ends(collecting):
+    pause()  # a trace in one thread
+    pause()  # passes in another, begun while the collector was already off
+    resume()  # the first ends: the other still runs
+    assert not gc.isenabled()
+    resume()
+    assert gc.isenabled()
+
+
+def test_traces_in_many_threads_leave_the_collector_running(collecting):
+    import sys
+    import threading
+
+    def app(q):
+        return [models("sim", f"{i}: {q}").text for i in range(20)]
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: a racy pause would show
+    start = threading.Barrier(4)
+
+    def worker():
+        start.wait()
+        for _ in range(10):
+            run_passes(trace_graph(app, ("q",), {})[0])
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert gc.isenabled()

@@ -17,29 +17,44 @@ young at that moment is reclaimed at the next full collection instead of the nex
 young one. Skipped when the program froze objects itself (``gc.freeze()`` before a
 fork): unfreezing would undo that. Skipped on free-threaded builds too: their
 collector has no generations, and freezing there marks every object in the heap.
+
+The collector is one per process, and traces run in several threads at once (jit
+calls from a thread pool): pauses are counted, and only the last to end restarts it.
 """
 
 from __future__ import annotations
 
 import gc
 import sys
+import threading
 
 __all__ = ["pause", "resume"]
 
 _GENERATIONAL = "t" not in getattr(sys, "abiflags", "")  # not a free-threaded build
+_lock = threading.Lock()
+_depth = 0  # pauses under way, in every thread (the collector is process-wide)
+_running = False  # whether the collector ran when the outermost of them began
 
 
-def pause() -> bool:
-    """Pause the collector; returns whether it was running (for `resume`)."""
-    collecting = gc.isenabled()
-    gc.disable()
-    return collecting
+def pause() -> None:
+    """Pause the collector until the matching `resume`. Pauses nest and overlap across
+    threads: the collector stays paused until the last of them resumes."""
+    global _depth, _running
+    with _lock:  # (a thread that saw another's pause, then disabled after it resumed,
+        if not _depth:  # would leave the collector off for good)
+            _running = gc.isenabled()
+            gc.disable()
+        _depth += 1
 
 
-def resume(collecting: bool) -> None:
-    """Undo `pause`: promote what is tracked to the oldest generation, then restart
-    the collector if it was running."""
-    if collecting:
+def resume() -> None:
+    """End a `pause`. The last one to end promotes what is tracked to the oldest
+    generation and restarts the collector, if it was running before."""
+    global _depth
+    with _lock:
+        _depth -= 1
+        if _depth or not _running:
+            return
         if _GENERATIONAL and not gc.get_freeze_count():
             gc.freeze()
             gc.unfreeze()

@@ -75,17 +75,17 @@ class tracing:
     made is promoted to the oldest generation on exit). (A class, not a generator: it
     is entered on every trace.)"""
 
-    __slots__ = ("state", "token", "collecting")
+    __slots__ = ("state", "token")
 
     def __init__(self, state: TraceState) -> None:
         self.state = state
 
     def __enter__(self) -> None:
         self.token = trace_var.set(self.state)
-        self.collecting = pause()
+        pause()
 
     def __exit__(self, *exc: Any) -> None:
-        resume(self.collecting)
+        resume()
         trace_var.reset(self.token)
 
 
@@ -298,7 +298,7 @@ class TraceState:
     def graph(self, result: Any) -> Graph:
         """The recorded graph, with ``result``'s leaves as its outputs (formatting them
         adds nodes: the collector stays paused for those too, see `tracing`)."""
-        collecting = pause()
+        pause()
         try:
             outputs: list[Atom] = []
             for leaf in _leaves(result):
@@ -307,7 +307,7 @@ class TraceState:
                     outputs.append(atom)
             return Graph(list(self.inputs), list(self.nodes), outputs)
         finally:
-            resume(collecting)
+            resume()
 
     # ---- markers ---------------------------------------------------------------------
     def mark(self, tracer: Traced, spec: str) -> str:

@@ -92,7 +92,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
     results: list[PassResult] = []
     nodes = len(graph.nodes)
     calls, done = count_calls(graph)
-    collecting = pause()
+    pause()
     clock = time.perf_counter
     try:
         for p in passes:
@@ -119,5 +119,5 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
                                       n2, calls, c2, done, d2, seconds))
             nodes, calls, done = n2, c2, d2
     finally:
-        resume(collecting)
+        resume()
     return graph, results
