@@ -13,7 +13,7 @@ from typing import Any, Callable
 from ._jit import Jitted, trace_inputs
 from .ir.graph import Graph
 from .ir.printing import format_graph, pass_effects, to_dot, to_mermaid
-from .ir.trace import StopTrace, Suspend, TraceState, trace_var, tracing
+from .ir.trace import StopTrace, Suspend, TraceState, tracing
 
 __all__ = ["inspect", "InspectReport", "trace_graph"]
 
@@ -118,22 +118,19 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
     leaves: list[Any] = []
     targs, tkwargs = trace_inputs((args, kwargs), state, leaves)
     complete, note, result = True, None, None
-    token = trace_var.set(state)
-    try:
-        with tracing(state):
+    with tracing(state):  # (the outputs' format nodes are made in it too)
+        try:
             result = fn(*targs, **tkwargs)
-        if result.__class__ not in _PLAIN_RESULTS and asyncio.iscoroutine(result):
-            result = asyncio.run(result)
-    except Suspend:
-        complete = False
-    except StopTrace as exc:
-        complete, note = False, f"tracing stopped: {exc}"
-    except Exception as exc:
-        complete, note = False, (f"tracing stopped: {type(exc).__name__}: {exc} (jit runs "
-                                 "such code on real values)")
-    finally:
-        trace_var.reset(token)
-    graph = state.graph(result)
+            if result.__class__ not in _PLAIN_RESULTS and asyncio.iscoroutine(result):
+                result = asyncio.run(result)
+        except Suspend:
+            complete = False
+        except StopTrace as exc:
+            complete, note = False, f"tracing stopped: {exc}"
+        except Exception as exc:
+            complete, note = False, (f"tracing stopped: {type(exc).__name__}: {exc} (jit "
+                                     "runs such code on real values)")
+        graph = state.graph(result)
     if not complete:
         graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
     return graph, state, complete, note

@@ -311,6 +311,36 @@ def test_verify_checks_a_pass_s_own_call_counts():
         run_passes(g, [noop], verify=True)
 
 
+def test_the_default_passes_counts_are_worked_out_when_first_read(monkeypatch):
+    from ember.passes import dce as dce_pass
+    from ember.passes import pipeline
+
+    def app(x: str):
+        models("sim", f"dead {x}")
+        votes = [models("sim", f"vote {x}", temperature=0.7).text for _ in range(3)]
+        return [models("sim", f"a {x}").text, models("sim", f"a {x}").text, *votes]
+
+    graph = trace_graph(app, ("q",), {})[0]
+    counted = []
+    real = pipeline.count_calls
+    monkeypatch.setattr(pipeline, "count_calls", lambda g: counted.append(g) or real(g))
+    final, results = run_passes(graph)
+    assert counted == []  # compiling counted nothing
+    rows = [(r.calls_before, r.calls_after, r.completions_before, r.completions_after)
+            for r in results]
+    assert counted == [final]  # one count, of the final graph, on the first read
+    assert rows == [(6, 5, 6, 5), (5, 4, 5, 4), (4, 2, 4, 4), (2, 2, 4, 4)]
+    assert [r.calls_after for r in results] == [5, 4, 2, 2] and len(counted) == 1
+    # a pipeline with a pass of its own counts as it goes, as does verify=True
+    counted.clear()
+    mine = run_passes(graph, [dce_pass, lambda g: (g, "a pass of my own")])[1]
+    assert len(counted) == 2 and (mine[1].calls_before, mine[1].calls_after) == (5, 5)
+    direct = pipeline.PassResult("p", None, 3, 2, 4, 3, 5, 4, 0.5)
+    assert (direct.calls_before, direct.calls_after, direct.completions_before,
+            direct.completions_after) == (4, 3, 5, 4)
+    assert "calls_before=4" in repr(direct) and "3 -> 2 nodes, 4 -> 3 llm calls" in str(direct)
+
+
 def test_sampled_calls_on_an_unhashable_literal_prompt_are_not_n_fused():
     opts = (("model", "sim"), ("n", 1), ("options", CallOptions()), ("params", ()))
     calls = [Node("llm", (Lit(["q"]), Lit(None)), (("deterministic", False),) + opts

@@ -417,6 +417,13 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     # the pipeline's counts come from each pass's stats; verify=True checks them
     _, results = run_passes(g, verify=True, batch=batch, max_batch=max_batch)
     assert (results[-1].calls_after, results[-1].completions_after) == count_calls(cur)
+    # without verify, the default passes' counts are worked out on first read: the same
+    _, deferred = run_passes(g, batch=batch, max_batch=max_batch)
+    assert [str(r).rsplit(",", 1)[0] for r in deferred] == \
+        [str(r).rsplit(",", 1)[0] for r in results]  # (all but the time)
+    assert [(r.calls_before, r.calls_after, r.completions_before, r.completions_after)
+            for r in deferred] == [(r.calls_before, r.calls_after, r.completions_before,
+                                    r.completions_after) for r in results]
 
 
 # ---------------------------------------------------------------- vmap's batching transform

@@ -297,8 +297,10 @@ class TraceState:
 
     def graph(self, result: Any) -> Graph:
         """The recorded graph, with ``result``'s leaves as its outputs (formatting them
-        adds nodes: the collector stays paused for those too, see `tracing`)."""
-        pause()
+        adds nodes: the collector is paused for those too, as by `tracing`)."""
+        inside = trace_var.get() is self  # within `tracing(self)`: paused already
+        if not inside:
+            pause()
         try:
             outputs: list[Atom] = []
             for leaf in _leaves(result):
@@ -307,7 +309,8 @@ class TraceState:
                     outputs.append(atom)
             return Graph(list(self.inputs), list(self.nodes), outputs)
         finally:
-            resume()
+            if not inside:
+                resume()
 
     # ---- markers ---------------------------------------------------------------------
     def mark(self, tracer: Traced, spec: str) -> str:

@@ -19,7 +19,9 @@ resuming, what they made goes straight to the oldest generation (see
 
 A pass's stats may have ``counts(calls, completions)``: the model calls and answers
 after the pass from those before it, so the pipeline need not count them again
-(``verify=True`` counts anyway and checks the two agree).
+(``verify=True`` counts anyway and checks the two agree). For the default passes the
+counts are not even worked out until a `PassResult`'s are read (``inspect`` prints
+them; jit never reads them): see `_Counts`.
 
 Options go to the passes that accept them by name, e.g.
 ``run_passes(g, batch=False, latency=0.5, inputs=[...])``; an option no pass takes
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import inspect
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..ir.collector import pause, resume
@@ -46,17 +47,36 @@ Pass = Callable[..., "tuple[Graph, Any]"]
 DEFAULT_PASSES: tuple[Pass, ...] = (dce, cse, fuse, schedule)
 
 
-@dataclass(slots=True)  # not frozen: a frozen init costs ~2 µs, on every compile
 class PassResult:
-    name: str
-    stats: Any
-    nodes_before: int
-    nodes_after: int
-    calls_before: int  # model-call nodes
-    calls_after: int
-    completions_before: int
-    completions_after: int
-    seconds: float
+    """What one pass did: its stats, nodes before and after, model calls (``llm`` and
+    ``llm_batch`` nodes) and the answers they give before and after, and its time."""
+
+    __slots__ = ("name", "stats", "nodes_before", "nodes_after", "seconds", "_counts", "_row")
+
+    def __init__(self, name: str, stats: Any, nodes_before: int, nodes_after: int,
+                 calls_before: int, calls_after: int, completions_before: int,
+                 completions_after: int, seconds: float) -> None:
+        self.name, self.stats, self.seconds = name, stats, seconds
+        self.nodes_before, self.nodes_after = nodes_before, nodes_after
+        self._counts: Any = (calls_before, calls_after, completions_before, completions_after)
+        self._row = -1
+
+    @classmethod
+    def _deferred(cls, name: str, stats: Any, nodes_before: int, nodes_after: int,
+                  seconds: float, counts: _Counts, row: int) -> PassResult:
+        result = _new(cls)
+        result.name, result.stats, result.seconds = name, stats, seconds
+        result.nodes_before, result.nodes_after = nodes_before, nodes_after
+        result._counts, result._row = counts, row
+        return result
+
+    def _read(self) -> tuple[int, int, int, int]:
+        return self._counts if self._row < 0 else self._counts.row(self._row)
+
+    calls_before = property(lambda self: self._read()[0], doc="model-call nodes before")
+    calls_after = property(lambda self: self._read()[1], doc="model-call nodes after")
+    completions_before = property(lambda self: self._read()[2], doc="answers before")
+    completions_after = property(lambda self: self._read()[3], doc="answers after")
 
     @property
     def summary(self) -> str:
@@ -66,6 +86,43 @@ class PassResult:
         return (f"{self.summary}  [{self.nodes_before} -> {self.nodes_after} nodes, "
                 f"{self.calls_before} -> {self.calls_after} llm calls, "
                 f"{self.seconds * 1e3:.2f} ms]")
+
+    def __repr__(self) -> str:
+        return (f"PassResult(name={self.name!r}, stats={self.stats!r}, nodes_before="
+                f"{self.nodes_before}, nodes_after={self.nodes_after}, calls_before="
+                f"{self.calls_before}, calls_after={self.calls_after}, completions_before="
+                f"{self.completions_before}, completions_after={self.completions_after}, "
+                f"seconds={self.seconds!r})")
+
+
+_new = object.__new__
+
+
+class _Counts:
+    """The default pipeline's model calls and answers around each pass, worked out when
+    first read (inspect prints them; a jit compile never reads them, and counting
+    cost as much as a small pass): counted on the final graph (held until then; jit
+    keeps it anyway), then undone pass by pass. Each default pass's ``counts`` is a shift (after = before + counts(0, 0)),
+    so undoing it is a subtraction."""
+
+    __slots__ = ("_graph", "_stats", "_rows")
+
+    def __init__(self, graph: Graph, stats: list[Any]) -> None:
+        self._graph, self._stats = graph, stats
+        self._rows: list[tuple[int, int, int, int]] | None = None
+
+    def row(self, i: int) -> tuple[int, int, int, int]:
+        rows = self._rows
+        if rows is None:  # (two threads may both work them out: the same rows)
+            calls, done = count_calls(self._graph)
+            rows = []
+            for stats in reversed(self._stats):
+                shift_calls, shift_done = stats.counts(0, 0)
+                rows.append((calls - shift_calls, calls, done - shift_done, done))
+                calls, done = calls - shift_calls, done - shift_done
+            rows.reverse()
+            self._rows, self._graph = rows, None
+        return rows[i]
 
 
 _accepts: dict[Any, frozenset[str]] = {}
@@ -89,6 +146,8 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
         unused = set(options) - set().union(*(_options_of(p) for p in passes))
         if unused:
             raise TypeError(f"run_passes: no pass takes option(s) {', '.join(sorted(unused))}")
+    if not verify and all(p in _SHIFTING for p in passes):
+        return _run_deferred(graph, passes, options)
     results: list[PassResult] = []
     nodes = len(graph.nodes)
     calls, done = count_calls(graph)
@@ -121,3 +180,31 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
     finally:
         resume()
     return graph, results
+
+
+_SHIFTING = frozenset(DEFAULT_PASSES)  # passes whose stats' counts are shifts (see _Counts)
+
+
+def _run_deferred(graph: Graph, passes: tuple[Pass, ...], options: dict[str, Any]
+                  ) -> tuple[Graph, list[PassResult]]:
+    """`run_passes` for the default passes: their counts are worked out when read."""
+    done: list[tuple[str, Any, int, int, float]] = []
+    nodes = len(graph.nodes)
+    pause()
+    clock = time.perf_counter
+    try:
+        for p in passes:
+            t0 = clock()
+            if options:
+                graph, stats = p(graph, **{k: v for k, v in options.items()
+                                           if k in _options_of(p)})
+            else:
+                graph, stats = p(graph)
+            seconds = clock() - t0
+            n2 = len(graph.nodes)
+            done.append((p.__name__, stats, nodes, n2, seconds))
+            nodes = n2
+    finally:
+        resume()
+    counts = _Counts(graph, [d[1] for d in done])
+    return graph, [PassResult._deferred(*d, counts, i) for i, d in enumerate(done)]
