@@ -51,28 +51,30 @@ class PassResult:
     """What one pass did: its stats, nodes before and after, model calls (``llm`` and
     ``llm_batch`` nodes) and the answers they give before and after, and its time."""
 
-    __slots__ = ("name", "stats", "nodes_before", "nodes_after", "seconds", "_counts", "_row")
+    __slots__ = ("_done", "_counts", "_row")
 
     def __init__(self, name: str, stats: Any, nodes_before: int, nodes_after: int,
                  calls_before: int, calls_after: int, completions_before: int,
                  completions_after: int, seconds: float) -> None:
-        self.name, self.stats, self.seconds = name, stats, seconds
-        self.nodes_before, self.nodes_after = nodes_before, nodes_after
+        self._done = (name, stats, nodes_before, nodes_after, seconds)
         self._counts: Any = (calls_before, calls_after, completions_before, completions_after)
         self._row = -1
 
     @classmethod
-    def _deferred(cls, name: str, stats: Any, nodes_before: int, nodes_after: int,
-                  seconds: float, counts: _Counts, row: int) -> PassResult:
-        result = _new(cls)
-        result.name, result.stats, result.seconds = name, stats, seconds
-        result.nodes_before, result.nodes_after = nodes_before, nodes_after
-        result._counts, result._row = counts, row
+    def _deferred(cls, done: tuple[str, Any, int, int, float], counts: _Counts,
+                  row: int) -> PassResult:
+        result = _new(cls)  # (three slots: one of these per pass, on every compile)
+        result._done, result._counts, result._row = done, counts, row
         return result
 
     def _read(self) -> tuple[int, int, int, int]:
         return self._counts if self._row < 0 else self._counts.row(self._row)
 
+    name = property(lambda self: self._done[0], doc="the pass's name")
+    stats = property(lambda self: self._done[1], doc="what the pass reports")
+    nodes_before = property(lambda self: self._done[2])
+    nodes_after = property(lambda self: self._done[3])
+    seconds = property(lambda self: self._done[4], doc="the pass's wall time")
     calls_before = property(lambda self: self._read()[0], doc="model-call nodes before")
     calls_after = property(lambda self: self._read()[1], doc="model-call nodes after")
     completions_before = property(lambda self: self._read()[2], doc="answers before")
@@ -146,7 +148,7 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
         unused = set(options) - set().union(*(_options_of(p) for p in passes))
         if unused:
             raise TypeError(f"run_passes: no pass takes option(s) {', '.join(sorted(unused))}")
-    if not verify and all(p in _SHIFTING for p in passes):
+    if not verify and (passes is DEFAULT_PASSES or all(p in _SHIFTING for p in passes)):
         return _run_deferred(graph, passes, options)
     results: list[PassResult] = []
     nodes = len(graph.nodes)
@@ -207,4 +209,4 @@ def _run_deferred(graph: Graph, passes: tuple[Pass, ...], options: dict[str, Any
     finally:
         resume()
     counts = _Counts(graph, [d[1] for d in done])
-    return graph, [PassResult._deferred(*d, counts, i) for i, d in enumerate(done)]
+    return graph, [PassResult._deferred(d, counts, i) for i, d in enumerate(done)]
