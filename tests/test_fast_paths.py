@@ -32,14 +32,16 @@ def test_trusted_and_traced_nodes_equal_checked_ones():
 
 
 def test_user_location_memo_survives_being_cleared(monkeypatch):
-    monkeypatch.setattr(trace_mod, "_MAX_LOCATIONS", 1)
+    from ember.ir import locations
+
+    monkeypatch.setattr(locations, "_MAX_LOCATIONS", 1)
     here = sys._getframe().f_lineno
-    locs = [trace_mod.user_location(1) for _ in range(2)]  # a hit, then another code
-    other = trace_mod.user_location(1)
-    third = trace_mod.user_location(1)  # a second offset in the same code
+    locs = [locations.user_location(1) for _ in range(2)]  # a hit, then another code
+    other = locations.user_location(1)
+    third = locations.user_location(1)  # a second offset in the same code
     assert locs == [f"{__file__}:{here + 1}"] * 2
     assert (other, third) == (f"{__file__}:{here + 2}", f"{__file__}:{here + 3}")
-    assert len(trace_mod._locations) == 1 and len(trace_mod._locations[id(
+    assert len(locations._locations) == 1 and len(locations._locations[id(
         sys._getframe().f_code)][1]) == 1
 
 

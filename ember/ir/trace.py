@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 import threading
 from contextvars import ContextVar
 from typing import Any, Callable
@@ -28,6 +27,7 @@ from typing import Any, Callable
 from ..errors import TraceError
 from .collector import pause, resume
 from .graph import NO_META, Atom, Graph, Lit, Node, Var, _ids
+from .locations import user_location
 from .ops import OPS, REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
 from .types import AnyT, Json, ListT, ResponseT, Str, Type
 
@@ -37,7 +37,6 @@ __all__ = [
     "MAX_TRACE_NODES",
 ]
 
-_EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ASCII start/end of text: not whitespace or line breaks, so strip() and splitlines()
 # keep them; and strings holding markers stay one byte per character
 # (a private-use code point made every prompt UCS-2, and each split convert back)
@@ -87,37 +86,6 @@ class tracing:
     def __exit__(self, *exc: Any) -> None:
         resume()
         trace_var.reset(self.token)
-
-
-# id(code) -> (code, {instruction offset: "file:line"}), or (code, None) for ember's own
-# code: computing a frame's line number scans the code's line table, which costs more
-# than the rest of a traced call. Holding the code object keeps its id from being reused
-# while the entry exists. At most _MAX_LOCATIONS codes, and offsets per code.
-_locations: dict[int, tuple[Any, dict[int, str] | None]] = {}
-_MAX_LOCATIONS = 4096
-
-
-def user_location(skip: int = 1) -> str | None:
-    """``file:line`` of the innermost frame outside the ember package."""
-    frame = sys._getframe(skip)
-    while frame is not None:
-        code = frame.f_code
-        site = _locations.get(id(code))
-        if site is None:
-            if len(_locations) >= _MAX_LOCATIONS:
-                _locations.clear()
-            site = _locations[id(code)] = (
-                code, None if code.co_filename.startswith(_EMBER_DIR) else {})
-        lines = site[1]
-        if lines is not None:
-            loc = lines.get(frame.f_lasti)
-            if loc is None:
-                if len(lines) >= _MAX_LOCATIONS:
-                    lines.clear()
-                loc = lines[frame.f_lasti] = f"{code.co_filename}:{frame.f_lineno}"
-            return loc
-        frame = frame.f_back
-    return None
 
 
 class Suspend(BaseException):

@@ -1,0 +1,45 @@
+"""Where a call came from: the ``file:line`` of the user's code that made it.
+
+Model calls, traced nodes and errors carry it (``Node.loc``, run records, messages).
+Computing a frame's line number scans the code's line table, which costs more than
+the rest of a traced call, so locations are remembered per code object and
+instruction offset.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+__all__ = ["user_location"]
+
+_EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# id(code) -> (code, {instruction offset: "file:line"}), or (code, None) for ember's own
+# code. Holding the code object keeps its id from being reused while the entry exists.
+# At most _MAX_LOCATIONS codes, and offsets per code.
+_locations: dict[int, tuple[Any, dict[int, str] | None]] = {}
+_MAX_LOCATIONS = 4096
+
+
+def user_location(skip: int = 1) -> str | None:
+    """``file:line`` of the innermost frame outside the ember package."""
+    frame = sys._getframe(skip)
+    while frame is not None:
+        code = frame.f_code
+        site = _locations.get(id(code))
+        if site is None:
+            if len(_locations) >= _MAX_LOCATIONS:
+                _locations.clear()
+            site = _locations[id(code)] = (
+                code, None if code.co_filename.startswith(_EMBER_DIR) else {})
+        lines = site[1]
+        if lines is not None:
+            loc = lines.get(frame.f_lasti)
+            if loc is None:
+                if len(lines) >= _MAX_LOCATIONS:
+                    lines.clear()
+                loc = lines[frame.f_lasti] = f"{code.co_filename}:{frame.f_lineno}"
+            return loc
+        frame = frame.f_back
+    return None
