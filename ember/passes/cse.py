@@ -71,6 +71,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
     merged = merged_calls = merged_done = 0
     intern = Interner()  # model calls' params (see Interner)
     plain, calls, lit_tag = _PLAIN, CALL_OPS, _LIT
+    none_key = (_LIT, type(None), None)
     for node in graph.nodes:
         ins = node.inputs
         if subst:
@@ -107,7 +108,8 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
             a, b = ins
             key = (op, params,
                    a if a.__class__ is Var else (lit_tag, a.value.__class__, a.value),
-                   b if b.__class__ is Var else (lit_tag, b.value.__class__, b.value))
+                   b if b.__class__ is Var else none_key if b.value is None
+                   else (lit_tag, b.value.__class__, b.value))  # (None: no system)
         else:
             key = (op, params, *[a if a.__class__ is Var else (lit_tag, a.value.__class__, a.value)
                                  for a in ins])

@@ -71,6 +71,9 @@ class CapsCache:
         self._caps: dict[str, Caps] = {}
 
     def __call__(self, model: str) -> Caps:
+        caps = self._caps.get(model)  # (a model id seen before: no split)
+        if caps is not None:
+            return caps
         name = provider_name(model)
         caps = self._caps.get(name)
         if caps is None:
@@ -80,6 +83,7 @@ class CapsCache:
             except Exception:
                 caps = _CAPS[False, False]
             self._caps[name] = caps
+        self._caps[model] = caps
         return caps
 
 
