@@ -115,28 +115,13 @@ def test_overlapping_pauses_restart_the_collector_once_the_last_ends(collecting)
     assert gc.isenabled()
 
 
-def test_traces_in_many_threads_leave_the_collector_running(collecting):
-    import sys
-    import threading
-
+def test_traces_in_many_threads_leave_the_collector_running(collecting, racing):
     def app(q):
         return [models("sim", f"{i}: {q}").text for i in range(20)]
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often: a racy pause would show
-    start = threading.Barrier(4)
-
-    def worker():
-        start.wait()
+    def work():
         for _ in range(10):
             run_passes(trace_graph(app, ("q",), {})[0])
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    racing(work, 4)  # a racy pause would leave the collector off
     assert gc.isenabled()

@@ -200,33 +200,20 @@ def test_markers_past_the_shared_tables_are_formatted_and_parsed_alike(monkeypat
     assert state.nodes[-1].inputs == (x._var, x._var)
 
 
-def test_marker_tables_grown_by_traces_in_several_threads_stay_aligned(monkeypatch):
-    import threading
-
+def test_marker_tables_grown_by_traces_in_several_threads_stay_aligned(monkeypatch, racing):
     def fn(x: str):
         return [models("sim", f"{i}: {x}").text for i in range(40)]
 
     expected = [n.params for n in trace_graph(fn, ("q",), {})[0].nodes]
     monkeypatch.setattr(trace_mod, "_TAILS", [])
     monkeypatch.setattr(trace_mod, "_INDEX_OF", {})
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often: growth races, if it can
-    start = threading.Barrier(6)
     graphs = []
 
-    def worker():
-        start.wait()
+    def work():
         for _ in range(5):
             graphs.append([n.params for n in trace_graph(fn, ("q",), {})[0].nodes])
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    racing(work, 6)  # tables grown by several traces at once
     assert len(graphs) == 30 and all(g == expected for g in graphs)
     tails = trace_mod._TAILS
     assert tails == [f"{k}\x03" for k in range(len(tails))] and len(tails) >= 80

@@ -154,16 +154,9 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
     nodes = len(graph.nodes)
     calls, done = count_calls(graph)
     pause()
-    clock = time.perf_counter
     try:
         for p in passes:
-            t0 = clock()
-            if options:
-                graph, stats = p(graph, **{k: v for k, v in options.items()
-                                           if k in _options_of(p)})
-            else:
-                graph, stats = p(graph)
-            seconds = clock() - t0
+            graph, stats, seconds = _apply(p, graph, options)
             n2 = len(graph.nodes)
             counts = getattr(stats, "counts", None)  # the pass knows what it changed
             if counts is None or verify:
@@ -184,6 +177,16 @@ def run_passes(graph: Graph, passes: Sequence[Pass] | None = None, *, verify: bo
     return graph, results
 
 
+def _apply(p: Pass, graph: Graph, options: dict[str, Any]) -> tuple[Graph, Any, float]:
+    """One pass, given the options it takes: (graph, stats, seconds)."""
+    t0 = time.perf_counter()
+    if options:
+        graph, stats = p(graph, **{k: v for k, v in options.items() if k in _options_of(p)})
+    else:
+        graph, stats = p(graph)
+    return graph, stats, time.perf_counter() - t0
+
+
 _SHIFTING = frozenset(DEFAULT_PASSES)  # passes whose stats' counts are shifts (see _Counts)
 
 
@@ -193,16 +196,9 @@ def _run_deferred(graph: Graph, passes: tuple[Pass, ...], options: dict[str, Any
     done: list[tuple[str, Any, int, int, float]] = []
     nodes = len(graph.nodes)
     pause()
-    clock = time.perf_counter
     try:
         for p in passes:
-            t0 = clock()
-            if options:
-                graph, stats = p(graph, **{k: v for k, v in options.items()
-                                           if k in _options_of(p)})
-            else:
-                graph, stats = p(graph)
-            seconds = clock() - t0
+            graph, stats, seconds = _apply(p, graph, options)
             n2 = len(graph.nodes)
             done.append((p.__name__, stats, nodes, n2, seconds))
             nodes = n2
