@@ -426,6 +426,41 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
                                     r.completions_after) for r in results]
 
 
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=graphs(G), max_batch=st.sampled_from([2, 64]))
+def test_ready_batches_move_producers_up_as_the_general_toposort_does(case, max_batch):
+    """"ready" batching moves a later member's producers in front of its batch while
+    rewriting (no position table, no second ordering sweep); the general `toposort`
+    of the rewritten nodes is the oracle: the same nodes in the same order."""
+    import importlib
+
+    fuse_mod = importlib.import_module("ember.passes.fuse")
+    g = cse(dce(case[0])[0])[0]
+    fast, stats = run(fuse, g, max_batch=max_batch)
+    rewrite = fuse_mod._rewrite
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fuse_mod, "_rewrite", lambda nodes, groups, at=None: rewrite(nodes, groups))
+        general, _ = run(fuse, g, max_batch=max_batch)
+    assert str(fast) == str(general)  # (fused nodes' vars are new: compared as printed)
+
+
+def test_a_batch_moves_a_chain_of_local_ops_up_producers_first():
+    x = Var(Str)
+    fmt = (("segments", ("", "!")), ("specs", ("",)))
+    p = (("deterministic", True), ("model", "sim"), ("n", 1), ("options", CallOptions()),
+         ("params", ()))
+    first = Node("llm", (x, Lit(None)), p, Var(ResponseT))
+    a = Node("format", (x,), fmt, Var(Str))
+    b = Node("format", (a.out,), fmt, Var(Str))
+    second = Node("llm", (b.out, Lit(None)), p, Var(ResponseT))
+    g = Graph([x], [first, a, b, second], [first.out, second.out])
+    out, stats = run(fuse, g)
+    assert stats.batches == 1 and [n.op for n in out.nodes] == \
+        ["format", "format", "llm_batch", "getitem", "getitem"]
+    assert out.nodes[0] is a and out.nodes[1] is b  # producers first, then the batch
+
+
 # ---------------------------------------------------------------- vmap's batching transform
 from ember.ir import Batched  # noqa: E402
 from ember.ir.graph import GraphError  # noqa: E402

@@ -168,15 +168,27 @@ def _chunks(members: list[int], size: int) -> list[list[int]]:
     return [c for c in chunks if len(c) > 1]
 
 
-def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[list[Node], set[int]]:
+def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]],
+             at: dict[int, int] | None = None) -> tuple[list[Node], set[int]]:
     """Replace each group of positions by its fused node and getitems, placed where
-    its first member was. Also returns the new positions of the batch nodes: the only
-    nodes that may now use a var defined after them (a later member's prompt)."""
+    its first member was. A batch node may then use a var defined after it (a later
+    member's prompt): with ``at`` (var id -> position of each local op; "ready"
+    batching, see `_pulls`) those producers are moved up in front of it here. Also
+    returns the new positions of the batch nodes placed without that, for `toposort`."""
     first: dict[int, tuple[str, list[int]]] = {}
     gone: set[int] = set()
     for kind, g in groups:
         first[g[0]] = (kind, g)
         gone.update(g[1:])
+    pulls: dict[int, list[int]] = {}  # a batch's first position -> producers to move up
+    if at is not None:
+        taken: set[int] = set()
+        for kind, g in sorted(groups, key=lambda group: group[1][0]):  # (in graph order)
+            if kind == "batch":
+                moved = _pulls(nodes, g, at, taken)
+                if moved:
+                    pulls[g[0]] = moved
+        gone |= taken
     out: list[Node] = []
     batches: set[int] = set()
     shared: dict[tuple, tuple] = {}  # (id(member params), n) -> the n-node's params
@@ -187,10 +199,39 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]]) -> tuple[li
         group = first.get(i)
         if group is not None:
             if group[0] == "batch":
-                batches.add(len(out))
+                moved = pulls.get(i)
+                if moved is not None:
+                    out += [nodes[k] for k in moved]
+                elif at is None:
+                    batches.add(len(out))
             out += _fused(group[0], [nodes[j] for j in group[1]], shared)
     out += nodes[prev:]
     return out, batches
+
+
+def _pulls(nodes: list[Node], members: list[int], at: dict[int, int], taken: set[int]) -> list[int]:
+    """The positions after a batch's first member of what its later members need,
+    producers first, skipping those in ``taken`` (then adding them to it). With
+    "ready" batching these are local ops only: members wait on the same model calls,
+    so every call a member needs comes before the first member (an n-group member
+    after it is defined, by its getitem, where its group starts, earlier still)."""
+    start = members[0]
+    order: list[int] = []
+    for m in members[1:]:
+        stack = [(m, iter(nodes[m].inputs))]
+        while stack:  # depth first, each producer placed after its own producers
+            k, ins = stack[-1]
+            for a in ins:
+                j = at.get(a.id, -1)  # (a literal's id is None: no entry)
+                if j > start and j not in taken:
+                    taken.add(j)
+                    stack.append((j, iter(nodes[j].inputs)))
+                    break
+            else:
+                stack.pop()
+                if k != m:
+                    order.append(k)
+    return order
 
 
 _KEYS = tuple((("key", i),) for i in range(128))  # getitem params, shared
@@ -303,6 +344,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
     # var id -> the model calls it waits on (its frontier, see _join); no entry: none
     front: dict[int, Any] = {}
     get = front.get
+    at: dict[int, int] = {}  # var id -> position of each local op ("ready": see _pulls)
     for i, node in enumerate(nodes):
         op = node.op
         if ready:
@@ -320,6 +362,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
             if op not in calls:
                 if f is not None:
                     front[node.out.id] = f
+                at[node.out.id] = i
                 continue
         elif op != "llm":
             continue
@@ -390,7 +433,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
                 b_groups += _chunks(members, max_batch)
     if n_groups or b_groups:
         nodes, batches = _rewrite(nodes, [("n", g) for g in n_groups] +
-                                  [("batch", g) for g in b_groups])
+                                  [("batch", g) for g in b_groups], at if ready else None)
         if batches:
             nodes = toposort(nodes, batches)
 
