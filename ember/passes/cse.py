@@ -17,13 +17,14 @@ from typing import Any
 
 from ..ir.graph import Graph, Lit, Node, Var
 from ..ir.ops import OPS
-from .dce import CALL_OPS, Interner, carry_meta, clone, completions, plural
+from .dce import CALL_OPS, Interner, carry_meta, completions, plural
 
 __all__ = ["cse", "CseStats", "mergeable"]
 
 _LIT = object()  # tags literal keys apart from var ids
 _EFFECTFUL = ("effectful", True)  # in a node's params: an effectful `call`
 _DETERMINISTIC = ("deterministic", True)  # in an llm node's params: mergeable
+_new = object.__new__
 # pure ops that call no model: they merge unless their params say effectful
 _PLAIN = frozenset(name for name, d in OPS.items() if d.pure and not d.calls_model)
 
@@ -70,6 +71,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
     keep = nodes.append
     merged = merged_calls = merged_done = 0
     intern = Interner()  # model calls' params (see Interner)
+    interned = intern._by_id.get  # its identity hits, without a call
     plain, calls, lit_tag = _PLAIN, CALL_OPS, _LIT
     none_key = (_LIT, type(None), None)
     for node in graph.nodes:
@@ -78,7 +80,10 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
             for a in ins:
                 if a.id in subst:  # (a literal's id is None: never in subst)
                     ins = tuple([subst.get(b.id, b) if b.__class__ is Var else b for b in ins])
-                    node = clone(node, inputs=ins)
+                    user = _new(Node)  # clone(node, inputs=ins), inlined
+                    user.op, user.inputs, user.params = node.op, ins, node.params
+                    user.out, user.loc, user.meta = node.out, node.loc, node.meta
+                    node = user
                     break
         op = node.op
         params: Any = node.params
@@ -92,7 +97,8 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
                 if head[0] == "deterministic" or not mergeable(node):
                     keep(node)
                     continue
-            params = intern(params)  # see Interner
+            hit = interned(id(params))  # (the calls of a models() line share params)
+            params = intern(params) if hit is None else hit[1]  # see Interner
         elif op in calls and mergeable(node):
             params = intern(params)
         else:
@@ -129,7 +135,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
     if not merged:
         return (Graph(list(graph.inputs), nodes, list(graph.outputs), dict(graph.meta)),
                 CseStats())
-    outputs: list[Var | Lit] = [subst.get(a.id, a) if isinstance(a, Var) else a
+    outputs: list[Var | Lit] = [subst.get(a.id, a) if a.__class__ is Var else a
                                 for a in graph.outputs]
     meta = carry_meta(graph)  # who was merged into whom, for inspect's pictures
     meta["merged"] = {**meta.get("merged", {}), **{k: v.id for k, v in subst.items()}}

@@ -183,11 +183,10 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]],
     pulls: dict[int, list[int]] = {}  # a batch's first position -> producers to move up
     if at is not None:
         taken: set[int] = set()
-        for kind, g in sorted(groups, key=lambda group: group[1][0]):  # (in graph order)
-            if kind == "batch":
-                moved = _pulls(nodes, g, at, taken)
-                if moved:
-                    pulls[g[0]] = moved
+        for g in sorted([g for kind, g in groups if kind == "batch"]):  # in graph order
+            moved = _pulls(nodes, g, at, taken)
+            if moved:
+                pulls[g[0]] = moved
         gone |= taken
     out: list[Node] = []
     batches: set[int] = set()
@@ -414,7 +413,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
     # n-fused call is not batched again)
     b_groups: list[list[int]] = []
     if mode is not None:
-        fused = {j for g in n_groups for j in g}
+        fused = {j for g in n_groups for j in g} if n_groups else ()
         if mode == "level":
             level = call_levels(nodes)
             when = {i: level[nodes[i].out.id] - 1 for i in single}
