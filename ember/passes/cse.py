@@ -80,7 +80,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
             for a in ins:
                 if a.id in subst:  # (a literal's id is None: never in subst)
                     ins = tuple([subst.get(b.id, b) if b.__class__ is Var else b for b in ins])
-                    user = _new(Node)  # clone(node, inputs=ins), inlined
+                    user = _new(Node)  # (a copy with the new inputs)
                     user.op, user.inputs, user.params = node.op, ins, node.params
                     user.out, user.loc, user.meta = node.out, node.loc, node.meta
                     node = user

@@ -16,16 +16,9 @@ from ..ir.graph import Graph, Node, Var
 from ..ir.ops import OPS, is_effectful
 
 __all__ = ["dce", "DceStats", "CALL_OPS", "completions", "count_calls", "plural",
-           "carry_meta", "clone", "Interner"]
+           "carry_meta", "Interner"]
 
 CALL_OPS = frozenset(name for name, d in OPS.items() if d.calls_model)  # model-call ops
-
-
-def clone(node: Node, *, inputs: tuple | None = None, meta: dict | None = None) -> Node:
-    """A new node like ``node.replace(inputs=..., meta=...)``, without re-running the
-    checks the node's constructor already made (known op, hashable params)."""
-    return Node.trusted(node.op, node.inputs if inputs is None else tuple(inputs), node.params,
-                        node.out, node.loc, node.meta if meta is None else meta)
 
 
 class Interner:
