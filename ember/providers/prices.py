@@ -7,6 +7,7 @@ once; they never crash a program.
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -100,8 +101,9 @@ def cost_of(provider: str, model: str, input_tokens: int, output_tokens: int) ->
 
 def context_window(provider: str, model: str) -> int | None:
     if provider == "sim":  # configurable: sim.configure(context_window=...)
-        from .sim import _config
-
-        return _config.context_window
+        sim = sys.modules.get("ember.providers.sim")  # (an import statement per
+        if sim is None:  # request cost as much as the rest of this check)
+            from . import sim
+        return sim._config.context_window
     price = _lookup(provider, model) if provider not in _LOCAL else None
     return price.context if price else None
