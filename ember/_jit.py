@@ -87,8 +87,14 @@ def signature_of(value: Any) -> Any:
 
 def trace_inputs(value: Any, state: TraceState | None, leaves: list[Any]) -> Any:
     """Replace strings and Responses by tracers (collecting the concrete leaves)."""
-    if value.__class__ in _SCALARS:
+    cls = value.__class__
+    if cls in _SCALARS:
         return value
+    if cls is tuple:  # (args, kwargs) on every call, then args: scalars stay as they are
+        return tuple([v if v.__class__ in _SCALARS else trace_inputs(v, state, leaves)
+                      for v in value])
+    if cls is dict and not value:  # no kwargs
+        return {}
     if isinstance(value, (str, Response)):
         leaves.append(value)
         return state.input(value) if state is not None else value
