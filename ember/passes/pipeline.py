@@ -60,13 +60,6 @@ class PassResult:
         self._counts: Any = (calls_before, calls_after, completions_before, completions_after)
         self._row = -1
 
-    @classmethod
-    def _deferred(cls, done: tuple[str, Any, int, int, float], counts: _Counts,
-                  row: int) -> PassResult:
-        result = _new(cls)  # (three slots: one of these per pass, on every compile)
-        result._done, result._counts, result._row = done, counts, row
-        return result
-
     def _read(self) -> tuple[int, int, int, int]:
         return self._counts if self._row < 0 else self._counts.row(self._row)
 
@@ -193,16 +186,22 @@ _SHIFTING = frozenset(DEFAULT_PASSES)  # passes whose stats' counts are shifts (
 def _run_deferred(graph: Graph, passes: tuple[Pass, ...], options: dict[str, Any]
                   ) -> tuple[Graph, list[PassResult]]:
     """`run_passes` for the default passes: their counts are worked out when read."""
-    done: list[tuple[str, Any, int, int, float]] = []
+    results: list[PassResult] = []
+    stats_of: list[Any] = []
     nodes = len(graph.nodes)
     pause()
     try:
         for p in passes:
             graph, stats, seconds = _apply(p, graph, options)
             n2 = len(graph.nodes)
-            done.append((p.__name__, stats, nodes, n2, seconds))
+            result = _new(PassResult)  # (three slots, no __init__: four of these a compile)
+            result._done, result._row = (p.__name__, stats, nodes, n2, seconds), len(results)
+            results.append(result)
+            stats_of.append(stats)
             nodes = n2
     finally:
         resume()
-    counts = _Counts(graph, [d[1] for d in done])
-    return graph, [PassResult._deferred(d, counts, i) for i, d in enumerate(done)]
+    counts = _Counts(graph, stats_of)
+    for result in results:
+        result._counts = counts
+    return graph, results
