@@ -409,14 +409,13 @@ def request_seconds(latency: Latency = None) -> Callable[[Node], float]:
         hit = known.get(id(node.params))
         if hit is not None:
             return hit[1]
-        p = dict(node.params)
-        provider = split_model(p.get("model", ""))[0]
+        provider = node.param("model", "").partition("/")[0]  # (its provider)
         if provider == "sim":
             if not sim:
                 sim.append(_sim_latency())
             s = sim[0]
         else:
-            s = BASE_LATENCY + PER_TOKEN_LATENCY * _max_tokens(p.get("params", ()), provider)
+            s = BASE_LATENCY + PER_TOKEN_LATENCY * _max_tokens(node.param("params", ()), provider)
         known[id(node.params)] = (node.params, s)  # (held: its id stays unique)
         return s
 
