@@ -145,7 +145,9 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
         _prompt_atom(state, prompt, loc)
     s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
     if call.deterministic:
-        node_params = call.params(options_var.get())
+        shared = call._shared  # call.params(options), its usual hit inlined
+        node_params = shared[1] if options_var.get() is shared[0] else \
+            call.params(options_var.get())
     else:
         # (no system: None, which hashes in C; a Lit's dataclass hash runs in Python)
         skey = (call.label, call.frozen, p_atom, None if s_atom is _NO_SYSTEM else s_atom)

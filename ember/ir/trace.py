@@ -282,42 +282,8 @@ class TraceState:
 
     # ---- markers ---------------------------------------------------------------------
     def mark(self, tracer: Traced, spec: str) -> str:
-        if self.strict and self.value_of(tracer._var) is UNKNOWN:
-            self.need(tracer, "formatting an unfinished model answer (strict mode)")
-        marked = self.marked
-        i = len(marked)
-        marked.append(tracer._var)
-        self.specs.append(spec)
-        if i < len(_TAILS):
-            return self._mark_open + _TAILS[i]
-        if i < _TAILS_CAP:
-            with _TAILS_LOCK:  # (traces in other threads may be growing them too)
-                more = range(len(_TAILS), min(_TAILS_CAP, 2 * i + 64))
-                _INDEX_OF.update((str(k), k) for k in more)
-                _TAILS.extend([f"{k}{_MARK_CLOSE}" for k in more])
-            return self._mark_open + _TAILS[i]
-        return f"{self._mark_open}{i}{_MARK_CLOSE}"
-
-    def text_of(self, tracer: Traced) -> str:
-        """``.text`` / ``str()`` of a model answer: the real text once it is known (the
-        graph then depends on it), else a marker — or, in strict mode, a break."""
-        var = tracer._var
-        value = self.values.get(var.id, UNKNOWN)
-        if value is UNKNOWN and (self.lookup is not None or var.type is not ResponseT):
-            # (without a lookup a model call's answer is unknown: skip the sweep)
-            value = self.value_of(var)
-        if value is UNKNOWN or isinstance(value, BaseException):
-            if self.strict:
-                return self.mark(tracer, "")
-            marked = self.marked  # mark(tracer, ""), inlined: every answer's text comes here
-            i = len(marked)
-            if i < len(_TAILS):
-                marked.append(var)
-                self.specs.append("")
-                return self._mark_open + _TAILS[i]
-            return self.mark(tracer, "")
-        self.guarded = True
-        return value.text
+        """A marker standing for ``tracer`` formatted with ``spec`` (see `_mark`)."""
+        return _mark(tracer, spec)
 
     def atomize(self, value: Any, loc: str | None = None) -> Atom:
         """A traced value, a string holding markers, or a constant, as an atom."""
@@ -380,6 +346,51 @@ class TraceState:
         return value
 
 
+def _mark(tracer: Traced, spec: str) -> str:
+    """``format(tracer, spec)`` in its trace: a marker that `TraceState.atomize` parses
+    back into the traced value (``Traced.__format__`` itself: one call per f-string
+    field)."""
+    state = tracer._state
+    if state.strict and state.value_of(tracer._var) is UNKNOWN:
+        state.need(tracer, "formatting an unfinished model answer (strict mode)")
+    marked = state.marked
+    i = len(marked)
+    marked.append(tracer._var)
+    state.specs.append(spec)
+    if i < len(_TAILS):
+        return state._mark_open + _TAILS[i]
+    if i < _TAILS_CAP:
+        with _TAILS_LOCK:  # (traces in other threads may be growing them too)
+            more = range(len(_TAILS), min(_TAILS_CAP, 2 * i + 64))
+            _INDEX_OF.update((str(k), k) for k in more)
+            _TAILS.extend([f"{k}{_MARK_CLOSE}" for k in more])
+        return state._mark_open + _TAILS[i]
+    return f"{state._mark_open}{i}{_MARK_CLOSE}"
+
+
+def _text_of(tracer: TracedResponse) -> str:
+    """``.text`` / ``str()`` of a model answer in its trace: the real text once it is
+    known (the graph then depends on it), else a marker — or, in strict mode, a
+    break. (The property's getter itself: every answer's text comes here.)"""
+    state, var = tracer._state, tracer._var
+    value = state.values.get(var.id, UNKNOWN)
+    if value is UNKNOWN and (state.lookup is not None or var.type is not ResponseT):
+        # (without a lookup a model call's answer is unknown: skip the sweep)
+        value = state.value_of(var)
+    if value is UNKNOWN or isinstance(value, BaseException):
+        if state.strict:
+            return _mark(tracer, "")
+        marked = state.marked  # _mark(tracer, ""), inlined
+        i = len(marked)
+        if i < len(_TAILS):
+            marked.append(var)
+            state.specs.append("")
+            return state._mark_open + _TAILS[i]
+        return _mark(tracer, "")
+    state.guarded = True
+    return value.text
+
+
 def _leaves(value: Any):
     """The non-container values of a nested list / tuple / dict, in order."""
     if isinstance(value, dict):
@@ -417,8 +428,7 @@ class Traced:
     def _need(self, reason: str) -> Any:
         return self._state.need(self, reason)
 
-    def __format__(self, spec: str) -> str:
-        return self._state.mark(self, spec)
+    __format__ = _mark
 
     def __str__(self) -> str:
         return self._state.mark(self, "")
@@ -517,12 +527,8 @@ class TracedResponse(Traced):
 
     __slots__ = ()
 
-    @property
-    def text(self) -> str:
-        return self._state.text_of(self)
-
-    def __str__(self) -> str:
-        return self._state.text_of(self)
+    text = property(_text_of, doc="the answer's text (a marker while it is unknown)")
+    __str__ = _text_of
 
     def json(self, schema: Any = None) -> TracedValue:
         st = self._state
