@@ -45,6 +45,31 @@ def test_user_location_memo_survives_being_cleared(monkeypatch):
         sys._getframe().f_code)][1]) == 1
 
 
+
+def test_fuse_per_params_facts_survive_being_cleared(monkeypatch):
+    """fuse works out an llm node's facts once per params tuple for the process; with
+    its tables cleared on every new entry, the same graph fuses the same way (a kind
+    id is never given to two kinds: calls to different models never share a batch)."""
+    import importlib
+
+    fuse_mod = importlib.import_module("ember.passes.fuse")
+
+    def fn(x: str):
+        a = [models("sim", f"{k}: {x}").text for k in range(2)]
+        b = [models("sim/other", f"{k}: {x}").text for k in range(2)]
+        c = [models("sim", f"vote: {x}", temperature=0.7).text for _ in range(2)]
+        return a + b + c
+
+    graph = cse(trace_graph(fn, ("q",), {})[0])[0]
+    expected = fuse(graph)
+    monkeypatch.setattr(fuse_mod, "_MAX_FACTS", 1)
+    fuse_mod._FACTS.clear()
+    fuse_mod._KINDS.clear()
+    again = fuse(graph)
+    assert str(again[0]) == str(expected[0]) and again[1] == expected[1]
+    assert (again[1].batches, again[1].batched_calls, again[1].sampled_groups) == (2, 4, 1)
+    assert len(fuse_mod._FACTS) == 1 and len(fuse_mod._KINDS) == 1
+
 def test_a_plain_traced_prompt_is_its_own_atom_and_no_format_node():
     def fn(x: str):
         return models("sim", f"{x}").text

@@ -28,13 +28,14 @@ The per-member source locations go to the fused node's ``meta["locs"]``.
 from __future__ import annotations
 
 import heapq
+import itertools
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .. import providers
 from ..ir.graph import NO_META, Graph, Node, Var
 from ..ir.types import ListT, ResponseT
-from .dce import CALL_OPS, Interner, carry_meta, plural
+from .dce import CALL_OPS, carry_meta, plural
 
 __all__ = ["fuse", "FuseStats", "Caps", "CapsCache", "provider_name", "split_model",
            "call_levels", "toposort"]
@@ -115,6 +116,38 @@ class FuseStats:
 
     def __str__(self) -> str:
         return self.summary
+
+
+# id(params) -> (params, kind, deterministic, model) of an llm node: the tracer shares
+# a models() line's params tuple among its calls and across traces, so these are
+# worked out once per process, not per pass run. ``kind`` is a small id of (model,
+# params, options), None when n > 1: n=1 calls of one kind may share a request.
+# Bounded; an entry holds its tuple, so no listed id is reused, and a kind id is never
+# given twice (after a clear, a kind gets a new one: less fusion, never a wrong one).
+_FACTS: dict[int, tuple[tuple, int | None, bool, str]] = {}
+_KINDS: dict[tuple, int] = {}
+_kind_ids = itertools.count()
+_MAX_FACTS = 4096
+
+
+def _facts(params: tuple) -> tuple[tuple, int | None, bool, str]:
+    facts = _FACTS.get(id(params))
+    if facts is not None:
+        return facts
+    p = dict(params)
+    model = p.get("model")
+    kind = None
+    if p.get("n", 1) == 1:
+        key = (model, p.get("params", ()), p.get("options"))
+        kind = _KINDS.get(key)
+        if kind is None:
+            if len(_KINDS) >= _MAX_FACTS:
+                _KINDS.clear()
+            kind = _KINDS.setdefault(key, next(_kind_ids))
+    if len(_FACTS) >= _MAX_FACTS:
+        _FACTS.clear()
+    facts = _FACTS[id(params)] = (params, kind, bool(p.get("deterministic", False)), model)
+    return facts
 
 
 def call_levels(nodes: Iterable[Node]) -> dict[int, int]:
@@ -331,11 +364,9 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
     # options, prompt and system) for n-fusion; (b) notes when each n=1 call becomes
     # ready: the set of upstream model calls its inputs wait on (its frontier). An
     # n-group is one request, so its members share one frontier token.
-    kinds: dict[tuple, int] = {}  # (model, params, options) -> a small id, hashed once
-    options = Interner()
-    models: list[str] = []
-    # id(params) -> (params, kind id or None when n > 1, deterministic, supports n):
-    # the tracer shares one params tuple among the calls of one models() line
+    model_of: dict[int, str] = {}  # kind -> its model
+    # id(params) -> (params, kind or None when n > 1, deterministic, supports n), this
+    # run's (see _facts)
     seen: dict[int, tuple[tuple, int | None, bool, bool]] = {}
     same: dict[tuple, list[int]] = {}  # sample key -> positions
     single: dict[int, int] = {}  # position -> kind id of each n=1 llm node
@@ -369,16 +400,11 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
         if op == "llm":
             info = seen.get(id(node.params))
             if info is None:
-                p = dict(node.params)
-                kind = None
-                if p.get("n", 1) == 1:
-                    kind = kinds.setdefault((p.get("model"), p.get("params", ()),
-                                             options(p.get("options"))), len(kinds))
-                    if kind == len(models):
-                        models.append(p.get("model"))
-                info = seen[id(node.params)] = (
-                    node.params, kind, bool(p.get("deterministic", False)),
-                    kind is not None and caps(models[kind]).supports_n)
+                params, kind, deterministic, model = _facts(node.params)
+                if kind is not None:
+                    model_of[kind] = model
+                info = seen[id(params)] = (
+                    params, kind, deterministic, kind is not None and caps(model).supports_n)
             _, kind, deterministic, has_n = info
             if kind is not None:
                 single[i] = kind
@@ -404,7 +430,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
     for key, members in same.items():
         if len(members) < 2:
             continue
-        if not caps(models[key[0]]).supports_n:
+        if not caps(model_of[key[0]]).supports_n:
             no_n += len(members)
             continue
         n_groups += _chunks(members, max_n)
