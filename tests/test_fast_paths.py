@@ -58,17 +58,40 @@ def test_fuse_per_params_facts_survive_being_cleared(monkeypatch):
         a = [models("sim", f"{k}: {x}").text for k in range(2)]
         b = [models("sim/other", f"{k}: {x}").text for k in range(2)]
         c = [models("sim", f"vote: {x}", temperature=0.7).text for _ in range(2)]
-        return a + b + c
+        d = [models("sim", f"poll: {x}", temperature=0.7).text for _ in range(3)]
+        return a + b + c + d
 
     graph = cse(trace_graph(fn, ("q",), {})[0])[0]
     expected = fuse(graph)
     monkeypatch.setattr(fuse_mod, "_MAX_FACTS", 1)
-    fuse_mod._FACTS.clear()
-    fuse_mod._KINDS.clear()
+    for table in (fuse_mod._FACTS, fuse_mod._KINDS, fuse_mod._N_PARAMS, fuse_mod._KNOWN_CAPS):
+        table.clear()
     again = fuse(graph)
     assert str(again[0]) == str(expected[0]) and again[1] == expected[1]
-    assert (again[1].batches, again[1].batched_calls, again[1].sampled_groups) == (2, 4, 1)
-    assert len(fuse_mod._FACTS) == 1 and len(fuse_mod._KINDS) == 1
+    assert (again[1].batches, again[1].batched_calls, again[1].sampled_groups) == (2, 4, 2)
+    assert [len(t) for t in (fuse_mod._FACTS, fuse_mod._KINDS, fuse_mod._N_PARAMS,
+                             fuse_mod._KNOWN_CAPS)] == [1, 1, 1, 1]
+
+
+def test_fuse_reads_capabilities_again_when_a_provider_is_registered_anew():
+    from ember import providers
+
+    async def answer(request):
+        return "x"
+
+    def fn(x: str):
+        return [models("capsco/m", f"vote: {x}", temperature=0.7).text for _ in range(2)]
+
+    providers.register("capsco", answer, supports_n=True)
+    try:
+        graph = cse(trace_graph(fn, ("q",), {})[0])[0]
+        assert fuse(graph)[1].sampled_groups == 1
+        providers.register("capsco", answer, supports_n=False)  # remembered caps are stale
+        stats = fuse(graph)[1]
+        assert (stats.sampled_groups, stats.unfused_no_n) == (0, 2)
+    finally:
+        providers._custom.pop("capsco", None)
+        providers._instances.pop("capsco", None)
 
 def test_a_plain_traced_prompt_is_its_own_atom_and_no_format_node():
     def fn(x: str):

@@ -440,7 +440,7 @@ def test_ready_batches_move_producers_up_as_the_general_toposort_does(case, max_
     fast, stats = run(fuse, g, max_batch=max_batch)
     rewrite = fuse_mod._rewrite
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fuse_mod, "_rewrite", lambda nodes, groups, at=None: rewrite(nodes, groups))
+        mp.setattr(fuse_mod, "_rewrite", lambda nodes, n, b, at=None: rewrite(nodes, n, b))
         general, _ = run(fuse, g, max_batch=max_batch)
     assert str(fast) == str(general)  # (fused nodes' vars are new: compared as printed)
 

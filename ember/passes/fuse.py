@@ -75,6 +75,10 @@ class CapsCache:
         caps = self._caps.get(model)  # (a model id seen before: no split)
         if caps is not None:
             return caps
+        known = _KNOWN_CAPS.get(model)  # from an earlier run, if its provider is the same
+        if known is not None and providers._instances.get(known[1]) is known[2]:
+            caps = self._caps[model] = known[0]
+            return caps
         name = provider_name(model)
         caps = self._caps.get(name)
         if caps is None:
@@ -83,9 +87,19 @@ class CapsCache:
                 caps = _CAPS[bool(p.supports_n), bool(p.supports_batch)]
             except Exception:
                 caps = _CAPS[False, False]
+            else:
+                if len(_KNOWN_CAPS) >= _MAX_FACTS:
+                    _KNOWN_CAPS.clear()
+                _KNOWN_CAPS[model] = (caps, name, p)
             self._caps[name] = caps
         self._caps[model] = caps
         return caps
+
+
+# model id -> (caps, provider name, the provider instance they were read from), for
+# the process: valid while that instance is the registered one (register() and reset()
+# make new ones). Providers that failed to load are not listed.
+_KNOWN_CAPS: dict[str, tuple[Caps, str, Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -201,29 +215,30 @@ def _chunks(members: list[int], size: int) -> list[list[int]]:
     return [c for c in chunks if len(c) > 1]
 
 
-def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]],
+def _rewrite(nodes: list[Node], n_groups: list[list[int]], b_groups: list[list[int]],
              at: dict[int, int] | None = None) -> tuple[list[Node], set[int]]:
-    """Replace each group of positions by its fused node and getitems, placed where
-    its first member was. A batch node may then use a var defined after it (a later
-    member's prompt): with ``at`` (var id -> position of each local op; "ready"
-    batching, see `_pulls`) those producers are moved up in front of it here. Also
-    returns the new positions of the batch nodes placed without that, for `toposort`."""
+    """Replace each group of positions (n-groups, then batches) by its fused node and
+    getitems, placed where its first member was. A batch node may then use a var
+    defined after it (a later member's prompt): with ``at`` (var id -> position of
+    each local op; "ready" batching, see `_pulls`) those producers are moved up in
+    front of it here. Also returns the new positions of the batch nodes placed without
+    that, for `toposort`."""
     first: dict[int, tuple[str, list[int]]] = {}
     gone: set[int] = set()
-    for kind, g in groups:
-        first[g[0]] = (kind, g)
-        gone.update(g[1:])
+    for kind, groups in (("n", n_groups), ("batch", b_groups)):
+        for g in groups:
+            first[g[0]] = (kind, g)
+            gone.update(g[1:])
     pulls: dict[int, list[int]] = {}  # a batch's first position -> producers to move up
     if at is not None:
         taken: set[int] = set()
-        for g in sorted([g for kind, g in groups if kind == "batch"]):  # in graph order
+        for g in sorted(b_groups):  # in graph order
             moved = _pulls(nodes, g, at, taken)
             if moved:
                 pulls[g[0]] = moved
         gone |= taken
     out: list[Node] = []
     batches: set[int] = set()
-    shared: dict[tuple, tuple] = {}  # (id(member params), n) -> the n-node's params
     prev = 0
     for i in sorted(gone.union(first)):  # the untouched runs between are copied whole
         out += nodes[prev:i]
@@ -236,7 +251,7 @@ def _rewrite(nodes: list[Node], groups: list[tuple[str, list[int]]],
                     out += [nodes[k] for k in moved]
                 elif at is None:
                     batches.add(len(out))
-            out += _fused(group[0], [nodes[j] for j in group[1]], shared)
+            out += _fused(group[0], [nodes[j] for j in group[1]])
     out += nodes[prev:]
     return out, batches
 
@@ -271,20 +286,27 @@ _RESPONSES = ListT(ResponseT)
 _new = object.__new__
 
 
-def _fused(kind: str, members: list[Node], shared: dict) -> list[Node]:
+# (id(member params), n) -> (member params, the n-node's params): one tuple per models()
+# line and n for the process (later passes key per-params work by its id)
+_N_PARAMS: dict[tuple[int, int], tuple[tuple, tuple]] = {}
+
+
+def _fused(kind: str, members: list[Node]) -> list[Node]:
     head = members[0]
     out = Var(_RESPONSES)
     meta = {"locs": tuple([m.loc for m in members])}
     # params from the members' (hashable) ones, sorted by name as Node keeps them
     if kind == "n":
-        # groups of the same models() line share one params tuple (later passes key
-        # per-params work by its id)
-        key = (id(head.params), len(members))
-        params = shared.get(key)
-        if params is None:
+        hit = _N_PARAMS.get((id(head.params), len(members)))
+        if hit is not None:
+            params = hit[1]
+        else:
             p = dict(head.params)
             p["n"] = len(members)
-            params = shared[key] = tuple(sorted(p.items()))
+            params = tuple(sorted(p.items()))
+            if len(_N_PARAMS) >= _MAX_FACTS:
+                _N_PARAMS.clear()
+            _N_PARAMS[id(head.params), len(members)] = (head.params, params)
         fused = [Node.trusted("llm", head.inputs, params, out, head.loc, meta)]
     else:
         p = dict(head.params)
@@ -457,8 +479,7 @@ def fuse(graph: Graph, *, batch: str | bool | None = "ready", max_n: int = 128,
             if len(members) > 1:
                 b_groups += _chunks(members, max_batch)
     if n_groups or b_groups:
-        nodes, batches = _rewrite(nodes, [("n", g) for g in n_groups] +
-                                  [("batch", g) for g in b_groups], at if ready else None)
+        nodes, batches = _rewrite(nodes, n_groups, b_groups, at if ready else None)
         if batches:
             nodes = toposort(nodes, batches)
 
