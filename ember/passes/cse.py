@@ -71,7 +71,7 @@ def cse(graph: Graph) -> tuple[Graph, CseStats]:
     keep = nodes.append
     merged = merged_calls = merged_done = 0
     intern = Interner()  # model calls' params (see Interner)
-    interned = intern._by_id.get  # its identity hits, without a call
+    interned = intern.by_id.get  # its identity hits, without a call
     plain, calls, lit_tag = _PLAIN, CALL_OPS, _LIT
     none_key = (_LIT, type(None), None)
     for node in graph.nodes:

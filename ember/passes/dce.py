@@ -28,18 +28,20 @@ class Interner:
     such values by id and hashes each distinct object once. Holds what it saw (so
     no id is reused while it lives); make one per pass run."""
 
-    __slots__ = ("_by_id", "_by_value")
+    __slots__ = ("by_id", "_by_value")
 
     def __init__(self) -> None:
-        self._by_id: dict[int, tuple[Any, int]] = {}
+        # id -> (value, its key): what it saw, for callers that look up a hit without
+        # a call (``by_id.get(id(v))``)
+        self.by_id: dict[int, tuple[Any, int]] = {}
         self._by_value: dict[Any, int] = {}
 
     def __call__(self, value: Any) -> int:
-        hit = self._by_id.get(id(value))
+        hit = self.by_id.get(id(value))
         if hit is not None:
             return hit[1]
         key = self._by_value.setdefault(value, len(self._by_value))
-        self._by_id[id(value)] = (value, key)
+        self.by_id[id(value)] = (value, key)
         return key
 
 

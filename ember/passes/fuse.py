@@ -88,9 +88,7 @@ class CapsCache:
             except Exception:
                 caps = _CAPS[False, False]
             else:
-                if len(_KNOWN_CAPS) >= _MAX_FACTS:
-                    _KNOWN_CAPS.clear()
-                _KNOWN_CAPS[model] = (caps, name, p)
+                _remember(_KNOWN_CAPS, model, (caps, name, p))
             self._caps[name] = caps
         self._caps[model] = caps
         return caps
@@ -155,13 +153,17 @@ def _facts(params: tuple) -> tuple[tuple, int | None, bool, str]:
         key = (model, p.get("params", ()), p.get("options"))
         kind = _KINDS.get(key)
         if kind is None:
-            if len(_KINDS) >= _MAX_FACTS:
-                _KINDS.clear()
-            kind = _KINDS.setdefault(key, next(_kind_ids))
-    if len(_FACTS) >= _MAX_FACTS:
-        _FACTS.clear()
-    facts = _FACTS[id(params)] = (params, kind, bool(p.get("deterministic", False)), model)
-    return facts
+            kind = _remember(_KINDS, key, next(_kind_ids))
+    return _remember(_FACTS, id(params), (params, kind, bool(p.get("deterministic", False)),
+                                           model))
+
+
+def _remember(table: dict, key: Any, value: Any) -> Any:
+    """``table.setdefault(key, value)`` in one of fuse's process-wide tables, emptied
+    when full (setdefault: two threads remembering one key agree on its value)."""
+    if len(table) >= _MAX_FACTS:
+        table.clear()
+    return table.setdefault(key, value)
 
 
 def call_levels(nodes: Iterable[Node]) -> dict[int, int]:
@@ -304,9 +306,7 @@ def _fused(kind: str, members: list[Node]) -> list[Node]:
             p = dict(head.params)
             p["n"] = len(members)
             params = tuple(sorted(p.items()))
-            if len(_N_PARAMS) >= _MAX_FACTS:
-                _N_PARAMS.clear()
-            _N_PARAMS[id(head.params), len(members)] = (head.params, params)
+            _remember(_N_PARAMS, (id(head.params), len(members)), (head.params, params))
         fused = [Node.trusted("llm", head.inputs, params, out, head.loc, meta)]
     else:
         p = dict(head.params)
