@@ -71,6 +71,18 @@ def calibration() -> float:
     return time.perf_counter() - t0
 
 
+def plain_sweep(nodes: list) -> int:
+    """The least a linear pass does: fetch each node, its output var and its inputs, and
+    key a table by var id. Its per-node time at each size is printed as a reference: the
+    growth from 100 to 10,000 calls it shows is the caches', not an algorithm's."""
+    seen = set()
+    for node in nodes:
+        seen.add(node.out.id)
+        for a in node.inputs:
+            seen.add(a.id)
+    return len(seen)
+
+
 def test_trace_and_compile_per_node(benchmark):
     """All sizes measured interleaved: each cycle runs a few rounds of every size. This
     VM's speed swings by up to 1.6x within a second, so sizes measured one after the
@@ -79,6 +91,7 @@ def test_trace_and_compile_per_node(benchmark):
     timings: dict[int, list[tuple[float, float]]] = {calls: [] for calls in SIZES}
     reads: dict[int, list[float]] = {calls: [] for calls in SIZES}  # the estimate, read
     frees: dict[int, list[float]] = {calls: [] for calls in SIZES}  # dropping the graphs
+    sweeps: dict[int, list[float]] = {calls: [] for calls in SIZES}  # plain_sweep
     speed: list[float] = []
 
     def cycle():
@@ -100,12 +113,21 @@ def test_trace_and_compile_per_node(benchmark):
                 t3 = time.perf_counter()
                 del traced, state, graph
                 frees[calls].append(time.perf_counter() - t3)
+            # the reference sweep, on a graph of this size that was just traced and compiled
+            traced = trace_graph(app, args, {})[0]
+            graph = run_passes(traced)[0]
+            t0 = time.perf_counter()
+            plain_sweep(traced.nodes)
+            sweeps[calls].append(time.perf_counter() - t0)
+            del traced, graph
 
     cycle()  # imports, first-use caches and allocator arenas outside the timing
-    for rounds in (*timings.values(), *reads.values(), *frees.values(), speed):
+    for rounds in (*timings.values(), *reads.values(), *frees.values(), *sweeps.values(),
+                   speed):
         rounds.clear()
     benchmark.pedantic(cycle, rounds=CYCLES, iterations=1, warmup_rounds=0)
     per_node: dict[int, float] = {}
+    swept: dict[int, float] = {}
     for calls in SIZES:
         graph = trace_graph(app, ("the question", calls // 10), {})[0]
         nodes = len(graph.nodes)
@@ -127,6 +149,9 @@ def test_trace_and_compile_per_node(benchmark):
         free = sorted(frees[calls])[len(rounds) // 2]
         figure(f"{label}: dropping the traced and compiled graphs, per node",
                free / nodes * 1e6, "µs/node", table=(f"{calls:,} calls", "drop µs/node"))
+        swept[calls] = sorted(sweeps[calls])[CYCLES // 2] / nodes * 1e6
+        figure(f"{label}: reference, one plain sweep over the nodes, per node", swept[calls],
+               "µs/node", table=(f"{calls:,} calls", "plain sweep µs/node"))
         figure(f"{label}: per model call", (trace_s + compile_s) / calls * 1e6, "µs/call",
                table=(f"{calls:,} calls", "trace+compile µs/call"))
         figure(f"{label}: total", (trace_s + compile_s) * 1e3, "ms",
@@ -135,6 +160,8 @@ def test_trace_and_compile_per_node(benchmark):
            "swings ~1.6x; compare runs by it)", sorted(speed)[len(speed) // 2] * 1e3, "ms")
     report("trace+compile growth: per-node time at 10,000 calls / at 100 calls",
            per_node[10_000] / per_node[100], 1.0, unit="x", target=1.5)
+    figure("reference: the same growth for one plain sweep over the nodes (what this "
+           "machine's caches add to any linear pass)", swept[10_000] / swept[100], "x")
     # loose (a shared VM varies 2x): the ratios are the figures
     assert max(per_node.values()) <= 6 * BOUND_US
 

@@ -415,10 +415,15 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     calls = {n.out.id for n in cur.nodes if n.op in ("llm", "llm_batch")}
     assert set(cur.meta["priority"]) == calls  # a priority for each model call
     # the pipeline's counts come from each pass's stats; verify=True checks them
-    _, results = run_passes(g, verify=True, batch=batch, max_batch=max_batch)
+    verified, results = run_passes(g, verify=True, batch=batch, max_batch=max_batch)
     assert (results[-1].calls_after, results[-1].completions_after) == count_calls(cur)
-    # without verify, the default passes' counts are worked out on first read: the same
-    _, deferred = run_passes(g, batch=batch, max_batch=max_batch)
+    # without verify, the default passes' counts are worked out on first read, and cse
+    # and fuse share one sweep: the same graph (fused vars are new: compared as printed)
+    # and the same reports
+    final, deferred = run_passes(g, batch=batch, max_batch=max_batch)
+    assert str(check_graph(final)) == str(verified) == str(cur)
+    assert [final.meta.get(k) for k in ("merged", "removed")] == \
+        [verified.meta.get(k) for k in ("merged", "removed")]
     assert [str(r).rsplit(",", 1)[0] for r in deferred] == \
         [str(r).rsplit(",", 1)[0] for r in results]  # (all but the time)
     assert [(r.calls_before, r.calls_after, r.completions_before, r.completions_after)
