@@ -417,9 +417,8 @@ def test_passes_preserve_results_and_never_add_requests(case, batch, max_batch):
     # the pipeline's counts come from each pass's stats; verify=True checks them
     verified, results = run_passes(g, verify=True, batch=batch, max_batch=max_batch)
     assert (results[-1].calls_after, results[-1].completions_after) == count_calls(cur)
-    # without verify, the default passes' counts are worked out on first read, and cse
-    # and fuse share one sweep: the same graph (fused vars are new: compared as printed)
-    # and the same reports
+    # without verify, the default passes' counts are worked out on first read: the same
+    # graph (fused vars are new: compared as printed), meta and reports
     final, deferred = run_passes(g, batch=batch, max_batch=max_batch)
     assert str(check_graph(final)) == str(verified) == str(cur)
     assert [final.meta.get(k) for k in ("merged", "removed")] == \
