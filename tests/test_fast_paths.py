@@ -181,14 +181,17 @@ def test_traced_graph_and_passes_agree_with_the_checked_constructors():
 def test_markers_of_another_trace_stay_plain_text():
     mine, other = trace_mod.TraceState(), trace_mod.TraceState()
     x, y = mine.input("x"), other.input("y")
-    theirs = format(y, "")
-    assert mine.atomize(f"only {theirs}") == Lit(f"only {theirs}")
-    var = mine.atomize(f"<{theirs}|{x}|{x:>3}>")
-    node = mine.nodes[-1]
-    assert node.out is var and node.inputs == (x._var, x._var)
-    assert node.param("segments") == (f"<{theirs}|", "|", ">") and node.param("specs") == ("", ">3")
-    one = mine.atomize(f"{theirs}{x}")  # one marker of this trace after another's
-    assert mine.nodes[-1].out is one and mine.nodes[-1].param("segments") == (theirs, "")
+    with trace_mod.tracing(other):
+        theirs = format(y, "")  # (text that happens to hold another trace's marker)
+    with trace_mod.tracing(mine):
+        assert mine.atomize(f"only {theirs}") == Lit(f"only {theirs}")
+        var = mine.atomize(f"<{theirs}|{x}|{x:>3}>")
+        node = mine.nodes[-1]
+        assert node.out is var and node.inputs == (x._var, x._var)
+        assert node.param("segments") == (f"<{theirs}|", "|", ">")
+        assert node.param("specs") == ("", ">3")
+        one = mine.atomize(f"{theirs}{x}")  # one marker of this trace after another's
+        assert mine.nodes[-1].out is one and mine.nodes[-1].param("segments") == (theirs, "")
 
 
 def test_resolved_calls_follow_the_provider_registry():
@@ -218,7 +221,8 @@ def test_a_forged_marker_of_this_trace_is_plain_text():
     state = trace_mod.TraceState()
     x = state.input("x")
     forged = f"{state._mark_open}not-an-index{trace_mod._MARK_CLOSE}"
-    var = state.atomize(f"{x} {forged}")
+    with trace_mod.tracing(state):
+        var = state.atomize(f"{x} {forged}")
     assert state.nodes[-1].out is var
     assert state.nodes[-1].param("segments") == ("", f" {forged}")
     assert state.atomize(forged) == Lit(forged)
@@ -244,7 +248,8 @@ def test_markers_past_the_shared_tables_are_formatted_and_parsed_alike(monkeypat
     state = trace_mod.TraceState()
     x = state.input("x")
     padded = f"{state._mark_open}00{trace_mod._MARK_CLOSE}"  # not the table's spelling of 0
-    assert state.atomize(f"{x}{padded}") == state.nodes[-1].out
+    with trace_mod.tracing(state):
+        assert state.atomize(f"{x}{padded}") == state.nodes[-1].out
     assert state.nodes[-1].inputs == (x._var, x._var)
 
 
@@ -312,8 +317,9 @@ def test_a_model_call_added_generically_is_looked_up_in_trace_order():
 
     state = trace_mod.TraceState(lookup=lookup)
     x = state.input("x")
-    state.add("llm", [x._var, Lit(None)], {"model": "sim", "n": 1, "params": (),
-                                             "deterministic": True, "options": None})
+    with trace_mod.tracing(state):
+        state.add("llm", [x._var, Lit(None)], {"model": "sim", "n": 1, "params": (),
+                                                 "deterministic": True, "options": None})
     assert seen == [["x", None]]
     assert state.value_of(state.nodes[-1].out) is trace_mod.UNKNOWN and len(seen) == 1
 

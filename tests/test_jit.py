@@ -459,3 +459,42 @@ def test_a_changed_answer_never_reaches_an_effect_during_planning():
 
     assert jit(f)("a") == f("a")
     assert seen == [models("sim", "Q a").text[:5]] * 2  # the jitted call's and eager's
+
+
+def test_a_traced_value_kept_past_its_trace_is_an_error_not_a_placeholder():
+    """A model answer stored while jit traces (JAX calls it a leaked tracer) is a
+    placeholder. Read later, eagerly or in another jitted function, it raises a clear
+    error; before, it gave marker text as a prompt, and another jitted function
+    re-planned until its round limit (66 requests for one call)."""
+    kept = []
+
+    @jit
+    def keeps(x: str):
+        answer = models("sim", f"Q: {x}")
+        kept.append(answer)
+        return answer.text
+
+    keeps("hello")
+    leaked = kept[0]
+    assert type(leaked).__name__ == "TracedResponse"
+    uses = [lambda: f"use: {leaked.text}", lambda: str(leaked), lambda: f"{leaked}",
+            lambda: bool(leaked), lambda: leaked.json(), lambda: leaked.usage,
+            lambda: leaked.text + "!"]
+    for use in uses:
+        with pytest.raises(ember.TraceError, match="outside the jit trace that made it"):
+            use()
+    assert "traced" in repr(leaked)  # (a debugger may still show it)
+
+    @jit
+    def reads(x: str):
+        return models("sim", f"{x} and {leaked.text}").text
+
+    @jit
+    def routes(x: str):
+        return models(leaked, x).text
+
+    before = sim.stats().requests
+    for fn in (reads, routes):
+        with pytest.raises(ember.TraceError, match="Return the value from the jitted"):
+            fn("a")
+    assert sim.stats().requests == before  # nothing was sent

@@ -246,8 +246,12 @@ def test_trace_state_helpers():
         trace_var.reset(token)
     assert "traced Str" in repr(t)  # outside its trace it describes itself
     state.nodes = [None] * MAX_TRACE_NODES
-    with pytest.raises(StopTrace):
-        state.add("pack", [], {"kind": "list"})
+    token = trace_var.set(state)
+    try:
+        with pytest.raises(StopTrace):
+            state.add("pack", [], {"kind": "list"})
+    finally:
+        trace_var.reset(token)
 
 
 def test_inspect_of_async_and_failing_functions():
@@ -328,10 +332,14 @@ def test_markers_of_another_trace_stay_plain_text():
     from ember.ir import Lit, Var
     from ember.ir.trace import TraceState
 
+    from ember.ir.trace import tracing
+
     a, b = TraceState(), TraceState()
     xa, xb = a.input("left"), b.input("right")
-    foreign = f"{xa}"  # a's marker, seen by b
-    mixed = f"[{xb}] {foreign} [{xb:>3}]"
+    with tracing(a):
+        foreign = f"{xa}"  # a's marker, seen by b as text
+    with tracing(b):
+        mixed = f"[{xb}] {foreign} [{xb:>3}]"
     atom = b.atomize(mixed)
     node = b.nodes[-1]
     assert isinstance(atom, Var) and node.op == "format"

@@ -61,6 +61,17 @@ _TAILS_CAP = 1 << 15
 _TAILS_LOCK = threading.Lock()
 
 trace_var: ContextVar[TraceState | None] = ContextVar("ember_trace", default=None)
+_current = trace_var.get
+
+
+def _leaked() -> TraceError:
+    """A tracer used outside the trace that made it (JAX calls it a leaked tracer)."""
+    return TraceError(
+        "A traced value was used outside the jit trace that made it. While jit traces a "
+        "function, model answers are placeholders; this one was kept (in a global, a "
+        "list, an object attribute or a closure) and read after its trace ended, or in "
+        "another jitted function. Return the value from the jitted function and use "
+        "what the call returns.")
 
 
 def current_trace() -> TraceState | None:
@@ -150,6 +161,8 @@ class TraceState:
 
     def add(self, op: str, inputs: list[Atom], params: dict[str, Any], type_: Type | None = None,
             loc: str | None = None) -> Var:
+        if _current() is not self:  # a leaked tracer's .json(), .usage, [key], ...
+            raise _leaked()
         out = Var(AnyT)
         node = Node(op, inputs, params, out, loc)
         out.type = type_ or OPS[op].type_rule(node)
@@ -288,6 +301,8 @@ class TraceState:
     def atomize(self, value: Any, loc: str | None = None) -> Atom:
         """A traced value, a string holding markers, or a constant, as an atom."""
         if isinstance(value, Traced):
+            if value._state is not self:
+                raise _leaked()
             return value._var
         if isinstance(value, str) and _MARK_OPEN in value:
             # split at this trace's markers only (another trace's stay plain text); each
@@ -328,6 +343,8 @@ class TraceState:
     # ---- breaks --------------------------------------------------------------------
     def need(self, tracer: Traced, reason: str) -> Any:
         """The concrete value of a tracer, or suspend. Records the graph break."""
+        if tracer._state is not self or _current() is not self:
+            raise _leaked()
         loc = user_location(3)
         value = self.value_of(tracer._var)
         known = value is not UNKNOWN
@@ -351,6 +368,8 @@ def _mark(tracer: Traced, spec: str) -> str:
     back into the traced value (``Traced.__format__`` itself: one call per f-string
     field)."""
     state = tracer._state
+    if _current() is not state:
+        raise _leaked()
     if state.strict and state.value_of(tracer._var) is UNKNOWN:
         state.need(tracer, "formatting an unfinished model answer (strict mode)")
     marked = state.marked
@@ -373,6 +392,8 @@ def _text_of(tracer: TracedResponse) -> str:
     known (the graph then depends on it), else a marker — or, in strict mode, a
     break. (The property's getter itself: every answer's text comes here.)"""
     state, var = tracer._state, tracer._var
+    if _current() is not state:
+        raise _leaked()
     value = state.values.get(var.id, UNKNOWN)
     if value is UNKNOWN and (state.lookup is not None or var.type is not ResponseT):
         # (without a lookup a model call's answer is unknown: skip the sweep)
