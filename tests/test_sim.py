@@ -443,3 +443,13 @@ def test_reset_stats():
     sim.reset_stats()
     st = sim.stats()
     assert (st.requests, st.completions, st.max_in_flight, st.prompts) == (0, 0, 0, [])
+
+
+def test_stats_keep_the_latest_prompts_not_all_of_them(monkeypatch):
+    """A long run on sim holds a bounded number of prompts (the latest, in order)."""
+    monkeypatch.setattr(sim, "MAX_PROMPTS", 3)
+    run(SimProvider().complete_batch([req(f"p{i}") for i in range(7)]))
+    assert sim.stats().prompts == [f"p{i}" for i in range(4, 7)]  # trimmed at 7 > 2 * 3
+    run(SimProvider().complete_batch([req(f"q{i}") for i in range(3)]))
+    assert sim.stats().prompts == ["p4", "p5", "p6", "q0", "q1", "q2"]  # 6: not yet
+    assert sim.stats().requests == 2

@@ -65,7 +65,10 @@ class SimStats:
     completions: int = 0  # answers produced (n per request)
     in_flight: int = 0
     max_in_flight: int = 0
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # the latest, oldest first (bounded)
+
+
+MAX_PROMPTS = 10_000  # SimStats keeps the latest this many prompts, at most twice as many
 
 
 _config = SimConfig(latency=float(os.environ.get("EMBER_SIM_LATENCY", "0") or 0))
@@ -155,6 +158,8 @@ class SimProvider(Provider):
             out = []
             for req, prompt in zip(requests, prompts):
                 st.prompts.append(prompt)
+                if len(st.prompts) > 2 * MAX_PROMPTS:  # (trimmed in halves: amortized O(1))
+                    del st.prompts[:-MAX_PROMPTS]
                 start = self._first_sample(req)
                 out.append([self._answer(req, start + i, delay, first=i == 0, prompt=prompt)
                             for i in range(req.n)])
