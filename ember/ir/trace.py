@@ -69,9 +69,10 @@ def _leaked() -> TraceError:
     return TraceError(
         "A traced value was used outside the jit trace that made it. While jit traces a "
         "function, model answers are placeholders; this one was kept (in a global, a "
-        "list, an object attribute or a closure) and read after its trace ended, or in "
-        "another jitted function. Return the value from the jitted function and use "
-        "what the call returns.")
+        "list, an object attribute or a closure) and read after its trace ended, in "
+        "another jitted function, or in a thread that does not carry the trace's context "
+        "(asyncio.to_thread does; a bare thread pool does not). Return the value from "
+        "the jitted function and use what the call returns.")
 
 
 def current_trace() -> TraceState | None:
