@@ -459,7 +459,7 @@ class Traced:
         # Inside its trace, repr() is a value like str(): ``f"{answers}"`` of a list
         # formats each element with repr(), and the graph must build the same prompt
         # as eager Python. Elsewhere (a debugger, an error message) it describes itself.
-        if trace_var.get() is self._state:
+        if _current() is self._state:
             return self._state.mark(self, REPR_SPEC)
         return f"<traced {self._var.type} {self._var!r}>"
 
