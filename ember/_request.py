@@ -48,16 +48,25 @@ def parse_model_id(model: str, known: tuple[str, ...]) -> tuple[str, str]:
             return provider, name
         if mid[i] == "/" or not _bare_provider(mid):
             raise ConfigurationError(
-                f"Unknown provider {provider!r} in model id {model!r}. Known providers: "
-                f"{', '.join(sorted(known))}. Register your own with ember.providers.register()."
+                f"Unknown provider {provider!r} in model id {model!r}.{_suggest(provider, known)} "
+                f"Known providers: {', '.join(sorted(known))}. Register your own with "
+                "ember.providers.register()."
             )
     bare = _bare_provider(mid)
     if bare:
         return bare, mid
     raise ConfigurationError(
-        f"Cannot tell which provider serves {model!r}. Write it as 'provider/model' "
-        f"(known providers: {', '.join(sorted(known))}), e.g. 'openai/{mid}'."
+        f"Cannot tell which provider serves {model!r}.{_suggest(mid, None)} Write it as "
+        f"'provider/model' (known providers: {', '.join(sorted(known))}), e.g. 'openai/{mid}'."
     )
+
+
+def _suggest(word: str, choices: tuple[str, ...] | None) -> str:
+    """" Did you mean 'x'?" for a misspelt provider (among ``choices``) or, with None,
+    a misspelt model the price table knows; "" when nothing is close."""
+    from .providers.prices import did_you_mean, known_models
+
+    return did_you_mean(word, known_models() if choices is None else choices)
 
 
 def _bare_provider(name: str) -> str | None:

@@ -183,6 +183,15 @@ def test_status_errors_map_to_ember_errors(openai_server, fault, cls, status, wo
     assert err.transient == (cls is errors.ServerError)
 
 
+def test_model_not_found_names_the_closest_known_model(openai_server):
+    openai_server.script("not_found")
+    err = fail(OpenAIProvider(), req(model="gpt-4o-mnii"))
+    assert type(err) is errors.ModelNotFoundError
+    assert "'gpt-4o-mnii'" in str(err) and "Did you mean 'gpt-4o-mini'?" in str(err)
+    openai_server.script("not_found")  # a right name that 404s (no access) suggests nothing
+    assert "Did you mean" not in str(fail(OpenAIProvider(), req()))
+
+
 def test_api_key_echoed_by_the_server_is_scrubbed(openai_server):
     openai_server.script("auth")  # the fake echoes the whole key in its message
     err = fail(OpenAIProvider(), req())

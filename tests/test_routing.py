@@ -309,3 +309,20 @@ def test_custom_default_temperature_decides_determinism(registry):
     a, b = asyncio.run(both())
     assert a.text == b.text == "same"
     assert calls == [1]  # identical deterministic requests in flight are sent once
+
+
+@pytest.mark.parametrize("model,meant", [
+    ("gpt4o mini", "gpt-4o-mini"), ("simm", "sim"), ("o3mini", "o3-mini"),
+    ("opena/gpt-4o", "openai"), ("antropic:claude-sonnet-4-5", "anthropic"),
+])
+def test_a_misspelt_model_id_names_the_closest_known_one(model, meant):
+    with pytest.raises(errors.ConfigurationError) as info:
+        ember.models(model, "hi")
+    assert f"Did you mean {meant!r}?" in str(info.value)
+
+
+@pytest.mark.parametrize("model", ["mistral-large", "zzz/model", "house-model"])
+def test_no_suggestion_when_nothing_is_close(model):
+    with pytest.raises(errors.ConfigurationError) as info:
+        ember.models(model, "hi")
+    assert "Did you mean" not in str(info.value)

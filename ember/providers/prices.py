@@ -11,7 +11,10 @@ import sys
 import warnings
 from typing import NamedTuple
 
-__all__ = ["Price", "PRICES_VERSION", "price_for", "set_price", "cost_of", "context_window"]
+from .._request import _bare_provider
+
+__all__ = ["Price", "PRICES_VERSION", "price_for", "set_price", "cost_of", "context_window",
+           "known_models", "did_you_mean"]
 
 PRICES_VERSION = "2026-11-01"
 
@@ -78,11 +81,34 @@ def price_for(provider: str, model: str) -> Price | None:
     if price is None and (provider, model) not in _warned:
         _warned.add((provider, model))
         warnings.warn(
-            f"No price known for {provider}/{model}; its cost is reported as None. "
-            f"Set one with ember.providers.prices.set_price({model!r}, input=..., output=...).",
+            f"No price known for {provider}/{model}; its cost is reported as None."
+            f"{did_you_mean(model, known_models(provider))} Set one with "
+            f"ember.providers.prices.set_price({model!r}, input=..., output=...).",
             stacklevel=3,
         )
     return price
+
+
+def known_models(provider: str | None = None) -> list[str]:
+    """The model names the price table knows (of one provider, or all), without the
+    provider prefix: what a misspelt model id is compared against."""
+    names = []
+    for key in _PRICES:
+        owner, _, name = key.rpartition("/")
+        if not owner:
+            owner = "sim" if key == "sim" else _bare_provider(key) or ""
+        if provider is None or owner == provider:
+            names.append(name)
+    return names
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """" Did you mean 'x'?" for the closest of ``choices`` to a misspelt ``word``, or ""."""
+    import difflib  # (only on an error path)
+
+    low = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(low), n=1, cutoff=0.75)
+    return f" Did you mean {low[close[0]]!r}?" if close and close[0] != word.lower() else ""
 
 
 def set_price(model: str, *, input: float, output: float, context: int | None = None) -> None:

@@ -397,8 +397,9 @@ class SDKProvider(Provider):
         if status == 404:
             return make(ModelNotFoundError,
                         f"{label} has no model {request.model!r} at {self._where()}{self._url_hint()} "
-                        f"(HTTP 404). Check the model name in {model!r}, and that this key or "
-                        "server may use it.")
+                        f"(HTTP 404).{prices.did_you_mean(request.model, prices.known_models(self.name))}"
+                        f" Check the model name in {model!r}, and that this key or server may "
+                        "use it.")
         if status == 402 or (status in (400, 403, 429) and _QUOTA_RE.search(text)):
             return make(QuotaExceededError,
                         f"{label} says the quota, credit or spend limit of your account is used "
