@@ -345,7 +345,7 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
     c = _Cached(fn, ttl, path)
 
     if is_async(fn):
-        @functools.wraps(fn)
+        @functools.wraps(fn, updated=())
         async def acached(*args: Any, **kwargs: Any) -> Any:
             key = _trace_key(c, args, kwargs)
             if key is None:
@@ -359,7 +359,7 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
             return result
         wrapper: Any = acached
     else:
-        @functools.wraps(fn)
+        @functools.wraps(fn, updated=())
         def cached(*args: Any, **kwargs: Any) -> Any:
             key = _trace_key(c, args, kwargs)
             if key is None:

@@ -49,7 +49,7 @@ def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -
 
     compiled = jit(members)
 
-    @functools.wraps(members)
+    @functools.wraps(members, updated=())
     def ensembled(*args: Any, **kwargs: Any) -> Any:
         return compiled(*args, **kwargs)
 

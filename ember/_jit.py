@@ -188,7 +188,9 @@ class Jitted:
         self.cache: dict[Any, CompiledEntry] = {}
         self.last_run: RunReport | None = None  # what the latest call did
         self._bound = 0.0
-        functools.update_wrapper(self, fn)
+        # name and doc, not the wrapped's __dict__: a wrapped Jitted's or vmap's fn,
+        # cache and last_run would replace this one's (jit(vmap(f)) became jit(f))
+        functools.update_wrapper(self, fn, updated=())
 
     def __repr__(self) -> str:
         return f"<jit {getattr(self.fn, '__qualname__', self.fn)!r}>"

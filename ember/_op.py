@@ -26,7 +26,7 @@ def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
     if fn is None:
         return lambda f: op(f, effectful=effectful)
 
-    @functools.wraps(fn)
+    @functools.wraps(fn, updated=())
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         state = current_trace()
         if state is None:

@@ -74,7 +74,7 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
         return current_options().with_(retry=policy)
 
     if is_async(fn):
-        @functools.wraps(fn)
+        @functools.wraps(fn, updated=())
         async def aretried(*args: Any, **kwargs: Any) -> Any:
             token = options_var.set(options())
             try:
@@ -92,7 +92,7 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
                 options_var.reset(token)
         return aretried
 
-    @functools.wraps(fn)
+    @functools.wraps(fn, updated=())
     def retried(*args: Any, **kwargs: Any) -> Any:
         token = options_var.set(options())
         try:
@@ -172,7 +172,7 @@ def _limited(fn: Callable, seconds: float) -> Callable:
         return exc
 
     if is_async(fn):
-        @functools.wraps(fn)
+        @functools.wraps(fn, updated=())
         async def alimited(*args: Any, **kwargs: Any) -> Any:
             otoken, dtoken, deadline = enter()
             try:
@@ -191,7 +191,7 @@ def _limited(fn: Callable, seconds: float) -> Callable:
                 leave(otoken, dtoken)
         return alimited
 
-    @functools.wraps(fn)
+    @functools.wraps(fn, updated=())
     def limited(*args: Any, **kwargs: Any) -> Any:
         otoken, dtoken, deadline = enter()
         try:

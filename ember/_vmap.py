@@ -174,7 +174,7 @@ class Mapped:
         self.backend = backend
         self.results: list[Any] = []  # the last call's results (also after a BatchError)
         self.last_run: RunReport | None = None
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn, updated=())  # (see Jitted.__init__)
 
     def __repr__(self) -> str:
         return f"<vmap {getattr(self.fn, '__qualname__', self.fn)!r}>"

@@ -349,6 +349,25 @@ def test_nested_jit_traces_through():
     assert fast.entry("q").graph.count("llm") == 2
 
 
+def test_jit_of_wrapped_callables_keeps_the_wrapper():
+    """jit(vmap(f)) maps (it traced f on the whole list: one wrong answer), and
+    jit(timeout(jit(f))) keeps the timeout: a wrapper never takes the state of what it
+    wraps (functools.wraps copied a Jitted's fn, cache and last_run onto it)."""
+    def f(x: str):
+        return models("sim", f"Summarize: {x}").text
+
+    xs = ["a", "b", "c"]
+    mapped = jit(ember.vmap(f))
+    assert mapped(xs) == [f(x) for x in xs] == ember.vmap(f)(xs)
+    assert mapped.last_run.requests == 1  # the three calls, batched in one graph
+    limited = ember.timeout(jit(f), seconds=0.05)
+    assert not hasattr(limited, "last_run") and not hasattr(limited, "cache")
+    sim.configure(latency=0.5)
+    with pytest.raises(ember.TimeoutError):
+        jit(limited)("slow")
+    assert ember.vmap(jit(f)).fn.__class__.__name__ == "Jitted"
+
+
 def test_methods_can_be_jitted():
     class Agent:
         prefix = "Agent"
