@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -44,6 +45,32 @@ def test_value_dependent_uses_of_model_json(use):
         return use(data)
 
     same(f, "item")
+
+
+@pytest.mark.parametrize("use,reason", [
+    (lambda rs: sum(r.cost for r in rs), "`+` on"),  # 0 + value: the reflected operator
+    (lambda rs: rs[0].cost * 1000, "`*` on"),
+    (lambda rs: 1 - rs[0].json()["confidence"], "`-` on"),
+    (lambda rs: round(rs[0].json()["confidence"], 1), "round() of"),
+    (lambda rs: -rs[0].json()["confidence"] / 2, "neg() of"),
+    (lambda rs: abs(rs[0].latency), "abs() of"),
+    (lambda rs: divmod(len(rs), 2) + divmod(7, rs[0].json()["confidence"]), "`divmod()` on"),
+    (lambda rs: list(reversed(rs[2].json()))[:1], "reversed() of"),
+])
+def test_arithmetic_on_traced_values_is_a_named_break(use, reason):
+    """Operators a tracer lacked raised TypeError, which stopped the trace with no break
+    named (inspect showed none, fullgraph could not point at the line), and jit sent the
+    calls before it one by one on every call instead of as one batch."""
+    def f(x: str):
+        rs = [models("sim", f"Rate {x} #{i}", response_format="json") for i in range(3)]
+        return use(rs)
+
+    fast = same(f, "item")
+    assert fast.last_run.requests == 1  # the three calls before the break: one batch
+    report = ember.inspect(f, "item")
+    assert [b for b in report.breaks if reason in str(b)], report.breaks
+    with pytest.raises(ember.TraceError, match=re.escape(reason)):
+        jit(f, fullgraph=True)("item")
 
 
 def test_index_with_traced_key_and_unhashable_key():

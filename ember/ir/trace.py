@@ -19,6 +19,8 @@ Python on the real values (see ember/_jit.py), which also detects such leaks.
 from __future__ import annotations
 
 import itertools
+import math
+import operator
 import os
 import threading
 from contextvars import ContextVar
@@ -509,6 +511,32 @@ class Traced:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self._need(f"`.{name}` on a traced value"), name)
+
+
+def _breaking(name: str, reason: str, fn: Callable[..., Any]) -> None:
+    """Operator ``name`` on a tracer, and its reflected form for binary ones: a graph
+    break computing on the tracer's value. (A missing operator raised TypeError, which
+    stopped the trace with no break named, and jit then re-planned on every call.)"""
+    reason += " a traced value"
+    setattr(Traced, f"__{name}__", lambda self, *other: fn(self._need(reason), *other))
+    if name in _BINARY:
+        setattr(Traced, f"__r{name}__", lambda self, other: fn(other, self._need(reason)))
+
+
+_BINARY = {"add": ("+", operator.add), "sub": ("-", operator.sub), "mul": ("*", operator.mul),
+           "truediv": ("/", operator.truediv), "floordiv": ("//", operator.floordiv),
+           "mod": ("%", operator.mod), "pow": ("**", pow), "divmod": ("divmod()", divmod),
+           "and": ("&", operator.and_), "or": ("|", operator.or_), "xor": ("^", operator.xor),
+           "lshift": ("<<", operator.lshift), "rshift": (">>", operator.rshift),
+           "matmul": ("@", operator.matmul)}
+for _name, (_symbol, _fn) in _BINARY.items():
+    _breaking(_name, f"`{_symbol}` on", _fn)
+for _name, _fn in (("neg", operator.neg), ("pos", operator.pos), ("abs", abs),
+                   ("invert", operator.invert), ("round", round), ("trunc", math.trunc),
+                   ("floor", math.floor), ("ceil", math.ceil), ("complex", complex),
+                   ("reversed", reversed)):
+    _breaking(_name, f"{_name}() of", _fn)
+del _name, _symbol, _fn
 
 
 class TracedStr(Traced):
