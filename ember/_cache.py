@@ -10,9 +10,12 @@ processes) at ``$EMBER_CACHE_DIR/cache.sqlite3``, else under the user cache dire
 0600. The key is an xxhash of the function's identity (module, qualified name and a
 fingerprint of its code, so editing the function starts afresh) and its arguments.
 Arguments are only hashed, never stored. Values are JSON, never pickle: str, numbers,
-bool, None, lists, tuples, dicts and `Response` (via `Response.to_dict`, with a type
-tag). A call whose arguments or result are of another type runs uncached, with a
-one-time warning naming the type — caching is an optimization and never breaks a call.
+bool, None, lists, tuples, dicts, `Response` (via `Response.to_dict`, with a type
+tag) and pydantic models (``model_dump(mode="json")`` and the class's import path: read
+back only when that class is already imported, and by ``model_validate``, so a cache
+file can never make Ember import or run anything; otherwise the entry is a miss). A call
+whose arguments or result are of another type runs uncached, with a one-time warning
+naming the type — caching is an optimization and never breaks a call.
 
 Under `jit`, a cached function whose arguments are known is looked up while tracing:
 a hit becomes a constant, so its calls are never recorded; a miss is traced through.
@@ -238,7 +241,27 @@ def encode(value: Any) -> Any:
         if all(type(k) is str for k in value) and _TAG not in value:
             return {k: encode(v) for k, v in value.items()}
         return {_TAG: "dict", "items": [[encode(k), encode(v)] for k, v in value.items()]}
-    raise Unsupported(type(value).__name__)
+    cls = type(value)
+    if hasattr(cls, "model_validate") and hasattr(value, "model_dump"):  # pydantic
+        data = value.model_dump(mode="json")
+        path = f"{cls.__module__}:{cls.__qualname__}"
+        if _model_class(path) is cls and cls.model_validate(data) == value:  # round-trips
+            return {_TAG: "pydantic", "class": path, "data": data}
+    raise Unsupported(cls.__name__)
+
+
+class _Unreadable(Exception):
+    """A stored value this process cannot restore (its pydantic class is not imported)."""
+
+
+def _model_class(path: str) -> Any:
+    """The pydantic class at ``module:qualname`` if that module is imported already
+    (never imports one: a cache file must not choose code to run), else None."""
+    module, _, qualname = path.partition(":")
+    obj = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) and hasattr(obj, "model_validate") else None
 
 
 def _hashable(value: Any) -> Any:
@@ -258,6 +281,11 @@ def decode(value: Any) -> Any:
             return tuple(decode(v) for v in value["items"])
         if tag == "dict":
             return {_hashable(decode(k)): decode(v) for k, v in value["items"]}
+        if tag == "pydantic":
+            cls = _model_class(value["class"])
+            if cls is None:
+                raise _Unreadable(value["class"])
+            return cls.model_validate(value["data"])
         return {k: decode(v) for k, v in value.items()}
     return value
 
@@ -285,7 +313,12 @@ class _Cached:
 
     def lookup(self, key: str) -> Any:
         text = self.store().get(key, self.ttl)
-        return UNKNOWN if text is None else decode(json.loads(text))
+        if text is None:
+            return UNKNOWN
+        try:
+            return decode(json.loads(text))
+        except Exception:  # (_Unreadable, or a model class that changed): a miss
+            return UNKNOWN
 
     def save(self, key: str, result: Any) -> None:
         try:

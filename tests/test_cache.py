@@ -15,6 +15,7 @@ import textwrap
 import time
 import warnings
 
+import pydantic
 import pytest
 from servers import OPENAI_KEY
 
@@ -94,6 +95,44 @@ def test_unsupported_types_run_uncached_with_one_warning():
     g = cache(lambda x: 1)
     with pytest.warns(UserWarning, match="argument of type Thing"):
         assert g(Thing()) == 1
+
+
+class Verdict(pydantic.BaseModel):  # (module level: a cache can name and restore it)
+    label: str
+    score: float
+    tags: list[str] = []
+
+
+def rate(text):
+    return ember.models("sim", f"Rate: {text}", response_format=Verdict).json(Verdict)
+
+
+def test_pydantic_results_are_cached_and_restored_as_their_class(monkeypatch):
+    cached = cache(rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stored: no "runs uncached" warning
+        first = cached("a")
+        again = cached("a")
+    assert sim.stats().requests == 1
+    assert type(again) is Verdict and again == first
+    assert ember.jit(cached)("a") == first and sim.stats().requests == 1  # a hit under jit
+    # where the class's module is not imported (another program reading the same cache)
+    # the entry is a miss: Ember never imports a module a cache file names
+    monkeypatch.delitem(sys.modules, Verdict.__module__)
+    with pytest.warns(UserWarning, match="result of type Verdict"):  # nor can it store one
+        assert cached("a") == first
+    assert sim.stats().requests == 2 and Verdict.__module__ not in sys.modules
+
+
+def test_a_pydantic_class_that_cannot_be_named_runs_uncached():
+    class Local(pydantic.BaseModel):
+        label: str
+
+    f = cache(lambda x: Local(label=ember.models("sim", x).text))
+    with pytest.warns(UserWarning, match="result of type Local"):
+        f("a")
+    f("a")
+    assert sim.stats().requests == 2
 
 
 def test_identity_follows_the_code():
