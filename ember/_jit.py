@@ -181,6 +181,8 @@ class Jitted:
     def __init__(self, fn: Callable, *, fullgraph: bool = False, verify: bool = False) -> None:
         if isinstance(fn, Jitted):
             fn = fn.fn
+        if not callable(fn):
+            raise TypeError(f"jit() needs a function, got {fn!r}")
         self.fn = fn
         self.fullgraph = fullgraph
         self.verify = verify  # run the IR verifier after every pass (tests)

@@ -25,6 +25,8 @@ def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
     """
     if fn is None:
         return lambda f: op(f, effectful=effectful)
+    if not callable(fn):
+        raise TypeError(f"op() needs a function, got {fn!r}")
 
     @functools.wraps(fn, updated=())
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -55,8 +55,8 @@ def _split(args: tuple, in_axes: Any, name: str) -> list[tuple]:
     lengths = {}
     for i in mapped:
         if not isinstance(args[i], (list, tuple)):
-            raise TypeError(f"vmap({name}): argument {i} is mapped (in_axes 0) but is a "
-                            f"{type(args[i]).__name__}, not a list; pass a list or set its "
+            raise TypeError(f"vmap({name}): argument {i} is mapped (in_axes 0) but is not a "
+                            f"list (got {type(args[i]).__name__}); pass a list or set its "
                             "in_axes to None to broadcast it.")
         lengths[i] = len(args[i])
     if len(set(lengths.values())) > 1:
@@ -165,6 +165,8 @@ class Mapped:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"vmap: batch_size must be a positive integer or None, got "
                              f"{batch_size!r}.")
+        if not callable(fn):
+            raise TypeError(f"vmap() needs a function, got {fn!r}")
         self.fn = fn
         self.jitted = fn if isinstance(fn, Jitted) else Jitted(fn)
         self.in_axes = in_axes

@@ -368,6 +368,17 @@ def test_jit_of_wrapped_callables_keeps_the_wrapper():
     assert ember.vmap(jit(f)).fn.__class__.__name__ == "Jitted"
 
 
+@pytest.mark.parametrize("wrap,name", [
+    (ember.jit, "jit"), (ember.vmap, "vmap"), (ember.op, "op"), (ember.cache, "cache"),
+    (ember.retry, "retry"), (lambda f: ember.timeout(f, seconds=1), "timeout"),
+    (ember.chain, "chain"), (ember.ensemble, "ensemble"),
+])
+def test_wrapping_something_that_is_not_a_function_fails_at_once(wrap, name):
+    # (jit, vmap and op accepted it and failed at the first call, far from the mistake)
+    with pytest.raises(TypeError, match=rf"^{name}\(\)"):
+        wrap("gpt-4o-mini")
+
+
 def test_methods_can_be_jitted():
     class Agent:
         prefix = "Agent"
