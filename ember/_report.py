@@ -186,6 +186,17 @@ class Run:
         end = self.end if self.end is not None else time.perf_counter()
         return RunReport(list(self.recorder.calls), end - self.start, label=self.label)
 
+    def __getattr__(self, name: str) -> Any:
+        """The report's fields and methods on the run itself (``run.cost``,
+        ``run.timeline(path)``), as of now: ``run.report().<name>``."""
+        if not name.startswith("_") and (hasattr(RunReport, name)
+                                         or name in RunReport.__dataclass_fields__):
+            return getattr(self.report(), name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __str__(self) -> str:
+        return str(self.report())
+
 
 @contextmanager
 def record(label: str = "run") -> Iterator[Run]:

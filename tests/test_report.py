@@ -60,6 +60,20 @@ def test_record_context_and_vmap_report():
     assert mapped.last_run.completions == 12
 
 
+def test_a_recorded_run_reads_like_its_report(tmp_path):
+    with ember.record("block") as run:
+        ensemble_judge("x")
+        assert run.requests == 6  # as of now, inside the block too
+        ensemble_judge("y")
+    report = run.report()
+    assert (run.requests, run.cost, len(run.calls), run.wall_seconds) == (
+        12, report.cost, 12, report.wall_seconds)
+    assert str(run) == str(report) and str(run).startswith("block: 12 requests")
+    assert run.timeline(str(tmp_path / "t.json")).endswith("t.json")
+    with pytest.raises(AttributeError, match="no attribute 'reqests'"):
+        run.reqests
+
+
 def test_unpriced_model_cost_is_none():
     async def echo(request):
         return "hi"
