@@ -174,7 +174,9 @@ class Mapped:
         self.return_exceptions = return_exceptions
         self.progress = progress
         self.backend = backend
-        self.results: list[Any] = []  # the last call's results (also after a BatchError)
+        # the last call's results (also after a BatchError, Ctrl-C or a cancel: then None
+        # for the elements that had not finished)
+        self.results: list[Any] = []
         self.last_run: RunReport | None = None
         functools.update_wrapper(self, fn, updated=())  # (see Jitted.__init__)
 
@@ -213,7 +215,9 @@ class Mapped:
                    drive: Callable[[Any], Awaitable[Any]]) -> list[Any]:
         """Every element's jitted program, driven by ``drive``, under the window."""
         n = len(elements)
+        # filled in place: after Ctrl-C or a cancel, .results still holds what finished
         results: list[Any] = [None] * n
+        self.results = results
         errors: dict[int, BaseException] = {}
         rec = Recorder()
         token = recorder_var.set([*recorder_var.get(), rec])

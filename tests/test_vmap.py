@@ -73,6 +73,34 @@ def test_vmap_of_jit_and_jit_of_vmap_agree_with_a_map():
     expected = [analyze(x) for x in xs]
     assert vmap(jit(analyze))(xs) == expected
     assert jit(lambda items: vmap(analyze)(items))(xs) == expected
+    assert jit(vmap(analyze))(xs) == expected
+
+
+def test_a_cancelled_map_keeps_the_finished_results():
+    """Ctrl-C (or cancelling the task) part way: .results holds every finished element's
+    result (None for the rest): they were paid for."""
+    sim.configure(latency=0.2)
+
+    async def f(x: str):
+        return (await ember.amodels("sim", f"A {x}")).text
+
+    mapped = vmap(f, batch_size=2)
+
+    async def cancel_midway():
+        task = asyncio.ensure_future(mapped([str(i) for i in range(8)]))
+        for _ in range(500):  # (.results fills in place)
+            if sum(r is not None for r in mapped.results) >= 4:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()  # the next two in flight (0.2 s to go), two not started
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_midway())
+    done = [r for r in mapped.results if r is not None]
+    assert len(mapped.results) == 8 and len(done) == 4
+    assert mapped.results[:4] == [analyze_a(str(i)) for i in range(4)]
+    assert mapped.last_run.completions == 4
 
 
 def test_sliding_window_bounds_elements_in_flight():
