@@ -126,7 +126,20 @@ def test_unreachable_ollama(monkeypatch):
         port = s.getsockname()[1]
     monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")
     err = pytest.raises(errors.ConnectionError, complete, ollama(), req("ollama")).value
-    assert f"http://127.0.0.1:{port}/v1" in str(err) and "OLLAMA_HOST" in str(err)
+    assert f"http://127.0.0.1:{port}/v1" in str(err) and "(set by OLLAMA_HOST)" in str(err)
+    assert "no server is listening there. Start it with `ollama serve`." in str(err)
+
+
+def test_unreachable_default_port_says_which_variable_overrides_it(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    provider = OpenAICompatibleProvider("ollama", url=lambda: f"http://127.0.0.1:{port}/v1",
+                                        label="Ollama", url_env="OLLAMA_HOST",
+                                        start_hint="Start it with `ollama serve`. ")
+    err = pytest.raises(errors.ConnectionError, complete, provider, req("ollama")).value
+    assert "(the default; OLLAMA_HOST overrides it)" in str(err)
 
 
 def test_capabilities():

@@ -254,8 +254,11 @@ def test_connection_refused(monkeypatch, transport, userinfo):
     monkeypatch.setenv("OPENAI_BASE_URL", f"http://{userinfo}127.0.0.1:{port}/v1?x=1")
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     err = fail(OpenAIProvider(), req())
-    assert type(err) is errors.ConnectionError
+    assert type(err) is errors.ConnectionError and err.transient
     assert f"http://127.0.0.1:{port}/v1 " in str(err) and "pw" not in str(err)
+    # nothing listens there: said so, not "lost the connection ... usually transient"
+    assert "connection was refused, so no server is listening there" in str(err)
+    assert "(set by OPENAI_BASE_URL)" in str(err) and "Lost the connection" not in str(err)
 
 
 def test_timeout(openai_server, transport):

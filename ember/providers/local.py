@@ -35,7 +35,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
     def __init__(self, name: str, *, url: Callable[[], str], label: str,
                  url_env: str | None = None, key_env: str | None = None,
                  supports_n: bool = False, example_model: str = "model-name",
-                 timeout: float | None = None) -> None:
+                 start_hint: str = "", timeout: float | None = None) -> None:
         super().__init__(timeout=timeout)
         self.name = name
         self.label = label
@@ -43,6 +43,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
         self.key_env = key_env
         self.supports_n = supports_n
         self.example_model = example_model
+        self.start_hint = start_hint
         self._url = url
 
     def base_url(self) -> str:
@@ -85,19 +86,22 @@ def _local_url() -> str:
 
 def ollama() -> OpenAICompatibleProvider:
     return OpenAICompatibleProvider("ollama", url=_ollama_url, label="Ollama",
-                                    url_env="OLLAMA_HOST", example_model="llama3.2")
+                                    url_env="OLLAMA_HOST", example_model="llama3.2",
+                                    start_hint="Start it with `ollama serve`. ")
 
 
 def vllm() -> OpenAICompatibleProvider:
     return OpenAICompatibleProvider("vllm", url=lambda: "http://localhost:8000/v1", label="vLLM",
                                     key_env="VLLM_API_KEY", supports_n=True,
-                                    example_model="Qwen/Qwen2.5-7B-Instruct")
+                                    example_model="Qwen/Qwen2.5-7B-Instruct",
+                                    start_hint="Start it with `vllm serve <model>`. ")
 
 
 def llamacpp() -> OpenAICompatibleProvider:
     return OpenAICompatibleProvider("llamacpp", url=lambda: "http://localhost:8080/v1",
                                     label="llama.cpp", key_env="LLAMA_API_KEY",
-                                    example_model="default")
+                                    example_model="default",
+                                    start_hint="Start it with `llama-server -m <model.gguf>`. ")
 
 
 def local() -> OpenAICompatibleProvider:

@@ -215,6 +215,7 @@ class SDKProvider(Provider):
     base_url_env: str | None = None
     example_model = "model-name"
     default_base_url = ""  # shown in messages when base_url() is None
+    start_hint = ""  # how to start a local server, for a refused connection
 
     def __init__(self, *, timeout: float | None = None) -> None:
         self.timeout = timeout  # seconds per HTTP request; None = the SDK's default
@@ -337,7 +338,10 @@ class SDKProvider(Provider):
         return safe_url(self.base_url() or self.default_base_url) or "the default endpoint"
 
     def _url_hint(self) -> str:
-        return f" (set by {self.base_url_env})" if self.base_url_env else ""
+        env = self.base_url_env
+        if not env:
+            return ""
+        return f" (set by {env})" if os.environ.get(env) else f" (the default; {env} overrides it)"
 
     def map_error(self, exc: BaseException, request: Request) -> EmberError | None:
         """Ember's error for an SDK or transport exception, or ``None`` if it is not one."""
@@ -351,6 +355,12 @@ class SDKProvider(Provider):
                 "was abandoned; retry it (ember.retry does) or allow a longer timeout.")
         if timed_out or _is(exc, sdk, "APIConnectionError") \
                 or _is_transport(exc, "TransportError", "StreamError"):
+            if _nothing_listening(exc):
+                return EmberConnectionError(
+                    f"Could not connect to {self.label} at {self._where()}{self._url_hint()} "
+                    f"for model {model!r}: the connection was refused, so no server is "
+                    f"listening there. {self.start_hint}Check the URL and that the server is "
+                    "running.", provider=self.name, model=model)
             return EmberConnectionError(
                 f"Lost the connection to {self.label} at {self._where()}{self._url_hint()} for "
                 f"model {model!r}: {self._cause(exc)}. Check the network and that the server "
@@ -438,6 +448,18 @@ class SDKProvider(Provider):
 def _is(exc: BaseException, module: Any, name: str) -> bool:
     cls = getattr(module, name, None) if module is not None else None
     return isinstance(cls, type) and isinstance(exc, cls)
+
+
+def _nothing_listening(exc: BaseException) -> bool:
+    """Was the connection refused (no server at that address), not dropped or slow?"""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError) or "Connection refused" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False  # pragma: no cover - a cause chain this deep
 
 
 def _refused(exc: BaseException) -> bool:
