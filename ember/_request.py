@@ -36,8 +36,8 @@ def parse_model_id(model: str, known: tuple[str, ...]) -> tuple[str, str]:
     mid = model.strip()
     if not mid:
         raise ConfigurationError("The model id is empty. Try 'sim' or 'openai/gpt-4o-mini'.")
-    if mid in known:
-        return mid, ""
+    if mid.lower() in known:  # a provider alone ("sim"), any case as with "SIM/x"
+        return mid.lower(), ""
     cut = [i for i in (mid.find("/"), mid.find(":")) if i > 0]
     if cut:
         i = min(cut)

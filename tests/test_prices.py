@@ -81,10 +81,12 @@ def test_a_misspelt_model_s_warning_names_the_closest_priced_one():
         assert price_for("openai", "gpt-4o-mnii") is None
         assert price_for("anthropic", "claude-sonet-4-5") is None
         assert price_for("openai", "claude-sonet-4-5") is None  # only that provider's models
+        assert price_for("openai", "GPT-4o-mini") is None  # names are case-sensitive
     msgs = [str(w.message) for w in record]
     assert "Did you mean 'gpt-4o-mini'?" in msgs[0]
     assert "Did you mean 'claude-sonnet-4-5'?" in msgs[1]
     assert "Did you mean" not in msgs[2]
+    assert "Did you mean 'gpt-4o-mini'?" in msgs[3]
 
 
 def test_unknown_model_end_to_end_cost_none_one_warning(openai_server):

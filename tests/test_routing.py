@@ -63,6 +63,7 @@ def registry():
     ("OpenAI/gpt-4o", ("openai", "gpt-4o")),  # the provider part is case-insensitive
     ("sim", ("sim", "")),
     ("  sim  ", ("sim", "")),
+    ("Sim", ("sim", "")),  # a provider alone, in any case as with "OpenAI/..."
     ("sim/big", ("sim", "big")),
     ("local:my-model", ("local", "my-model")),
 ])

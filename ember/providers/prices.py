@@ -108,7 +108,7 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
     low = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(word.lower(), list(low), n=1, cutoff=0.75)
-    return f" Did you mean {low[close[0]]!r}?" if close and close[0] != word.lower() else ""
+    return f" Did you mean {low[close[0]]!r}?" if close and low[close[0]] != word else ""
 
 
 def set_price(model: str, *, input: float, output: float, context: int | None = None) -> None:
