@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pydantic
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import ember
 from ember import jit, models
+from ember.providers import sim
 from ember.ir.trace import MAX_TRACE_NODES, StopTrace, Traced, TraceState, trace_var
 
 
@@ -71,6 +75,103 @@ def test_arithmetic_on_traced_values_is_a_named_break(use, reason):
     assert [b for b in report.breaks if reason in str(b)], report.breaks
     with pytest.raises(ember.TraceError, match=re.escape(reason)):
         jit(f, fullgraph=True)("item")
+
+
+# an answer's text massaged before it reaches the next prompt: (name, transform)
+TEXT_EDITS = [
+    ("head", lambda t: t[:30]), ("tail", lambda t: t[-25:]), ("step", lambda t: t[::2]),
+    ("strip", lambda t: t.strip(" .[]0123456789")), ("replace", lambda t: t.replace("a", "@")),
+    ("upper head", lambda t: t.upper()[:12]), ("chained", lambda t: t[5:60].strip().title()),
+    ("prefix", lambda t: t.removeprefix("[")[:8]), ("char", lambda t: t[7]),
+]
+
+
+@pytest.mark.parametrize("name,edit", TEXT_EDITS, ids=[n for n, _ in TEXT_EDITS])
+def test_edited_answers_plan_the_prompts_eager_python_sends(name, edit):
+    """A slice or a str method of an answer's .text was applied to its marker, which it
+    left whole: the plan sent the unedited answer in the next prompt, a wasted request
+    per step that the check run then sent again (a chain of 300 made 599 requests)."""
+    def chain(x: str, n: int = 4):
+        for i in range(n):
+            x = edit(models("sim", f"step {i}: {x}").text)
+        return x
+
+    def fan_in(x: str):
+        views = [edit(models("sim", f"view {k}: {x}").text) for k in range(3)]
+        return models("sim", "judge: " + " | ".join(views)).text
+
+    for fn, requests in ((chain, 4), (fan_in, 2)):  # (fan_in: 3 views in one batch + judge)
+        expected = fn("q")
+        sim.reset_stats()
+        fast = jit(fn, verify=True)
+        assert fast("q") == expected
+        assert sim.stats().requests == requests  # the first call too: nothing wasted
+        assert fast("q") == expected
+
+
+def test_edits_with_a_traced_argument_and_outside_the_trace():
+    kept = []
+
+    def f(x: str):
+        a, b = models("sim", f"A {x}").text, models("sim", f"B {x}").text
+        kept.append(a)
+        return models("sim", "joined: " + a.replace("e", b[:3])).text
+
+    expected = f("q")
+    kept.clear()
+    assert jit(f)("q") == expected  # (replace's argument is traced: computed on the texts)
+    assert [k for k in kept if type(k).__name__ == "MarkedText"]
+    leaked = next(k for k in kept if type(k).__name__ == "MarkedText")
+    assert leaked.strip() == str.strip(leaked) and leaked[:2] == str(leaked)[:2]  # plain
+    reader = jit(lambda x: models("sim", x + leaked.upper()[:40]).text)  # in another trace
+    assert reader("z") == models("sim", "z" + str(leaked).upper()[:40]).text
+    with pytest.raises(TypeError, match="slice indices"):
+        jit(lambda x: models("sim", x).text["a":])("q")
+
+
+class Rating(pydantic.BaseModel):
+    label: str
+    score: float
+
+
+def test_a_recorded_method_runs_with_its_arguments():
+    """The graph ran a recorded method without the arguments it was called with (kept in
+    its params): .json(Rating) gave a dict, and the prompt built from it was wrong."""
+    def f(x: str):
+        rating = models("sim", f"Rate {x}", response_format=Rating).json(Rating)
+        return models("sim", f"Explain {rating!r}").text
+
+    expected = f("q")
+    sim.reset_stats()
+    assert jit(f, verify=True)("q") == expected
+    assert sim.stats().requests == 2  # was 3: the first "Explain {...}" named a dict
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["slice", "strip", "replace", "lower", "upper"]),
+                          st.integers(-40, 40), st.integers(-40, 40)), min_size=1, max_size=3))
+def test_random_text_edits_in_a_chain_match_eager_and_never_cost_more(edits):
+    def edit(t):
+        for kind, a, b in edits:
+            if kind == "slice":
+                t = t[a:b]
+            elif kind == "strip":
+                t = t.strip("[]0123456789 ")
+            elif kind == "replace":
+                t = t.replace("e", "3", abs(a) % 4)
+            else:
+                t = getattr(t, kind)()
+        return t
+
+    def chain(x: str):
+        for i in range(3):
+            x = edit(models("sim", f"step {i}: {x}").text)
+        return x
+
+    expected = chain("q")
+    sim.reset_stats()
+    assert jit(chain)("q") == expected
+    assert sim.stats().requests <= 3
 
 
 def test_index_with_traced_key_and_unhashable_key():

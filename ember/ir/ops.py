@@ -113,16 +113,19 @@ def _method_type(node: Any) -> Type:
     name = node.param("name")
     if name == "json":
         return Json
-    if name in STR_METHODS:
+    if name in STR_METHODS or name == "slice":
         return Str
     raise _err(f"method: {name!r} is not a traced method")
 
 
-def _method_impl(node: Any, obj: Any, *args: Any) -> Any:
+def _method_impl(node: Any, obj: Any) -> Any:
     name = node.param("name")
+    args = node.param("args", ())  # (the call's constant arguments, kept in the params)
     if name == "json":
         return obj.json(*args)
     text = obj.text if hasattr(obj, "_thunk") else obj
+    if name == "slice":  # text[start:stop:step] (a slice object is not hashable)
+        return text[slice(*args)]
     return getattr(text, name)(*args)
 
 

@@ -409,10 +409,66 @@ def _text_of(tracer: TracedResponse) -> str:
         if i < len(_TAILS):
             marked.append(var)
             state.specs.append("")
-            return state._mark_open + _TAILS[i]
-        return _mark(tracer, "")
+            return MarkedText(state._mark_open + _TAILS[i])
+        return MarkedText(_mark(tracer, ""))
     state.guarded = True
     return value.text
+
+
+class MarkedText(str):
+    """The text of a model answer that is not known yet: its marker, a plain ``str`` to
+    f-strings, joins, concatenation and C code (re, json). Its str-returning methods
+    (`STR_METHODS`) and slices are recorded as nodes, so ``.text.strip()`` or
+    ``.text[:500]`` in a prompt plans the prompt eager Python builds. (Applied to the
+    marker itself they left it whole, and the plan sent the whole answer: a wasted
+    request per call the check run then had to send again.)"""
+
+    __slots__ = ()
+
+    def _derive(self, name: str, args: tuple) -> str:
+        state = _current()
+        var = _marked_var(state, self) if state is not None else None
+        if var is None:  # kept past its trace (or read in another): a plain str
+            return _edit(str(self), name, args)
+        for a in args:
+            if isinstance(a, Traced) or (isinstance(a, str) and _MARK_OPEN in a):
+                # an argument that is itself traced: computed on the real text
+                value = state.need(wrap(state, var), f"`.{name}()` with a traced argument")
+                # (unreached: a MarkedText's answer is unknown in its trace, so need suspends)
+                text = value.text if var.type is ResponseT else value  # pragma: no cover
+                return _edit(text, name, args)  # pragma: no cover
+        out = state.add("method", [var], {"name": name, "args": args}, Str, user_location(3))
+        return MarkedText(_mark(TracedStr(state, out), ""))
+
+    def __getitem__(self, key: Any) -> str:
+        if key.__class__ is int:  # one character: the slice of it (out of range, the
+            key = slice(key, key + 1 if key != -1 else None)  # check run raises)
+        if key.__class__ is slice and all(k is None or k.__class__ is int
+                                          for k in (key.start, key.stop, key.step)):
+            return self._derive("slice", (key.start, key.stop, key.step))
+        return str.__getitem__(self, key)  # (a bad index: str's own error)
+
+
+def _edit(text: str, name: str, args: tuple) -> str:
+    """What `MarkedText._derive` records, done on a real str."""
+    return text[slice(*args)] if name == "slice" else getattr(text, name)(*args)
+
+
+def _derived(name: str) -> Callable[..., str]:
+    return lambda self, *args: self._derive(name, args)
+
+
+for _name in STR_METHODS:
+    setattr(MarkedText, _name, _derived(_name))
+del _name
+
+
+def _marked_var(state: TraceState, text: MarkedText) -> Var | None:
+    """The var a `MarkedText` of ``state`` stands for; None for another trace's."""
+    opening = state._mark_open
+    if not text.startswith(opening):
+        return None
+    return state.marked[int(str.__getitem__(text, slice(len(opening), -1)))]
 
 
 def _leaves(value: Any):
