@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 from typing import Any, Callable
 
+from ._reliability import is_async
+
 __all__ = ["chain", "ensemble"]
+
+
+async def _awaited(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
 
 
 def _name(fn: Callable) -> str:
@@ -26,6 +34,13 @@ def chain(*fns: Callable) -> Callable:
             value = fn(value)
         return value
 
+    if any(is_async(fn) for fn in fns):  # then the chain is awaited, each step in turn
+        async def chained(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            value = fns[0](*args, **kwargs)
+            for fn in fns[1:]:
+                value = fn(await value if inspect.isawaitable(value) else value)
+            return await value if inspect.isawaitable(value) else value
+
     chained.__name__ = "chain(" + ", ".join(_name(f) for f in fns) + ")"
     chained.__qualname__ = chained.__name__
     return chained
@@ -45,6 +60,11 @@ def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -
         results = [fn(*args, **kwargs) for fn in fns]
         return reduce(results) if reduce is not None else results
 
+    if any(is_async(fn) for fn in fns):  # then the members are awaited together
+        async def members(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            results = list(await asyncio.gather(*[_awaited(fn(*args, **kwargs)) for fn in fns]))
+            return reduce(results) if reduce is not None else results
+
     from ._jit import jit
 
     compiled = jit(members)
@@ -52,6 +72,11 @@ def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -
     @functools.wraps(members, updated=())
     def ensembled(*args: Any, **kwargs: Any) -> Any:
         return compiled(*args, **kwargs)
+
+    if compiled.is_async:  # an async def, so vmap, retry and others await it
+        @functools.wraps(members, updated=())
+        async def ensembled(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            return await compiled(*args, **kwargs)
 
     ensembled.__name__ = "ensemble(" + ", ".join(_name(f) for f in fns) + ")"
     ensembled.__qualname__ = ensembled.__name__

@@ -184,6 +184,11 @@ class Mapped:
         return f"<vmap {getattr(self.fn, '__qualname__', self.fn)!r}>"
 
     @property
+    def is_async(self) -> bool:
+        """Mapping an ``async def`` function: the call returns an awaitable."""
+        return self.jitted.is_async
+
+    @property
     def name(self) -> str:
         return getattr(self.fn, "__qualname__", "fn")
 

@@ -408,6 +408,30 @@ def test_compose_under_jit():
         ember.ensemble(1)
 
 
+def test_compose_async_functions():
+    """chain and ensemble of async functions are awaited (they passed a coroutine to the
+    next step, or returned unawaited coroutines); an ensemble's members run together."""
+    async def a(x):
+        return (await ember.amodels("sim", f"A {x}")).text
+
+    async def b(x):
+        return (await ember.amodels("sim", f"B {x}")).text
+
+    def c(x):
+        return models("sim", f"C {x}").text
+
+    async def expected():
+        return [await a("x"), await b("x"), c("x")], c(await b(await a("x")))
+
+    together, in_turn = asyncio.run(expected())
+    both = ember.ensemble(a, b, c)
+    sim.reset_stats()
+    assert asyncio.run(both("x")) == together
+    assert sim.stats().requests == 1  # the three members were traced together: one batch
+    assert asyncio.run(ember.chain(a, b, c)("x")) == in_turn
+    assert asyncio.run(ember.vmap(both)(["x", "y"]))[0] == together
+
+
 def test_a_list_of_answers_in_an_fstring_is_formatted_like_eager():
     # f"{ideas}" formats the list with repr() of each answer: the graph must build the
     # same prompt as eager Python, in one plan, not re-plan with a placeholder prompt
