@@ -25,6 +25,7 @@ effectful `ember.op` runs exactly once per call (the check run reuses the graph'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 import inspect as _inspect
@@ -49,6 +50,7 @@ __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
            "trace_inputs", "advance"]
 
 MAX_ROUNDS = 64  # suspend-and-replay rounds before falling back to plain execution
+MAX_SIGNATURES = 256  # compiled entries a jitted function keeps (one per input signature)
 
 
 @dataclass
@@ -78,11 +80,48 @@ def signature_of(value: Any) -> Any:
         return ("tuple", tuple(signature_of(v) for v in value))
     if isinstance(value, dict):
         return ("dict", tuple((k, signature_of(v)) for k, v in value.items()))
+    return _static(value)
+
+
+def _static(value: Any) -> Any:
+    """The key of a value the trace reads as a constant (a field of a config object):
+    by value, strings included. Dataclasses and pydantic models by their fields, so
+    one mutated, or a new one that reuses a freed one's id, is not keyed as the old
+    (its graph would send the old prompts: paid for, then sent again by the check)."""
+    if isinstance(value, (str, bool, int, float, type(None), bytes)):
+        return value.__class__, value
+    if isinstance(value, Response):
+        return "R", value.text
+    if isinstance(value, (list, tuple)):
+        return value.__class__, tuple(_static(v) for v in value)
+    if isinstance(value, dict):
+        return dict, tuple((k, _static(v)) for k, v in value.items())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value.__class__, tuple((f.name, _static(getattr(value, f.name)))
+                                      for f in dataclasses.fields(value))
+    model_fields = getattr(value.__class__, "model_fields", None)  # pydantic
+    if isinstance(model_fields, dict) and hasattr(value, "model_dump"):
+        return value.__class__, tuple((k, _static(getattr(value, k))) for k in model_fields)
     try:
         hash(value)
         return ("obj", value)
-    except TypeError:
-        return ("id", type(value).__name__, id(value))
+    except TypeError:  # (the entry keeps the object: its id is not reused meanwhile)
+        return ("id", value.__class__.__name__, id(value), _Held(value))
+
+
+class _Held:
+    """An object kept by a signature, equal to any other (the id beside it decides)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Held)
+
+    def __hash__(self) -> int:
+        return 0
 
 
 def trace_inputs(value: Any, state: TraceState | None, leaves: list[Any]) -> Any:
@@ -232,6 +271,8 @@ class Jitted:
         sig = (signature_of((args, kwargs)), current_options())  # retry/timeout scope too
         entry = self.cache.get(sig)
         if entry is None:
+            if len(self.cache) >= MAX_SIGNATURES:  # the oldest goes (a long-lived service)
+                self.cache.pop(next(iter(self.cache)), None)
             entry = self.cache[sig] = CompiledEntry()
         entry.calls += 1
         memo = Memo()

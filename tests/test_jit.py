@@ -379,6 +379,38 @@ def test_wrapping_something_that_is_not_a_function_fails_at_once(wrap, name):
         wrap("gpt-4o-mini")
 
 
+def test_a_config_object_is_keyed_by_its_fields_and_the_cache_is_bounded(monkeypatch):
+    """A dataclass or pydantic argument was keyed by id(): mutated (or a new one at a
+    freed one's address), it replayed the old graph, sending the old prompts: paid,
+    then sent again by the check run."""
+    import dataclasses
+
+    import pydantic
+
+    @dataclasses.dataclass
+    class Config:
+        style: str
+        words: int = 10
+
+    class Settings(pydantic.BaseModel):
+        style: str
+
+    def f(text, cfg):
+        return models("sim", f"{cfg.style}: {text}").text
+
+    fast = jit(f)
+    for cfg in (Config("terse"), Settings(style="terse")):
+        assert fast("x", cfg) == f("x", cfg)
+        cfg.style = "verbose"  # the same object, changed
+        sim.reset_stats()
+        assert fast("x", cfg) == f("x", cfg)
+        assert sim.stats().prompts == ["verbose: x"] * 2  # jit's one request, then eager's
+    monkeypatch.setattr("ember._jit.MAX_SIGNATURES", 8)
+    for words in range(20):
+        fast("x", Config("terse", words))
+    assert len(fast.cache) == 8
+
+
 def test_methods_can_be_jitted():
     class Agent:
         prefix = "Agent"
