@@ -242,6 +242,7 @@ def test_estimate_by_hand_on_sim():
     # second prompt: 1.5 tokens of "Rate: " + the first answer, 25 (typical) to 100 (worst)
     assert (e.requests, e.calls, e.completions) == (2, 2, 2)
     assert (e.input_tokens_min, e.input_tokens) == (104 + 27 + 4, 104 + 102 + 4)
+    assert e.input_tokens_max == e.input_tokens  # (named like output_tokens_max too)
     assert (e.output_tokens_min, e.output_tokens_max) == (50, 200)
     assert e.cost_min == pytest.approx((135 * 0.15 + 50 * 0.60) / 1e6)
     assert e.cost_max == pytest.approx((210 * 0.15 + 200 * 0.60) / 1e6)

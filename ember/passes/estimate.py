@@ -66,6 +66,11 @@ class Estimate:
     critical_path_seconds: float = 0.0
     unpriced: tuple[str, ...] = ()
 
+    @property
+    def input_tokens_max(self) -> int:
+        """`input_tokens` (the worst case), named like ``output_tokens_max``."""
+        return self.input_tokens
+
     def __str__(self) -> str:
         def rng(lo: float, hi: float, fmt: str = "{:,}") -> str:
             return fmt.format(hi) if lo == hi else f"{fmt.format(lo)} - {fmt.format(hi)}"
