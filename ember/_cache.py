@@ -42,7 +42,7 @@ from typing import Any, Callable
 import xxhash
 
 from ._response import Response
-from .ir.trace import _MARK_OPEN, UNKNOWN, Traced, current_trace
+from .ir.trace import UNKNOWN, Traced, current_trace
 
 __all__ = ["cache", "cache_dir", "CacheStore"]
 
@@ -344,7 +344,7 @@ class _Cached:
                 if known is UNKNOWN or isinstance(known, BaseException):
                     return state.need(v, "an ember.cache lookup needs its arguments")
                 return known
-            if isinstance(v, str) and _MARK_OPEN in v and state.nonce in v:  # holds markers
+            if isinstance(v, str) and state._mark_open in v:  # holds this trace's markers
                 from .ir.graph import Var
                 from .ir.trace import wrap
 

@@ -21,62 +21,70 @@ def _name(fn: Callable) -> str:
 
 
 def chain(*fns: Callable) -> Callable:
-    """Left-to-right composition: ``chain(f, g, h)(x) == h(g(f(x)))``."""
+    """Left-to-right composition: ``chain(f, g, h)(x) == h(g(f(x)))``. With an
+    ``async def`` among them the chain is async, each step awaited in turn."""
     if not fns:
         raise TypeError("chain() needs at least one function")
     for fn in fns:
         if not callable(fn):
             raise TypeError(f"chain() arguments must be callable, got {fn!r}")
+    chained = _chain_async(fns) if any(is_async(fn) for fn in fns) else _chain_sync(fns)
+    chained.__name__ = "chain(" + ", ".join(_name(f) for f in fns) + ")"
+    chained.__qualname__ = chained.__name__
+    return chained
 
+
+def _chain_sync(fns: tuple[Callable, ...]) -> Callable:
     def chained(*args: Any, **kwargs: Any) -> Any:
         value = fns[0](*args, **kwargs)
         for fn in fns[1:]:
             value = fn(value)
         return value
+    return chained
 
-    if any(is_async(fn) for fn in fns):  # then the chain is awaited, each step in turn
-        async def chained(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            value = fns[0](*args, **kwargs)
-            for fn in fns[1:]:
-                value = fn(await value if inspect.isawaitable(value) else value)
-            return await value if inspect.isawaitable(value) else value
 
-    chained.__name__ = "chain(" + ", ".join(_name(f) for f in fns) + ")"
-    chained.__qualname__ = chained.__name__
+def _chain_async(fns: tuple[Callable, ...]) -> Callable:
+    async def chained(*args: Any, **kwargs: Any) -> Any:
+        value = await _awaited(fns[0](*args, **kwargs))
+        for fn in fns[1:]:
+            value = await _awaited(fn(value))
+        return value
     return chained
 
 
 def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -> Callable:
     """Call every function on the same input; return the list of results, or
     ``reduce(results)``. Called outside `jit`, the members run concurrently (the
-    ensemble compiles itself); inside a jitted function it traces transparently."""
+    ensemble compiles itself); inside a jitted function it traces transparently. With
+    an ``async def`` among them the ensemble is async, its members awaited together."""
     if not fns:
         raise TypeError("ensemble() needs at least one function")
     for fn in (*fns, *([reduce] if reduce is not None else [])):
         if not callable(fn):
             raise TypeError(f"ensemble() arguments must be callable, got {fn!r}")
 
-    def members(*args: Any, **kwargs: Any) -> Any:
-        results = [fn(*args, **kwargs) for fn in fns]
-        return reduce(results) if reduce is not None else results
+    from ._jit import jit
 
-    if any(is_async(fn) for fn in fns):  # then the members are awaited together
-        async def members(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+    if any(is_async(fn) for fn in fns):
+        async def members(*args: Any, **kwargs: Any) -> Any:
             results = list(await asyncio.gather(*[_awaited(fn(*args, **kwargs)) for fn in fns]))
             return reduce(results) if reduce is not None else results
 
-    from ._jit import jit
+        compiled = jit(members)
 
-    compiled = jit(members)
-
-    @functools.wraps(members, updated=())
-    def ensembled(*args: Any, **kwargs: Any) -> Any:
-        return compiled(*args, **kwargs)
-
-    if compiled.is_async:  # an async def, so vmap, retry and others await it
         @functools.wraps(members, updated=())
-        async def ensembled(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+        async def ensembled(*args: Any, **kwargs: Any) -> Any:  # (awaitable: vmap awaits it)
             return await compiled(*args, **kwargs)
+    else:
+        def members(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            results = [fn(*args, **kwargs) for fn in fns]
+            return reduce(results) if reduce is not None else results
+
+        compiled = jit(members)
+
+        @functools.wraps(members, updated=())
+        def ensembled(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+            return compiled(*args, **kwargs)
 
     ensembled.__name__ = "ensemble(" + ", ".join(_name(f) for f in fns) + ")"
     ensembled.__qualname__ = ensembled.__name__

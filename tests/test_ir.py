@@ -130,5 +130,7 @@ def test_inspect_lists_breaks():
     report = ember.inspect(g, "hi")
     assert not report.complete and report.breaks
     assert "bool()" in str(report) and "needs a model answer" in str(report)
-    assert ember.inspect(f, "hi").complete  # `in` on a marker string is no break...
-    # ...which is why jit checks every answer on real values (see test_jit)
+    report = ember.inspect(f, "hi")  # `in` on an answer's text is a break too
+    assert not report.complete and "`in` on a model's answer" in str(report.breaks[0])
+    # (on a string built from answers, e.g. an f-string, it is not: which is why jit
+    # checks every answer on real values, see test_jit)

@@ -411,6 +411,38 @@ def test_a_config_object_is_keyed_by_its_fields_and_the_cache_is_bounded(monkeyp
     assert len(fast.cache) == 8
 
 
+@pytest.mark.parametrize("decide", [
+    lambda judge, views: "a" in judge, lambda judge, views: judge == "no",
+    lambda judge, views: judge != "no", lambda judge, views: judge.startswith("["),
+    lambda judge, views: judge.strip().lower().endswith("."),
+    lambda judge, views: sorted(views)[0] < judge, lambda judge, views: judge in ["x", "y"],
+])
+def test_deciding_on_an_answer_plans_exactly_and_stays_parallel(decide):
+    """`in`, ==, <, startswith, endswith on an answer's text were done on its marker: the
+    plan took the wrong branch (its calls paid, then sent again by the check run), and
+    the signature turned strict, which plans a list of calls one at a time: every later
+    call then took as long as eager Python (0.72 s against 0.31 s in the probe)."""
+    def f(x: str):
+        views = [models("sim", f"view {k}: {x}").text for k in range(5)]
+        judge = models("sim", "judge: " + " | ".join(views)).text
+        if decide(judge, views):
+            return models("sim", f"deep {x}").text
+        return judge
+
+    expected, eager_requests = [], []
+    for i in range(3):
+        sim.reset_stats()
+        expected.append(f(f"q{i}"))
+        eager_requests.append(sim.stats().requests)  # 6 or 7, by the branch taken
+    fast = jit(f)
+    for i in range(3):
+        sim.reset_stats()
+        assert fast(f"q{i}") == expected[i]
+        assert not fast.entry(f"q{i}").strict
+        # the five views in one batch request, and nothing paid twice
+        assert sim.stats().requests == eager_requests[i] - 4, sim.stats().prompts
+
+
 def test_methods_can_be_jitted():
     class Agent:
         prefix = "Agent"

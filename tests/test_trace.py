@@ -123,6 +123,14 @@ def test_edits_with_a_traced_argument_and_outside_the_trace():
     assert [k for k in kept if type(k).__name__ == "MarkedText"]
     leaked = next(k for k in kept if type(k).__name__ == "MarkedText")
     assert leaked.strip() == str.strip(leaked) and leaked[:2] == str(leaked)[:2]  # plain
+    assert leaked == str(leaked) and "x" not in leaked and leaked < "\x7f" and not (
+        leaked.startswith("x") or leaked.endswith(("x", "y")))  # plain, outside a trace
+
+    def same_twice(x: str):
+        text = models("sim", x).text
+        return text == text, text in {text: 1}, text == f"{x}"  # one answer, itself
+
+    assert jit(same_twice)("q") == same_twice("q")
     reader = jit(lambda x: models("sim", x + leaked.upper()[:40]).text)  # in another trace
     assert reader("z") == models("sim", "z" + str(leaked).upper()[:40]).text
     with pytest.raises(TypeError, match="slice indices"):

@@ -440,6 +440,39 @@ class MarkedText(str):
         out = state.add("method", [var], {"name": name, "args": args}, Str, user_location(3))
         return MarkedText(_mark(TracedStr(state, out), ""))
 
+    # Value-dependent uses: graph breaks that compute on the real text, as on a tracer
+    # (on the marker, `"yes" in text` or `text == "yes"` planned the wrong branch; the
+    # check run then sent its calls again and made the signature strict, which plans
+    # `[models(...).text for ...]` one call at a time). A string holding a marker is
+    # Ember's own look-up (atomize, leak checks): answered on the marker itself.
+    def _decide(self, reason: str, op: Callable[..., Any], *args: Any) -> Any:
+        state = _current()
+        var = _marked_var(state, self) if state is not None else None
+        if var is None:
+            return op(str(self), *args)
+        value = state.need(wrap(state, var), reason + " a model's answer")
+        # (unreached: a MarkedText's answer is unknown in its trace, so need suspends)
+        return op(value.text if var.type is ResponseT else value, *args)  # pragma: no cover
+
+    def __contains__(self, item: Any) -> bool:
+        if not isinstance(item, str) or _MARK_OPEN in item or _MARK_CLOSE in item:
+            return str.__contains__(self, item)
+        return self._decide("`in` on", str.__contains__, item)
+
+    __hash__ = str.__hash__  # (defining __eq__ would unset it)
+
+    def startswith(self, prefix: Any, *args: Any) -> bool:
+        return self._affix("startswith", prefix, args)
+
+    def endswith(self, suffix: Any, *args: Any) -> bool:
+        return self._affix("endswith", suffix, args)
+
+    def _affix(self, name: str, affix: Any, args: tuple) -> bool:
+        parts = affix if isinstance(affix, tuple) else (affix,)
+        if any(isinstance(p, str) and (_MARK_OPEN in p or _MARK_CLOSE in p) for p in parts):
+            return getattr(str, name)(self, affix, *args)
+        return self._decide(f"`.{name}()` of", getattr(str, name), affix, *args)
+
     def __getitem__(self, key: Any) -> str:
         if key.__class__ is int:  # one character: the slice of it (out of range, the
             key = slice(key, key + 1 if key != -1 else None)  # check run raises)
@@ -447,6 +480,26 @@ class MarkedText(str):
                                           for k in (key.start, key.stop, key.step)):
             return self._derive("slice", (key.start, key.stop, key.step))
         return str.__getitem__(self, key)  # (a bad index: str's own error)
+
+
+def _compared(name: str, symbol: str) -> Callable[[MarkedText, Any], Any]:
+    op = getattr(str, f"__{name}__")
+
+    def compare(self: MarkedText, other: Any) -> Any:
+        if other.__class__ is MarkedText:  # two answers (sorting them): both real
+            if str.__eq__(self, other):  # the same answer (a dict look-up)
+                return op(self, other)
+            other = other._decide(f"`{symbol}` on", str)
+        elif not isinstance(other, str) or _MARK_OPEN in other:  # Ember's own look-ups
+            return op(self, other)
+        return self._decide(f"`{symbol}` on", op, other)
+    return compare
+
+
+for _name, _symbol in (("eq", "=="), ("ne", "!="), ("lt", "<"), ("le", "<="), ("gt", ">"),
+                       ("ge", ">=")):
+    setattr(MarkedText, f"__{_name}__", _compared(_name, _symbol))
+del _symbol
 
 
 def _edit(text: str, name: str, args: tuple) -> str:
@@ -488,8 +541,7 @@ def _leaves(value: Any):
 def has_traced(value: Any, state: TraceState) -> bool:
     """Does a (nested) value hold tracers or this trace's markers?"""
     for leaf in _leaves(value):
-        if isinstance(leaf, Traced) or (isinstance(leaf, str) and _MARK_OPEN in leaf
-                                        and state.nonce in leaf):
+        if isinstance(leaf, Traced) or (isinstance(leaf, str) and state._mark_open in leaf):
             return True
     return False
 
