@@ -18,8 +18,8 @@ from .backends.dispatch import send
 from .backends.memo import MISSING, Memo
 from .backends.policy import current_options, options_var
 from .ir.graph import Lit
-from .ir.trace import (StopTrace, TracedResponse, current_trace, has_traced, trace_var,
-                       user_location)
+from .ir.trace import (MarkedText, StopTrace, TracedResponse, current_trace, has_traced,
+                       trace_var, user_location)
 from .ir.types import ListT, ResponseT
 
 __all__ = ["models", "amodels", "CheckRun", "NeedAnswers", "check_var", "canonical_model"]
@@ -127,8 +127,11 @@ def _resolve(state: Any, model: Any, params: dict[str, Any], key: Any) -> _Call:
 
 def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     loc = user_location(3)
-    if model.__class__ is not str and not isinstance(model, str):
-        model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
+    if model.__class__ is not str:
+        if model.__class__ is MarkedText:  # a model id from an answer
+            model = model._decide("a model id from", str)
+        elif not isinstance(model, str):
+            model = state.need(model, "a traced model id") if hasattr(model, "_var") else model
     # params: this call's own keyword arguments (none, the common case: a model id
     # string alone is the call cache's key)
     system = params.pop("system", None) if params else None

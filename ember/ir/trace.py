@@ -461,6 +461,12 @@ class MarkedText(str):
 
     __hash__ = str.__hash__  # (defining __eq__ would unset it)
 
+    def __len__(self) -> int:
+        return self._decide("len() of", len)
+
+    def __bool__(self) -> bool:  # (not a break: `text or "-"` in a list of calls would
+        return True  # run them one by one; an empty answer is caught by the check run)
+
     def startswith(self, prefix: Any, *args: Any) -> bool:
         return self._affix("startswith", prefix, args)
 
