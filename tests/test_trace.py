@@ -128,7 +128,7 @@ def test_edits_with_a_traced_argument_and_outside_the_trace():
 
     def same_twice(x: str):
         text = models("sim", x).text
-        return text == text, text in {text: 1}, text == f"{x}"  # one answer, itself
+        return text == text, text in {text: 1}, text == f"{x}", text or "-"  # itself
 
     assert jit(same_twice)("q") == same_twice("q")
     reader = jit(lambda x: models("sim", x + leaked.upper()[:40]).text)  # in another trace
@@ -153,6 +153,27 @@ def test_a_recorded_method_runs_with_its_arguments():
     sim.reset_stats()
     assert jit(f, verify=True)("q") == expected
     assert sim.stats().requests == 2  # was 3: the first "Explain {...}" named a dict
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.split()[1], lambda t: t.rsplit(" ", 2)[-2], lambda t: t.splitlines()[0][:9],
+    lambda t: t.partition(" ")[2][:20], lambda t: t[t.find(" ") + 1:][:15],
+    lambda t: str(t.count("e")), lambda t: t[:8] if t[1:5].isdigit() else "none",
+    lambda t: "yes" if t.startswith(("[1", "[2")) else t.rpartition(" ")[2],
+])
+def test_str_results_of_an_answer_are_breaks_that_plan_exactly(edit):
+    """split, find, count, isdigit... on an answer's text (results that are not a str)
+    ran on its marker, nearly always wrongly (text.split()[1] raised, split()[0] was the
+    whole answer): each wrong step was paid, then sent again by the check run."""
+    def chain(x: str):
+        for i in range(4):
+            x = edit(models("sim", f"step {i}: {x}").text)
+        return x
+
+    expected = chain("q")
+    sim.reset_stats()
+    assert jit(chain, verify=True)("q") == expected
+    assert sim.stats().requests == 4
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -445,14 +445,15 @@ class MarkedText(str):
     # check run then sent its calls again and made the signature strict, which plans
     # `[models(...).text for ...]` one call at a time). A string holding a marker is
     # Ember's own look-up (atomize, leak checks): answered on the marker itself.
-    def _decide(self, reason: str, op: Callable[..., Any], *args: Any) -> Any:
+    def _decide(self, reason: str, op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         state = _current()
         var = _marked_var(state, self) if state is not None else None
         if var is None:
-            return op(str(self), *args)
+            return op(str(self), *args, **kwargs)
         value = state.need(wrap(state, var), reason + " a model's answer")
         # (unreached: a MarkedText's answer is unknown in its trace, so need suspends)
-        return op(value.text if var.type is ResponseT else value, *args)  # pragma: no cover
+        text = value.text if var.type is ResponseT else value  # pragma: no cover
+        return op(text, *args, **kwargs)  # pragma: no cover
 
     def __contains__(self, item: Any) -> bool:
         if not isinstance(item, str) or _MARK_OPEN in item or _MARK_CLOSE in item:
@@ -467,17 +468,6 @@ class MarkedText(str):
     def __bool__(self) -> bool:  # (not a break: `text or "-"` in a list of calls would
         return True  # run them one by one; an empty answer is caught by the check run)
 
-    def startswith(self, prefix: Any, *args: Any) -> bool:
-        return self._affix("startswith", prefix, args)
-
-    def endswith(self, suffix: Any, *args: Any) -> bool:
-        return self._affix("endswith", suffix, args)
-
-    def _affix(self, name: str, affix: Any, args: tuple) -> bool:
-        parts = affix if isinstance(affix, tuple) else (affix,)
-        if any(isinstance(p, str) and (_MARK_OPEN in p or _MARK_CLOSE in p) for p in parts):
-            return getattr(str, name)(self, affix, *args)
-        return self._decide(f"`.{name}()` of", getattr(str, name), affix, *args)
 
     def __getitem__(self, key: Any) -> str:
         if key.__class__ is int:  # one character: the slice of it (out of range, the
@@ -506,6 +496,29 @@ for _name, _symbol in (("eq", "=="), ("ne", "!="), ("lt", "<"), ("le", "<="), ("
                        ("ge", ">=")):
     setattr(MarkedText, f"__{_name}__", _compared(_name, _symbol))
 del _symbol
+
+
+def _valued(name: str) -> Callable[..., Any]:
+    """A str method whose result is not a str (``split``, ``startswith``, ``find``...)
+    on a `MarkedText`: a break computing it on the real text. (On the marker it was
+    nearly always wrong: ``text.split()[0]`` was the whole answer.) With a marker among
+    the arguments it is Ember's own look-up (atomize splits at markers): plain."""
+    method = getattr(str, name)
+
+    def valued(self: MarkedText, *args: Any, **kwargs: Any) -> Any:
+        for a in (*args, *kwargs.values()):
+            for part in a if isinstance(a, tuple) else (a,):  # (startswith(("a", "b")))
+                if isinstance(part, str) and (_MARK_OPEN in part or _MARK_CLOSE in part):
+                    return method(self, *args, **kwargs)
+        return self._decide(f"`.{name}()` of", method, *args, **kwargs)
+    return valued
+
+
+for _name in ("split", "rsplit", "splitlines", "partition", "rpartition", "startswith",
+              "endswith", "find", "rfind", "index", "rindex", "count", "isdigit",
+              "isdecimal", "isnumeric", "isalpha", "isalnum", "isspace", "islower",
+              "isupper", "istitle"):
+    setattr(MarkedText, _name, _valued(_name))
 
 
 def _edit(text: str, name: str, args: tuple) -> str:
