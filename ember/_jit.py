@@ -189,7 +189,7 @@ def _substitute_known(graph: Graph, values: dict[int, Any]) -> Graph:
             continue
         nodes.append(node)
     outputs = [sub.get(a.id, a) if isinstance(a, Var) else a for a in graph.outputs]
-    return Graph(list(graph.inputs), nodes, outputs)
+    return Graph(list(graph.inputs), nodes, outputs, graph.meta)
 
 
 def _compile(graph: Graph, verify: bool = False) -> tuple[Graph, list]:
@@ -299,9 +299,12 @@ class Jitted:
             check.suspendable = False
             result = yield "check", (self.fn, check, args, kwargs)
         pending = _pending_leaves(result, [])
-        if pending:
+        if pending:  # answers returned unread that the plan did not make: it missed them
+            unplanned = unplanned or check.first_miss or "?"
             yield "run", _settle(pending)
-        if unplanned or check.misses or memo.unused():
+        # (a call the plan did not make that the Python never read is a dead call dce
+        # removed, not a miss: counting it made every function with one strict)
+        if unplanned or memo.unused():
             entry.graph = None  # the plan did not match the Python: never trust it again
             entry.strict = True
             if self.fullgraph:

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ._models import check_var
 from .backends.memo import MISSING
-from .ir.graph import Lit
+from .ir.graph import Lit, Var
 from .ir.trace import (_MARK_CLOSE, _MARK_OPEN, StopTrace, TraceState, current_trace,
                        has_traced, user_location, wrap)
 
@@ -53,6 +53,8 @@ def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
         if effectful:
             params["effectful"] = True
         var = state.add("call", atoms, params, None, loc)
+        if not effectful:  # (the check run calls it on the real values: they are read)
+            state.read.extend(a for a in atoms if isinstance(a, Var))
         return wrap(state, var)
 
     wrapper.__ember_op__ = True  # type: ignore[attr-defined]

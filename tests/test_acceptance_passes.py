@@ -28,6 +28,11 @@ def test_openai_two_requests_one_with_n5(openai_server):
     assert len(bodies) == 2
     assert sorted(b.get("n", 1) for b in bodies) == [1, 5]
     assert out[0] == out[1] and len(set(out[2])) == 5
+    fast = jit(prog)  # later calls replay the same plan (the dead call made it strict)
+    fast("x")
+    openai_server.requests.clear()
+    fast("y")
+    assert sorted(r.body.get("n", 1) for r in openai_server.requests) == [1, 5]
 
 
 def test_anthropic_six_requests(anthropic_server):

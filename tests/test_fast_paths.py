@@ -553,4 +553,4 @@ def test_a_rewrite_drops_the_old_shape_s_analyses_and_keeps_the_rest():
     graph.nodes.append(first.replace(out=Var(first.out.type)))  # unused: dce drops it
     check_graph(graph)
     again = dce(graph)[0]
-    assert set(again.meta) == {"removed"} and len(again.meta["removed"]) == 3
+    assert set(again.meta) == {"removed", "read"} and len(again.meta["removed"]) == 3

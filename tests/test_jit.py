@@ -444,6 +444,38 @@ def test_deciding_on_an_answer_plans_exactly_and_stays_parallel(decide):
         assert sim.stats().requests == eager_requests[i] - 4, sim.stats().prompts
 
 
+@ember.op
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+@pytest.mark.parametrize("read", [
+    lambda r: r.text, lambda r: f"{r}", lambda r: r.usage, lambda r: r.json(),
+    lambda r: r.text.strip(), lambda r: _word_count(r.text),
+])
+def test_an_answer_python_read_is_not_dead(read):
+    """dce removed a call whose answer the Python read but no output needed (a list of
+    .text of which one is used): the check run, reading it again, fetched it alone and
+    made the signature strict, so every later call ran its list of calls one by one.
+    And a dead call (never read) made every function that had one strict too: the
+    check run counted it as a call the plan had missed."""
+    def f(x: str):
+        models("sim", f"never read {x}")  # dead: never sent
+        views = [read(models("sim", f"view {k}: {x}", response_format="json"))
+                 for k in range(4)]
+        return models("sim", f"judge: {views[0]}").text
+
+    expected = f("q")
+    fast = jit(f)
+    for _ in range(2):
+        sim.reset_stats()
+        assert fast("q") == expected
+        assert sim.stats().requests == 2  # the four views in one batch, then the judge
+        assert not fast.entry("q").strict
+        assert not [p for p in sim.stats().prompts if p.startswith("never")]
+    assert jit(f, fullgraph=True)("q") == expected  # (the dead call raised TraceError)
+
+
 def test_methods_can_be_jitted():
     class Agent:
         prefix = "Agent"

@@ -132,6 +132,7 @@ class TraceState:
         self.values: dict[int, Any] = {}  # var id -> concrete value, when known
         self.marked: list[Var] = []  # marker i stands for marked[i] formatted with specs[i]
         self.specs: list[str] = []
+        self.read: list[Var] = []  # answers Python read other than by text (.json(), .usage)
         self.nonce = _next_nonce()  # unguessable, so user text never forges a marker
         self._mark_open = _MARK_OPEN + self.nonce
         self.breaks: list[Break] = []
@@ -291,7 +292,10 @@ class TraceState:
                 atom = self.atomize(leaf)
                 if isinstance(atom, Var):
                     outputs.append(atom)
-            return Graph(list(self.inputs), list(self.nodes), outputs)
+            # what Python read (text, format, attributes): the check run reads it again,
+            # so dce must keep it even when no output needs it
+            return Graph(list(self.inputs), list(self.nodes), outputs,
+                         {"read": (self.marked, self.read)})
         finally:
             if not inside:
                 resume()
@@ -464,6 +468,13 @@ class MarkedText(str):
 
     def __len__(self) -> int:
         return self._decide("len() of", len)
+
+    def __format__(self, spec: str) -> str:
+        if not spec:  # f"{text}": the marker itself (most uses)
+            return str.__str__(self)
+        state = _current()  # f"{text:>40}": padded in the graph, not around the marker
+        var = _marked_var(state, self) if state is not None else None
+        return str.__format__(self, spec) if var is None else _mark(wrap(state, var), spec)
 
     def __bool__(self) -> bool:  # (not a break: `text or "-"` in a list of calls would
         return True  # run them one by one; an empty answer is caught by the check run)
@@ -709,6 +720,7 @@ class TracedResponse(Traced):
 
     def json(self, schema: Any = None) -> TracedValue:
         st = self._state
+        st.read.append(self._var)
         args = () if schema is None else (schema,)
         var = st.add("method", [self._var], {"name": "json", "args": args}, Json,
                      user_location(2))
@@ -717,6 +729,7 @@ class TracedResponse(Traced):
     def __getattr__(self, name: str) -> Any:
         if name in RESPONSE_ATTRS:
             st = self._state
+            st.read.append(self._var)
             var = st.add("attr", [self._var], {"name": name}, None, user_location(2))
             return TracedValue(st, var)
         raise AttributeError(

@@ -9,6 +9,7 @@ Also home of the small counting helpers the other passes share.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,9 +111,16 @@ class DceStats:
         return self.summary
 
 
+_ID = operator.attrgetter("id")
+
+
 def dce(graph: Graph) -> tuple[Graph, DceStats]:
-    """Keep the nodes that outputs or effectful nodes (transitively) need."""
+    """Keep the nodes that outputs or effectful nodes (transitively) need, and the
+    values the traced Python read (``meta["read"]``: jit's check run reads them again,
+    so a call whose answer's text was read is not dead even if no output needs it)."""
     live: set[int] = {a.id for a in graph.outputs if isinstance(a, Var)}
+    for read in graph.meta.get("read", ()):
+        live.update(map(_ID, read))
     keep: list[Node] = []
     removed = calls = done = effectful_only = 0
     gone: list[int] = []  # ids of removed nodes' outputs, for inspect's pictures
