@@ -476,6 +476,20 @@ def test_an_answer_python_read_is_not_dead(read):
     assert jit(f, fullgraph=True)("q") == expected  # (the dead call raised TraceError)
 
 
+def test_a_returned_answer_the_plan_missed_is_fetched_and_the_plan_dropped():
+    import re as regex
+
+    def f(x: str):
+        r = models("sim", f"Say {x}")
+        if regex.search(r"\.", r.text):  # C code reads a placeholder: the plan guesses no
+            return models("sim", f"Yes {x}")  # returned unread: pending in the check run
+        return models("sim", f"No {x}")
+
+    fast = jit(f)
+    assert fast("q") == f("q") and fast("q").text.startswith("[")
+    assert fast.entry("q").strict  # planned strictly from then on
+
+
 def test_methods_can_be_jitted():
     class Agent:
         prefix = "Agent"

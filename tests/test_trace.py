@@ -83,6 +83,7 @@ TEXT_EDITS = [
     ("strip", lambda t: t.strip(" .[]0123456789")), ("replace", lambda t: t.replace("a", "@")),
     ("upper head", lambda t: t.upper()[:12]), ("chained", lambda t: t[5:60].strip().title()),
     ("prefix", lambda t: t.removeprefix("[")[:8]), ("char", lambda t: t[7]),
+    ("padded", lambda t: f"{t[:20]:>30}|"),
 ]
 
 
@@ -123,6 +124,7 @@ def test_edits_with_a_traced_argument_and_outside_the_trace():
     assert [k for k in kept if type(k).__name__ == "MarkedText"]
     leaked = next(k for k in kept if type(k).__name__ == "MarkedText")
     assert leaked.strip() == str.strip(leaked) and leaked[:2] == str(leaked)[:2]  # plain
+    assert f"{leaked:>40}" == f"{str(leaked):>40}"
     assert leaked == str(leaked) and "x" not in leaked and leaked < "\x7f" and not (
         leaked.startswith("x") or leaked.endswith(("x", "y")))  # plain, outside a trace
 
