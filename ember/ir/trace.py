@@ -311,6 +311,11 @@ class TraceState:
             if value._state is not self:
                 raise _leaked()
             return value._var
+        if value.__class__ is MarkedText:  # x.text itself (a returned answer's text)
+            var = _marked_var(self, value)
+            if var is not None:
+                return self._text_atom(var, loc)
+            value = str(value)  # another trace's: plain text
         if isinstance(value, str) and _MARK_OPEN in value:
             # split at this trace's markers only (another trace's stay plain text); each
             # piece after the first is "<index>" CLOSE "<text>"
@@ -323,9 +328,7 @@ class TraceState:
                 if i is not None:
                     atom, spec, before = self.marked[i], self.specs[i], pieces[0]
                     if spec == "" and not before and not after:  # str(x), x.text
-                        if atom.type is Str or atom.type is not ResponseT and atom.type == Str:
-                            return atom
-                        return self.add_trusted("format", (atom,), _TEXT_OF, Str, loc)
+                        return self._text_atom(atom, loc)
                     return self.add_trusted("format", (atom,), (
                         ("segments", (before, after)),
                         _PLAIN_SPECS if spec == "" else ("specs", (spec,))), Str, loc)
@@ -346,6 +349,12 @@ class TraceState:
                     return self.add_trusted("format", tuple(atoms), (
                         ("segments", tuple(segments)), ("specs", tuple(specs))), Str, loc)
         return Lit(value)
+
+    def _text_atom(self, var: Var, loc: str | None) -> Atom:
+        """The atom of ``str(var)``: the var itself when it is a string."""
+        if var.type is Str or var.type is not ResponseT and var.type == Str:
+            return var
+        return self.add_trusted("format", (var,), _TEXT_OF, Str, loc)
 
     # ---- breaks --------------------------------------------------------------------
     def need(self, tracer: Traced, reason: str) -> Any:
@@ -549,7 +558,7 @@ del _name
 def _marked_var(state: TraceState, text: MarkedText) -> Var | None:
     """The var a `MarkedText` of ``state`` stands for; None for another trace's."""
     opening = state._mark_open
-    if not text.startswith(opening):
+    if not str.startswith(text, opening):  # (str's own: not MarkedText's break)
         return None
     return state.marked[int(str.__getitem__(text, slice(len(opening), -1)))]
 
