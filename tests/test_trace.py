@@ -77,6 +77,27 @@ def test_arithmetic_on_traced_values_is_a_named_break(use, reason):
         jit(f, fullgraph=True)("item")
 
 
+def edit_chain(edit, steps: int = 4):
+    """f(x): ``steps`` model calls, each prompt built from the previous answer, edited."""
+    def chain(x: str):
+        for i in range(steps):
+            x = edit(models("sim", f"step {i}: {x}").text)
+        return x
+    return chain
+
+
+def jit_requests(fn, **options) -> int:
+    """Provider requests of a first jitted call of ``fn("q")``; it and a replay of its
+    plan return what eager Python does."""
+    expected = fn("q")
+    sim.reset_stats()
+    fast = jit(fn, **options)
+    assert fast("q") == expected
+    requests = sim.stats().requests
+    assert fast("q") == expected
+    return requests
+
+
 # an answer's text massaged before it reaches the next prompt: (name, transform)
 TEXT_EDITS = [
     ("head", lambda t: t[:30]), ("tail", lambda t: t[-25:]), ("step", lambda t: t[::2]),
@@ -92,22 +113,12 @@ def test_edited_answers_plan_the_prompts_eager_python_sends(name, edit):
     """A slice or a str method of an answer's .text was applied to its marker, which it
     left whole: the plan sent the unedited answer in the next prompt, a wasted request
     per step that the check run then sent again (a chain of 300 made 599 requests)."""
-    def chain(x: str, n: int = 4):
-        for i in range(n):
-            x = edit(models("sim", f"step {i}: {x}").text)
-        return x
-
     def fan_in(x: str):
         views = [edit(models("sim", f"view {k}: {x}").text) for k in range(3)]
         return models("sim", "judge: " + " | ".join(views)).text
 
-    for fn, requests in ((chain, 4), (fan_in, 2)):  # (fan_in: 3 views in one batch + judge)
-        expected = fn("q")
-        sim.reset_stats()
-        fast = jit(fn, verify=True)
-        assert fast("q") == expected
-        assert sim.stats().requests == requests  # the first call too: nothing wasted
-        assert fast("q") == expected
+    assert jit_requests(edit_chain(edit), verify=True) == 4  # the first call too
+    assert jit_requests(fan_in, verify=True) == 2  # 3 views in one batch, then the judge
 
 
 def test_edits_with_a_traced_argument_and_outside_the_trace():
@@ -167,15 +178,7 @@ def test_str_results_of_an_answer_are_breaks_that_plan_exactly(edit):
     """split, find, count, isdigit... on an answer's text (results that are not a str)
     ran on its marker, nearly always wrongly (text.split()[1] raised, split()[0] was the
     whole answer): each wrong step was paid, then sent again by the check run."""
-    def chain(x: str):
-        for i in range(4):
-            x = edit(models("sim", f"step {i}: {x}").text)
-        return x
-
-    expected = chain("q")
-    sim.reset_stats()
-    assert jit(chain, verify=True)("q") == expected
-    assert sim.stats().requests == 4
+    assert jit_requests(edit_chain(edit), verify=True) == 4
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -194,15 +197,7 @@ def test_random_text_edits_in_a_chain_match_eager_and_never_cost_more(edits):
                 t = getattr(t, kind)()
         return t
 
-    def chain(x: str):
-        for i in range(3):
-            x = edit(models("sim", f"step {i}: {x}").text)
-        return x
-
-    expected = chain("q")
-    sim.reset_stats()
-    assert jit(chain)("q") == expected
-    assert sim.stats().requests <= 3
+    assert jit_requests(edit_chain(edit, steps=3)) <= 3
 
 
 def test_index_with_traced_key_and_unhashable_key():
