@@ -189,7 +189,6 @@ class CheckRun:
     def __init__(self, memo: Memo) -> None:
         self.memo = memo
         self.occurrences: dict[str, int] = {}
-        self.misses = 0
         self.first_miss: str | None = None
         self.pending: list[Response] = []
         self.suspendable = True  # a read miss raises NeedAnswers instead of blocking
@@ -217,7 +216,6 @@ class CheckRun:
                 self.occurrences[single.key] = occ + 1
             value = self.memo.get(single, det, occ)
             if value is MISSING:
-                self.misses += 1
                 self.first_miss = self.first_miss or loc
                 value = Response.pending(_Fetch(single, loc, det, self))
                 self.pending.append(value)

@@ -144,6 +144,11 @@ def test_edits_with_a_traced_argument_and_outside_the_trace():
         return text == text, text in {text: 1}, text == f"{x}", text or "-"  # itself
 
     assert jit(same_twice)("q") == same_twice("q")
+    def against(x: str):  # another answer as the argument of a value-dependent method
+        a, b = models("sim", f"A {x}").text, models("sim", f"B {x}").text
+        return a.split(b[:3]), a.startswith((b[:2], "zz")), a.count(b[1])
+
+    assert jit(against)("q") == against("q")
     reader = jit(lambda x: models("sim", x + leaked.upper()[:40]).text)  # in another trace
     assert reader("z") == models("sim", "z" + str(leaked).upper()[:40]).text
     with pytest.raises(TypeError, match="slice indices"):

@@ -43,10 +43,8 @@ class MarkedText(str):
         for a in args:
             if isinstance(a, _t.Traced) or (isinstance(a, str) and _MARK_OPEN in a):
                 # an argument that is itself traced: computed on the real text
-                value = state.need(_t.wrap(state, var), f"`.{name}()` with a traced argument")
-                # (unreached: a MarkedText's answer is unknown in its trace, so need suspends)
-                text = value.text if var.type is ResponseT else value  # pragma: no cover
-                return _edit(text, name, args)  # pragma: no cover
+                return self._decide(f"`.{name}()` with a traced argument, of",
+                                    lambda text: _edit(text, name, args))
         out = state.add("method", [var], {"name": name, "args": args}, Str, user_location(3))
         return MarkedText(_t._mark(_t.TracedStr(state, out), ""))
 
@@ -80,11 +78,12 @@ class MarkedText(str):
             return str.__str__(self)
         state = _t._current()  # f"{text:>40}": padded in the graph, not around the marker
         var = marked_var(state, self) if state is not None else None
-        return str.__format__(self, spec) if var is None else _t._mark(_t.wrap(state, var), spec)
+        if var is None:
+            return str.__format__(self, spec)
+        return _t._mark(_t.wrap(state, var), spec)
 
     def __bool__(self) -> bool:  # (not a break: `text or "-"` in a list of calls would
         return True  # run them one by one; an empty answer is caught by the check run)
-
 
     def __getitem__(self, key: Any) -> str:
         if key.__class__ is int:  # one character: the slice of it (out of range, the
@@ -117,18 +116,19 @@ del _symbol
 
 def _valued(name: str) -> Callable[..., Any]:
     """A str method whose result is not a str (``split``, ``startswith``, ``find``...)
-    on a `MarkedText`: a break computing it on the real text. (On the marker it was
-    nearly always wrong: ``text.split()[0]`` was the whole answer.) With a marker among
-    the arguments it is Ember's own look-up (atomize splits at markers): plain."""
+    on a `MarkedText`: a break computing it on the real text, and on the real text of
+    answers among its arguments. (On the marker it was nearly always wrong:
+    ``text.split()[0]`` was the whole answer.)"""
     method = getattr(str, name)
 
     def valued(self: MarkedText, *args: Any, **kwargs: Any) -> Any:
-        for a in (*args, *kwargs.values()):
-            for part in a if isinstance(a, tuple) else (a,):  # (startswith(("a", "b")))
-                if isinstance(part, str) and (_MARK_OPEN in part or _MARK_CLOSE in part):
-                    return method(self, *args, **kwargs)
+        args = tuple(tuple(map(_real, a)) if isinstance(a, tuple) else _real(a) for a in args)
         return self._decide(f"`.{name}()` of", method, *args, **kwargs)
     return valued
+
+
+def _real(value: Any) -> Any:
+    return value._decide("an argument of", str) if value.__class__ is MarkedText else value
 
 
 for _name in ("split", "rsplit", "splitlines", "partition", "rpartition", "startswith",
