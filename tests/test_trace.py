@@ -121,6 +121,23 @@ def test_edited_answers_plan_the_prompts_eager_python_sends(name, edit):
     assert jit_requests(fan_in, verify=True) == 2  # 3 views in one batch, then the judge
 
 
+@pytest.mark.parametrize("prompt", [
+    lambda texts: f"judge {texts}", lambda texts: f"judge {texts[0]!r}",
+    lambda texts: "judge " + repr(tuple(texts)),
+])
+def test_the_repr_of_an_answer_s_text_is_planned(prompt):
+    """repr() of a .text (a list of them in an f-string, !r) escaped its marker: the plan
+    sent the escaped marker, and the signature went strict (its calls then one by one)."""
+    def f(x: str):
+        texts = [models("sim", f"view {k}: {x}").text for k in range(3)]
+        return models("sim", prompt(texts)).text
+
+    assert jit_requests(f) == 2  # the views in one batch, then the judge
+    fast = jit(f)
+    fast("q")
+    assert not fast.entry("q").strict
+
+
 def test_edits_with_a_traced_argument_and_outside_the_trace():
     kept = []
 
@@ -135,7 +152,7 @@ def test_edits_with_a_traced_argument_and_outside_the_trace():
     assert [k for k in kept if type(k).__name__ == "MarkedText"]
     leaked = next(k for k in kept if type(k).__name__ == "MarkedText")
     assert leaked.strip() == str.strip(leaked) and leaked[:2] == str(leaked)[:2]  # plain
-    assert f"{leaked:>40}" == f"{str(leaked):>40}"
+    assert f"{leaked:>40}" == f"{str(leaked):>40}" and repr(leaked) == repr(str(leaked))
     assert leaked == str(leaked) and "x" not in leaked and leaked < "\x7f" and not (
         leaked.startswith("x") or leaked.endswith(("x", "y")))  # plain, outside a trace
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from . import trace as _t  # (late-bound: the tracer imports this module)
 from .graph import Var
 from .locations import user_location
-from .ops import STR_METHODS
+from .ops import REPR_SPEC, STR_METHODS
 from .types import ResponseT, Str
 
 __all__ = ["MarkedText", "marked_var"]
@@ -81,6 +81,15 @@ class MarkedText(str):
         if var is None:
             return str.__format__(self, spec)
         return _t._mark(_t.wrap(state, var), spec)
+
+    def __repr__(self) -> str:  # f"{texts}" of a list of answers, f"{text!r}": in the
+        state = _t._current()  # graph, the repr of the real text (as for a tracer)
+        var = marked_var(state, self) if state is not None else None
+        if var is None:
+            return str.__repr__(self)
+        if var.type is not Str:  # an answer: the repr of its text, not of the Response
+            var = state._text_atom(var, None)
+        return _t._mark(_t.TracedStr(state, var), REPR_SPEC)
 
     def __bool__(self) -> bool:  # (not a break: `text or "-"` in a list of calls would
         return True  # run them one by one; an empty answer is caught by the check run)
