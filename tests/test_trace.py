@@ -195,6 +195,7 @@ def test_a_recorded_method_runs_with_its_arguments():
     lambda t: t.partition(" ")[2][:20], lambda t: t[t.find(" ") + 1:][:15],
     lambda t: str(t.count("e")), lambda t: t[:8] if t[1:5].isdigit() else "none",
     lambda t: "yes" if t.startswith(("[1", "[2")) else t.rpartition(" ")[2],
+    lambda t: "".join(sorted(set(t)))[-6:], lambda t: "".join(reversed(t))[:12],
 ])
 def test_str_results_of_an_answer_are_breaks_that_plan_exactly(edit):
     """split, find, count, isdigit... on an answer's text (results that are not a str)

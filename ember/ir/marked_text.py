@@ -73,6 +73,9 @@ class MarkedText(str):
     def __len__(self) -> int:
         return self._decide("len() of", len)
 
+    def __iter__(self) -> Any:
+        return self._decide("iterating over", iter)
+
     def __format__(self, spec: str) -> str:
         if not spec:  # f"{text}": the marker itself (most uses)
             return str.__str__(self)
