@@ -21,8 +21,6 @@ Python on the real values (see ember/_jit.py), which also detects such leaks.
 from __future__ import annotations
 
 import itertools
-import math
-import operator
 import os
 import threading
 from contextvars import ContextVar
@@ -34,6 +32,7 @@ from .graph import NO_META, Atom, Graph, Lit, Node, Var, _ids
 from .locations import user_location
 from .marked_text import _MARK_CLOSE, _MARK_OPEN, MarkedText, marked_var
 from .ops import OPS, REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
+from .value_uses import ValueUses
 from .types import AnyT, Json, ListT, ResponseT, Str, Type
 
 __all__ = [
@@ -450,9 +449,9 @@ def has_traced(value: Any, state: TraceState) -> bool:
 
 
 # ---- tracers -------------------------------------------------------------------------
-class Traced:
+class Traced(ValueUses):
     """A value inside a trace. Structure-preserving uses record nodes; value-dependent
-    uses are graph breaks."""
+    uses are graph breaks (`ValueUses`)."""
 
     __slots__ = ("_state", "_var")
 
@@ -476,78 +475,10 @@ class Traced:
             return self._state.mark(self, REPR_SPEC)
         return f"<traced {self._var.type} {self._var!r}>"
 
-    def __bool__(self) -> bool:
-        return bool(self._need("bool() / if / while on a traced value"))
-
-    def __len__(self) -> int:
-        return len(self._need("len() of a traced value"))
-
-    def __iter__(self):
-        return iter(self._need("iterating over a traced value"))
-
-    def __contains__(self, item: Any) -> bool:
-        return item in self._need("`in` on a traced value")
-
-    def __eq__(self, other: Any) -> bool:  # type: ignore[override]
-        return self._need("== on a traced value") == other
-
-    def __ne__(self, other: Any) -> bool:  # type: ignore[override]
-        return self._need("!= on a traced value") != other
-
-    def __lt__(self, other: Any) -> bool:
-        return self._need("< on a traced value") < other
-
-    def __le__(self, other: Any) -> bool:
-        return self._need("<= on a traced value") <= other
-
-    def __gt__(self, other: Any) -> bool:
-        return self._need("> on a traced value") > other
-
-    def __ge__(self, other: Any) -> bool:
-        return self._need(">= on a traced value") >= other
-
-    def __hash__(self) -> int:
-        return hash(self._need("hashing a traced value"))
-
-    def __int__(self) -> int:
-        return int(self._need("int() of a traced value"))
-
-    def __float__(self) -> float:
-        return float(self._need("float() of a traced value"))
-
-    def __index__(self) -> int:
-        return self._need("using a traced value as an index").__index__()
-
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self._need(f"`.{name}` on a traced value"), name)
-
-
-def _breaking(name: str, reason: str, fn: Callable[..., Any]) -> None:
-    """Operator ``name`` on a tracer, and its reflected form for binary ones: a graph
-    break computing on the tracer's value. (A missing operator raised TypeError, which
-    stopped the trace with no break named, and jit then re-planned on every call.)"""
-    reason += " a traced value"
-    setattr(Traced, f"__{name}__", lambda self, *other: fn(self._need(reason), *other))
-    if name in _BINARY:
-        setattr(Traced, f"__r{name}__", lambda self, other: fn(other, self._need(reason)))
-
-
-_BINARY = {"add": ("+", operator.add), "sub": ("-", operator.sub), "mul": ("*", operator.mul),
-           "truediv": ("/", operator.truediv), "floordiv": ("//", operator.floordiv),
-           "mod": ("%", operator.mod), "pow": ("**", pow), "divmod": ("divmod()", divmod),
-           "and": ("&", operator.and_), "or": ("|", operator.or_), "xor": ("^", operator.xor),
-           "lshift": ("<<", operator.lshift), "rshift": (">>", operator.rshift),
-           "matmul": ("@", operator.matmul)}
-for _name, (_symbol, _fn) in _BINARY.items():
-    _breaking(_name, f"`{_symbol}` on", _fn)
-for _name, _fn in (("neg", operator.neg), ("pos", operator.pos), ("abs", abs),
-                   ("invert", operator.invert), ("round", round), ("trunc", math.trunc),
-                   ("floor", math.floor), ("ceil", math.ceil), ("complex", complex),
-                   ("reversed", reversed)):
-    _breaking(_name, f"{_name}() of", _fn)
-del _name, _symbol, _fn
 
 
 class TracedStr(Traced):
