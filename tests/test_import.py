@@ -49,6 +49,21 @@ def test_an_sdk_loads_when_its_provider_is_used():
     assert "anthropic" not in loaded["heavy"]  # only what is used gets loaded
 
 
+def test_provider_modules_are_attributes_after_import_ember():
+    """The README's ``ember.providers.sim.configure(...)`` right after ``import ember``
+    (it raised AttributeError: the submodule was not imported yet); an SDK provider's
+    module as an attribute still loads no SDK."""
+    loaded = _loaded_after("import ember\n"
+                           "ember.providers.sim.configure(latency=0.0)\n"
+                           "assert ember.providers.openai.OpenAIProvider\n"
+                           "assert ember.providers.prices\n"
+                           "try:\n    ember.providers.nope\nexcept AttributeError:\n    pass\n"
+                           "else:\n    raise SystemExit('no AttributeError')")
+    assert "ember.providers.sim" in loaded["providers"]
+    assert "ember.providers.openai" in loaded["providers"]
+    assert "openai" not in loaded["heavy"] and "anthropic" not in loaded["heavy"]
+
+
 def test_public_api():
     for name in ember.__all__:
         assert hasattr(ember, name), name

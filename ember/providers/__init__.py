@@ -29,6 +29,18 @@ _instances: dict[str, Provider] = {}
 _lock = threading.Lock()
 
 
+# submodules reachable as attributes (``ember.providers.sim.configure(...)`` right after
+# ``import ember``), imported on first access; the SDKs stay unimported until a request
+_SUBMODULES = frozenset({"sim", "openai", "anthropic", "local", "prices", "base", "sdk",
+                         "transport"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def known() -> tuple[str, ...]:
     return tuple(sorted(set(_BUILTIN) | set(_custom)))
 
