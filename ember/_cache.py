@@ -372,7 +372,9 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
     if fn is None:
         return lambda f: cache(f, ttl=ttl, path=path)
     if not callable(fn):
-        raise TypeError(f"cache() needs a function, got {fn!r}")
+        hint = (f"; to keep results {fn} seconds: cache(fn, ttl={fn}) or @cache(ttl={fn})"
+                if isinstance(fn, (int, float)) and not isinstance(fn, bool) else "")
+        raise TypeError(f"cache() needs a function, got {fn!r}{hint}")
     from ._reliability import is_async
 
     c = _Cached(fn, ttl, path)

@@ -68,7 +68,9 @@ def retry(fn: Callable | None = None, *, max_attempts: int = 3, initial_delay: f
 
 def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
     if not callable(fn):
-        raise TypeError(f"retry() needs a function, got {fn!r}")
+        hint = (f"; for {fn} attempts: retry(fn, max_attempts={fn}) or "
+                f"@retry(max_attempts={fn})") if _is_number(fn) else ""
+        raise TypeError(f"retry() needs a function, got {fn!r}{hint}")
 
     def options() -> CallOptions:
         return current_options().with_(retry=policy)
@@ -131,15 +133,23 @@ def _after_failure(fn: Callable, policy: RetryPolicy, exc: EmberError,
 
 
 # ---- timeout ----------------------------------------------------------------------------
-def timeout(fn: Callable | None = None, *, seconds: float) -> Any:
-    """Give ``fn`` at most ``seconds``: ``timeout(fn, seconds=10)`` or
-    ``@timeout(seconds=10)``. At the limit, in-flight requests are cancelled and
-    `ember.TimeoutError` (a builtin `TimeoutError`) is raised."""
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not seconds > 0:
+def timeout(fn: Callable | float | None = None, seconds: float | None = None) -> Any:
+    """Give ``fn`` at most ``seconds``: ``timeout(fn, 10)``, ``timeout(fn, seconds=10)``,
+    ``@timeout(10)`` or ``@timeout(seconds=10)``. At the limit, in-flight requests are
+    cancelled and `ember.TimeoutError` (a builtin `TimeoutError`) is raised."""
+    if seconds is None and _is_number(fn):  # @timeout(10)
+        fn, seconds = None, fn  # type: ignore[assignment]
+    if seconds is None:
+        raise TypeError("timeout() needs the seconds: timeout(fn, 10) or @timeout(10)")
+    if not _is_number(seconds) or not seconds > 0:
         raise ValueError(f"timeout() needs seconds > 0, got {seconds!r}")
     if fn is None:
         return lambda f: _limited(f, float(seconds))
-    return _limited(fn, float(seconds))
+    return _limited(fn, float(seconds))  # type: ignore[arg-type]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _limited(fn: Callable, seconds: float) -> Callable:

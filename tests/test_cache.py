@@ -70,6 +70,11 @@ def test_decorator_forms_and_ttl():
     assert calls == ["a", "a"]
 
 
+def test_a_number_where_the_function_goes_names_ttl():
+    with pytest.raises(TypeError, match=r"cache\(fn, ttl=60\)"):
+        cache(60)
+
+
 def test_argument_types_are_distinguished():
     seen = []
     f = cache(lambda x: seen.append(x) or len(seen))

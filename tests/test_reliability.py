@@ -194,7 +194,7 @@ def test_async_retry(fault_server):
 def test_retry_validates_arguments():
     with pytest.raises(ValueError):
         retry(max_attempts=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"max_attempts=42"):  # @retry(42) meant attempts
         retry(42)
 
 
@@ -310,6 +310,25 @@ def test_timeout_validates_arguments():
         timeout(lambda: None, seconds=0)
     with pytest.raises(TypeError):
         timeout(seconds=1)(None)
+    with pytest.raises(TypeError, match=r"needs the seconds"):
+        timeout(lambda: None)
+    with pytest.raises(ValueError):
+        timeout(lambda: None, -1)
+
+
+def test_timeout_takes_its_seconds_positionally():
+    """``timeout(fn, 0.1)`` and ``@timeout(0.1)`` as well as the keyword (both raised
+    TypeError: seconds was keyword-only)."""
+    sim.configure(latency=2.0)
+    try:
+        slow = lambda x: ember.models("sim", x).text  # noqa: E731
+        for limited in (timeout(slow, 0.1), timeout(0.1)(slow), timeout(seconds=0.1)(slow)):
+            start = time.monotonic()
+            with pytest.raises(ember.TimeoutError):
+                limited("a")
+            assert time.monotonic() - start < 1.0
+    finally:
+        sim.configure(latency=0.0)
 
 
 # ---- acceptance ------------------------------------------------------------------------------
