@@ -58,7 +58,11 @@ class CompiledEntry:
     """What jit keeps per input signature."""
 
     graph: Graph | None = None  # optimized, replayable with new inputs
-    strict: bool = False  # the plan was wrong once: trace .text / format() strictly
+    strict: bool = False  # plans were wrong: trace every .text / format() strictly
+    # a plan was wrong: reads of values made at these locations are strict (see
+    # `_tighten`)
+    strict_at: frozenset[str] = frozenset()
+    misses: int = 0  # plans found wrong by the check run
     traces: int = 0
     calls: int = 0
     breaks: list = field(default_factory=list)
@@ -277,13 +281,14 @@ class Jitted:
         entry.calls += 1
         memo = Memo()
         self._bound = 0.0
+        plans: list[tuple[TraceState, Graph]] = []  # this call's traces, if it planned
         if entry.graph is not None:
             self._bound = _critical_path(entry.graph)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
             yield "run", run_graph(entry.graph, leaves, memo)
         else:
-            yield from self._plan(args, kwargs, entry, memo, run_graph)
+            yield from self._plan(args, kwargs, entry, memo, run_graph, plans)
         unplanned: str | None = None  # where the first call the plan missed was made
         for _ in range(MAX_ROUNDS):
             check = CheckRun(memo)
@@ -291,7 +296,7 @@ class Jitted:
                 result = yield "check", (self.fn, check, args, kwargs)
                 break
             except NeedAnswers:  # the plan missed a call the Python reads: fetch, re-check
-                entry.graph, entry.strict = None, True
+                entry.graph = None
                 unplanned = unplanned or check.first_miss or "?"
                 yield "run", check.fetch_pending()
         else:  # pragma: no cover - a program that keeps reading new answers
@@ -306,7 +311,7 @@ class Jitted:
         # removed, not a miss: counting it made every function with one strict)
         if unplanned or memo.unused():
             entry.graph = None  # the plan did not match the Python: never trust it again
-            entry.strict = True
+            _tighten(entry, plans)
             if self.fullgraph:
                 where = unplanned or check.first_miss
                 raise TraceError(
@@ -318,10 +323,13 @@ class Jitted:
         return result
 
     def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo,
-              run_graph: RunGraph) -> Generator[Step, Any, None]:
+              run_graph: RunGraph, plans: list[tuple[TraceState, Graph]]
+              ) -> Generator[Step, Any, None]:
+        """Trace, compile and run the function's calls, round by round (a round ends
+        where the Python needs an answer); each round's trace goes to ``plans``."""
         concrete = False  # pass argument strings as plain str (after a tracer TypeError)
         for round_no in range(MAX_ROUNDS):
-            state = TraceState(fullgraph=self.fullgraph, strict=entry.strict,
+            state = TraceState(fullgraph=self.fullgraph, strict=entry.strict or entry.strict_at,
                                lookup=_lookup(memo) if len(memo) else None)
             leaves: list[Any] = []
             if concrete:
@@ -346,6 +354,7 @@ class Jitted:
                 return  # the check run raises what eager Python raises
             entry.breaks = state.breaks
             graph = _substitute_known(state.graph(result), state.values)
+            plans.append((state, graph))
             if not complete:  # run every call recorded so far
                 graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
             optimized, passes = _compile(graph, self.verify)
@@ -361,6 +370,23 @@ class Jitted:
             yield "run", run(optimized, leaves, memo)
             if complete:
                 return
+
+
+def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]]) -> None:
+    """A plan was wrong: Python used an answer where the trace could not see (C code
+    such as ``re`` or ``json.loads`` read a placeholder). Make the reads that no
+    recorded op took in strict (`TraceState.unconsumed_reads`), so a fan-out whose
+    answers went into the graph stays parallel; all reads when that finds nothing new,
+    or when a replayed graph was wrong twice (no trace to learn from)."""
+    entry.misses += 1
+    suspects: set[str] = set()
+    for state, graph in plans:
+        suspects |= state.unconsumed_reads(graph.outputs)
+    new = suspects - entry.strict_at
+    if new and not entry.strict:
+        entry.strict_at = entry.strict_at | new
+    elif plans or entry.misses > 1:
+        entry.strict = True
 
 
 def _critical_path(graph: Graph) -> float:

@@ -487,7 +487,89 @@ def test_a_returned_answer_the_plan_missed_is_fetched_and_the_plan_dropped():
 
     fast = jit(f)
     assert fast("q") == f("q") and fast("q").text.startswith("[")
-    assert fast.entry("q").strict  # planned strictly from then on
+    # from then on the read the trace could not see (regex.search) is planned strictly,
+    # and only that one (see test_strict_reads_are_only_those_c_code_took)
+    entry = fast.entry("q")
+    assert not entry.strict and entry.graph is None
+    [where] = entry.strict_at
+    assert where.endswith(f":{f.__code__.co_firstlineno + 1}")  # r = models(...)
+    sim.reset_stats()
+    assert fast("q") == f("q")
+    assert sim.stats().requests == 2 + 2  # the plan's two calls, then eager's two
+
+
+def test_strict_reads_are_only_those_c_code_took():
+    """A plan misled by C code (``re.findall`` on a judge's text) made the whole signature
+    strict, and strict plans a list of calls one at a time: every later call made the
+    four views one by one (6 requests, as slow as eager). Now only the read no recorded
+    op took in (the judge's) is strict: the views stay one batch."""
+    def f(x: str):
+        views = [models("sim", f"View {i} of {x}").text for i in range(4)]
+        verdict = models("sim", "Judge:\n" + "\n".join(views)).text
+        digits = re.findall(r"\d", verdict)  # C code: it reads the placeholder
+        return models("sim", f"Explain the score {digits[:2]}").text
+
+    expected = f("q")
+    fast = jit(f)
+    assert fast("q") == expected
+    entry = fast.entry("q")
+    assert not entry.strict
+    [where] = entry.strict_at
+    assert where.endswith(f":{f.__code__.co_firstlineno + 2}")  # the judge's line
+    for _ in range(2):
+        sim.reset_stats()
+        assert fast("q") == expected
+        assert sim.stats().requests == 3  # the views in one batch, the judge, the explanation
+        assert fast.entry("q").strict_at == {where} and not fast.entry("q").strict
+
+
+def test_a_wrong_plan_with_no_unseen_read_makes_every_read_strict():
+    """``re.sub`` that leaves the placeholder whole: the next prompt took it in (a node),
+    so no read is to blame and every read becomes strict, as before."""
+    def f(x: str):
+        a = models("sim", f"Say {x}").text
+        return models("sim", "Use: " + re.sub(r"\s+", "_", a)).text
+
+    fast = jit(f)
+    assert fast("q") == f("q")
+    assert fast.entry("q").strict
+    sim.reset_stats()
+    assert fast("q") == f("q")
+    assert sim.stats().requests == 2 + 2  # strict: the plan is exact (then eager's two)
+
+
+def test_a_replayed_plan_that_turns_out_wrong_is_dropped_then_made_strict():
+    """A cached graph can be wrong for new values (``bool()`` of an answer is assumed
+    true). The first such miss drops the graph (the next call plans again, with a
+    trace to learn from); a second makes the signature strict."""
+    def answer(request):
+        prompt = request.messages[-1][1]
+        return "" if "empty" in prompt else f"text for {prompt}"
+
+    ember.providers.register("blanks", _async(answer))
+    try:
+        def f(x: str):
+            a = models("blanks/m", f"Say {x}").text
+            return models("sim", f"Use {a or 'nothing'}").text
+
+        fast = jit(f)
+        assert fast("full") == f("full")
+        assert fast.entry("x").graph is not None  # the plan was right: replayed from now on
+        assert fast("empty") == f("empty")  # the replayed plan sent "Use ": wrong
+        entry = fast.entry("x")
+        assert entry.graph is None and not entry.strict and entry.misses == 1
+        assert fast("empty 2") == f("empty 2")  # planned again, wrong again
+        assert fast.entry("x").strict and fast.entry("x").misses == 2
+        assert fast("empty 3") == f("empty 3") and fast("full 2") == f("full 2")
+    finally:
+        ember.providers.reset()
+        ember.providers._custom.pop("blanks", None)
+
+
+def _async(fn):
+    async def provider(request):
+        return fn(request)
+    return provider
 
 
 def test_methods_can_be_jitted():

@@ -77,6 +77,28 @@ def test_arithmetic_on_traced_values_is_a_named_break(use, reason):
         jit(f, fullgraph=True)("item")
 
 
+def test_a_break_inside_the_standard_library_names_the_users_line_and_the_function():
+    """``json.loads(answer.text)`` breaks in json's own ``.startswith()``: the break named
+    json/__init__.py's line, which told the user nothing. Now it is the line that called
+    json.loads, and it says what to write instead."""
+    import json
+    import textwrap
+
+    def f(x: str):
+        return json.loads(models("sim", f"JSON for {x}", response_format="json").text)
+
+    def g(x: str):
+        return textwrap.shorten(models("sim", f"Say {x}").text, 30)
+
+    [at_f] = ember.inspect(f, "item").breaks
+    [at_g] = ember.inspect(g, "item").breaks
+    assert at_f.loc == f"{__file__}:{f.__code__.co_firstlineno + 1}", at_f
+    assert "inside json.loads()" in at_f.reason and "answer.json()" in at_f.reason
+    assert at_g.loc == f"{__file__}:{g.__code__.co_firstlineno + 1}", at_g
+    assert "inside textwrap.shorten()" in at_g.reason
+    assert jit(f)("item") == f("item") and jit(g)("item") == g("item")
+
+
 def edit_chain(edit, steps: int = 4):
     """f(x): ``steps`` model calls, each prompt built from the previous answer, edited."""
     def chain(x: str):

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["user_location"]
+__all__ = ["user_location", "break_site"]
 
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # id(code) -> (code, {instruction offset: "file:line"}), or (code, None) for ember's own
@@ -43,3 +43,38 @@ def user_location(skip: int = 1) -> str | None:
             return loc
         frame = frame.f_back
     return None
+
+
+_stdlib_dirs: tuple[str, ...] | None = None  # (read on first use: sysconfig is not cheap)
+
+
+def break_site(skip: int = 1) -> tuple[str | None, str | None]:
+    """Where a graph break happened: the user's ``file:line`` and, when the break came
+    from inside the standard library (``json.loads`` calls ``.startswith()`` on the
+    text it is given), the library function that line called, e.g. ``"json.loads"``.
+    `user_location` would name the library's own line."""
+    global _stdlib_dirs
+    if _stdlib_dirs is None:
+        import sysconfig
+
+        paths = sysconfig.get_paths()
+        _stdlib_dirs = tuple({os.path.join(paths[k], "") for k in ("stdlib", "platstdlib")})
+    frame, via = sys._getframe(skip), None
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name.startswith(_stdlib_dirs) and "-packages" not in name:
+            via = _module_of(name, _stdlib_dirs) + "." + frame.f_code.co_name
+        elif not name.startswith(_EMBER_DIR):
+            return f"{name}:{frame.f_lineno}", via
+        frame = frame.f_back
+    return None, via
+
+
+def _module_of(path: str, roots: tuple[str, ...]) -> str:
+    """``json`` for ``.../python3.11/json/__init__.py``, ``textwrap`` for ``textwrap.py``."""
+    for root in roots:
+        if path.startswith(root):
+            path = path[len(root):]
+            break
+    module = path.removesuffix(".py").removesuffix("__init__").rstrip("/\\")
+    return module.replace("/", ".").replace("\\", ".")

@@ -24,12 +24,12 @@ import itertools
 import os
 import threading
 from contextvars import ContextVar
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..errors import TraceError
 from .collector import pause, resume
 from .graph import NO_META, Atom, Graph, Lit, Node, Var, _ids
-from .locations import user_location
+from .locations import break_site, user_location
 from .marked_text import _MARK_CLOSE, _MARK_OPEN, MarkedText, marked_var
 from .ops import OPS, REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
 from .value_uses import ValueUses
@@ -123,7 +123,8 @@ class Break:
 class TraceState:
     """One tracing pass over a function."""
 
-    def __init__(self, memo: Any = None, *, fullgraph: bool = False, strict: bool = False,
+    def __init__(self, memo: Any = None, *, fullgraph: bool = False,
+                 strict: bool | frozenset[str] = False,
                  lookup: Callable[[Node, list[Any]], Any] | None = None) -> None:
         self.nodes: list[Node] = []
         self.inputs: list[Var] = []
@@ -136,7 +137,9 @@ class TraceState:
         self.breaks: list[Break] = []
         self.guarded = False  # a known value steered the Python: graph is data-dependent
         self.fullgraph = fullgraph
-        self.strict = strict  # .text / str() / format() of unknown values suspend
+        # .text / str() / format() of unknown values suspend: all (True), or those of
+        # values made at these source locations (see `unconsumed_reads`)
+        self.strict = strict
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
         # Local ops are evaluated on demand (`value_of`): most traced values are never
@@ -218,6 +221,34 @@ class TraceState:
         if node.out.id not in self.values:
             self._settled.add(node.out.id)  # looked up once: occurrences count
 
+    def _index(self) -> dict[int, Node]:
+        """var id -> the node that made it, for every node recorded so far."""
+        producer = self._producer
+        if self._indexed < len(self.nodes):
+            for node in self.nodes[self._indexed:]:
+                producer[node.out.id] = node
+            self._indexed = len(self.nodes)
+        return producer
+
+    def strict_about(self, var: Var) -> bool:
+        """Must reading ``var`` unfinished be a break? (Only asked when ``strict``.)"""
+        strict = self.strict
+        if strict is True:
+            return True
+        node = self._index().get(var.id)
+        return node is not None and node.loc in strict
+
+    def unconsumed_reads(self, outputs: Iterable[Any] = ()) -> set[str]:
+        """Where the values were made whose text Python read (a marker was handed out)
+        but that no recorded op took in: that text went where the trace cannot see,
+        such as ``re`` or ``json.loads`` (C code reads the placeholder). When a plan
+        turns out wrong, these reads are the suspects: jit makes them strict."""
+        taken = {a.id for node in self.nodes for a in node.inputs}
+        taken.update(a.id for a in outputs)
+        producer = self._index()
+        return {node.loc for var in set(self.marked) if var.id not in taken
+                and (node := producer.get(var.id)) is not None and node.loc is not None}
+
     def value_of(self, var: Var) -> Any:
         """The concrete value of a traced var (an exception if computing it raised), or
         UNKNOWN. Computes the local ops it depends on, once each."""
@@ -225,11 +256,7 @@ class TraceState:
         v = values.get(var.id, UNKNOWN)
         if v is not UNKNOWN or var.id in settled:
             return v
-        producer = self._producer
-        if self._indexed < len(self.nodes):
-            for node in self.nodes[self._indexed:]:
-                producer[node.out.id] = node
-            self._indexed = len(self.nodes)
+        producer = self._index()
         stack = [var.id]  # depth first, without recursion (chains can be long)
         while stack:
             vid = stack[-1]
@@ -359,7 +386,9 @@ class TraceState:
         """The concrete value of a tracer, or suspend. Records the graph break."""
         if tracer._state is not self or _current() is not self:
             raise _leaked()
-        loc = user_location(3)
+        loc, via = break_site(3)
+        if via is not None:  # (a library function the user's line called)
+            reason = f"{reason}, inside {via}(){_INSTEAD.get(via, '')}"
         value = self.value_of(tracer._var)
         known = value is not UNKNOWN
         self.breaks.append(Break(loc, reason, known))
@@ -377,6 +406,10 @@ class TraceState:
         return value
 
 
+# what to write instead of a library call that breaks the graph on an answer's text
+_INSTEAD = {"json.loads": " (answer.json() is a node in the graph: no break)"}
+
+
 def _mark(tracer: Traced, spec: str) -> str:
     """``format(tracer, spec)`` in its trace: a marker that `TraceState.atomize` parses
     back into the traced value (``Traced.__format__`` itself: one call per f-string
@@ -384,7 +417,8 @@ def _mark(tracer: Traced, spec: str) -> str:
     state = tracer._state
     if _current() is not state:
         raise _leaked()
-    if state.strict and state.value_of(tracer._var) is UNKNOWN:
+    if state.strict and state.value_of(tracer._var) is UNKNOWN \
+            and state.strict_about(tracer._var):
         state.need(tracer, "formatting an unfinished model answer (strict mode)")
     marked = state.marked
     i = len(marked)
@@ -413,7 +447,7 @@ def _text_of(tracer: TracedResponse) -> str:
         # (without a lookup a model call's answer is unknown: skip the sweep)
         value = state.value_of(var)
     if value is UNKNOWN or isinstance(value, BaseException):
-        if state.strict:
+        if state.strict and state.strict_about(var):
             return _mark(tracer, "")
         marked = state.marked  # _mark(tracer, ""), inlined
         i = len(marked)
