@@ -311,7 +311,7 @@ class Jitted:
         # removed, not a miss: counting it made every function with one strict)
         if unplanned or memo.unused():
             entry.graph = None  # the plan did not match the Python: never trust it again
-            _tighten(entry, plans)
+            _tighten(entry, plans, unplanned)
             if self.fullgraph:
                 where = unplanned or check.first_miss
                 raise TraceError(
@@ -372,18 +372,25 @@ class Jitted:
                 return
 
 
-def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]]) -> None:
+def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
+             missed: str | None) -> None:
     """A plan was wrong: Python used an answer where the trace could not see (C code
-    such as ``re`` or ``json.loads`` read a placeholder). Make the reads that no
-    recorded op took in strict (`TraceState.unconsumed_reads`), so a fan-out whose
-    answers went into the graph stays parallel; all reads when that finds nothing new,
-    or when a replayed graph was wrong twice (no trace to learn from)."""
+    such as ``re`` or ``json.loads`` read a placeholder). Make strict, in this order:
+    the reads no recorded op took in (`TraceState.unconsumed_reads`); else the answers
+    that reached the first call the plan missed, made at ``missed``
+    (`TraceState.answers_feeding`). So a fan-out whose answers went into the graph
+    stays parallel. Every read is made strict when that finds nothing new, after
+    three wrong plans, or when a replayed graph was wrong twice (no trace to learn
+    from)."""
     entry.misses += 1
     suspects: set[str] = set()
     for state, graph in plans:
         suspects |= state.unconsumed_reads(graph.outputs)
+    if not suspects - entry.strict_at and missed is not None:
+        for state, _ in plans:
+            suspects |= state.answers_feeding(missed)
     new = suspects - entry.strict_at
-    if new and not entry.strict:
+    if new and not entry.strict and entry.misses < 3:
         entry.strict_at = entry.strict_at | new
     elif plans or entry.misses > 1:
         entry.strict = True
