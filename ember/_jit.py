@@ -51,6 +51,7 @@ __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
 
 MAX_ROUNDS = 64  # suspend-and-replay rounds before falling back to plain execution
 MAX_SIGNATURES = 256  # compiled entries a jitted function keeps (one per input signature)
+MAX_KEPT_NODES = 200_000  # a call keeps its rounds' traces until its check, up to this size
 
 
 @dataclass
@@ -354,7 +355,10 @@ class Jitted:
                 return  # the check run raises what eager Python raises
             entry.breaks = state.breaks
             graph = _substitute_known(state.graph(result), state.values)
-            plans.append((state, graph))
+            plans.append((state, graph))  # (for `_tighten`, if the check finds it wrong)
+            kept = sum(len(st.nodes) for st, _ in plans)
+            while len(plans) > 1 and kept > MAX_KEPT_NODES:  # the oldest rounds go first
+                kept -= len(plans.pop(0)[0].nodes)
             if not complete:  # run every call recorded so far
                 graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
             optimized, passes = _compile(graph, self.verify)

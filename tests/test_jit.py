@@ -546,6 +546,29 @@ def test_a_placeholder_that_c_code_left_whole_makes_the_answers_it_reached_stric
     assert sim.stats().requests == 2  # the views and a in one batch, then the exact call
 
 
+def test_a_call_keeps_its_rounds_traces_up_to_a_size(monkeypatch):
+    """The traces kept for `_tighten` are bounded (the oldest rounds go first): a long
+    program's rounds are not all held until its check run."""
+    import ember._jit as jit_module
+
+    seen = []
+    real = jit_module._tighten
+    monkeypatch.setattr(jit_module, "MAX_KEPT_NODES", 3)
+    monkeypatch.setattr(jit_module, "_tighten", lambda e, plans, m: (
+        seen.append(len(plans)), real(e, plans, m)))
+
+    def f(x: str):
+        a = models("sim", f"Say {x}").text
+        if "zzz" in a:  # a break: a second round
+            return a
+        b = models("sim", f"More {x} {a[:5]}").text
+        digits = re.findall(r"\d", b)  # C code: the plan is wrong
+        return models("sim", f"Score {digits}").text
+
+    assert jit(f)("q") == f("q")
+    assert seen == [1]  # two rounds traced, one kept
+
+
 def test_a_replayed_plan_that_turns_out_wrong_is_dropped_then_made_strict():
     """A cached graph can be wrong for new values (``bool()`` of an answer is assumed
     true). The first such miss drops the graph: the next call plans again and may
