@@ -212,6 +212,62 @@ def test_a_recorded_method_runs_with_its_arguments():
     assert sim.stats().requests == 2  # was 3: the first "Explain {...}" named a dict
 
 
+class Review(pydantic.BaseModel):
+    rating: Rating
+    summary: str
+
+
+def test_fields_of_a_pydantic_answer_are_nodes():
+    """``.json(Rating).label`` was a graph break: a list of structured answers read
+    field by field (the usual pattern) ran its calls one by one, as slowly as eager
+    Python (6 requests for 5 items and a pick). Fields are now nodes; a ``str`` field
+    is a ``str`` like ``.text`` (join, f-strings), nested models are followed."""
+    def pick(items: list):
+        labels = [models("sim", f"Rate {i}", response_format=Rating).json(Rating).label
+                  for i in items]
+        return models("sim", "Pick one: " + " | ".join(labels)).text
+
+    items = [f"item {i}" for i in range(5)]
+    fast = same(pick, items)
+    sim.reset_stats()
+    assert fast(items) == pick(items)
+    assert sim.stats().requests == 2 + 6  # jit: the five in one batch, then the pick
+    assert ember.inspect(pick, items).breaks == []
+
+    def nested(x: str):
+        review = models("sim", f"Review {x}", response_format=Review).json(Review)
+        return models("sim", f"{review.rating.score:.1f} {review.rating.label.upper()} "
+                             f"{review.summary[:20]}").text
+
+    same(nested, "q")
+    assert ember.inspect(nested, "q").breaks == []
+
+
+def test_other_attributes_of_a_structured_answer_still_break():
+    """A model's methods, a dict's attributes, a field of a union are read on the value."""
+    def dump(x: str):
+        return models("sim", f"Rate {x}", response_format=Rating).json(Rating).model_dump()
+
+    def keys(x: str):
+        return sorted(models("sim", f"Rate {x}", response_format="json").json().keys())
+
+    for f in (dump, keys):
+        same(f, "q")
+        [b] = ember.inspect(f, "q").breaks
+        assert "on a traced value" in b.reason
+
+
+def test_a_field_of_an_answer_that_does_not_validate_raises_as_eager():
+    def f(x: str):
+        score = models("sim", f"Say {x}").json(Rating).score  # prose: no JSON
+        return models("sim", f"Explain {score}").text
+
+    with pytest.raises(ember.ParseError):
+        f("q")
+    with pytest.raises(ember.ParseError):
+        jit(f)("q")
+
+
 @pytest.mark.parametrize("edit", [
     lambda t: t.split()[1], lambda t: t.rsplit(" ", 2)[-2], lambda t: t.splitlines()[0][:9],
     lambda t: t.partition(" ")[2][:20], lambda t: t[t.find(" ") + 1:][:15],

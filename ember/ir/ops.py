@@ -100,6 +100,11 @@ STR_METHODS = frozenset({
 
 def _attr_type(node: Any) -> Type:
     name = node.param("name")
+    # a field of a pydantic model (``.json(Model).x``), unless of a Response (a var, or
+    # a literal once the answer is known)
+    if _in_type(node, 0) != ResponseT and not hasattr(
+            getattr(node.inputs[0], "value", None), "_thunk"):
+        return Str if node.param("type") == "str" else AnyT
     if name not in RESPONSE_ATTRS:
         raise _err(f"attr: unknown Response attribute {name!r}")
     return RESPONSE_ATTRS[name]

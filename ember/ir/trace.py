@@ -607,9 +607,22 @@ class TracedResponse(Traced):
 
 
 class TracedValue(Traced):
-    """A traced JSON value or attribute: ``[key]`` is recorded, other uses break."""
+    """A traced JSON value or attribute: ``[key]`` is recorded, and so is a field of a
+    pydantic model (``.json(Rating).score``); other uses break."""
 
     __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        field = None if name.startswith("_") else _fields_of(self._state, self._var).get(name)
+        if field is None:
+            return Traced.__getattr__(self, name)
+        st = self._state
+        if field.annotation is str:  # a str, like an answer's .text (join, f-strings, re)
+            var = st.add("attr", [self._var], {"name": name, "type": "str"}, Str,
+                         user_location(2))
+            return MarkedText(_mark(TracedStr(st, var), ""))
+        var = st.add("attr", [self._var], {"name": name}, None, user_location(2))
+        return TracedValue(st, var)
 
     def __getitem__(self, key: Any) -> TracedValue:
         if isinstance(key, Traced):
@@ -623,6 +636,23 @@ class TracedValue(Traced):
         out_t = t.elem if isinstance(t, ListT) else (Json if t == Json else AnyT)
         var = st.add("getitem", [self._var], {"key": key}, out_t, user_location(2))
         return TracedValue(st, var)
+
+
+def _fields_of(state: TraceState, var: Var) -> dict[str, Any]:
+    """The fields of the pydantic model a traced value is validated into: that of
+    ``.json(Model)``, or the annotation of the model field it was read from. Empty
+    when unknown (a dict from ``.json()``, a list, a union): its attributes break."""
+    node = state._index().get(var.id)
+    cls: Any = None
+    if node is None:
+        return {}
+    if node.op == "method" and node.param("name") == "json":
+        cls = (node.param("args") or (None,))[0]
+    elif node.op == "attr" and node.inputs[0].__class__ is Var:
+        field = _fields_of(state, node.inputs[0]).get(node.param("name"))
+        cls = getattr(field, "annotation", None)
+    fields = getattr(cls, "model_fields", None) if isinstance(cls, type) else None
+    return fields if isinstance(fields, dict) else {}
 
 
 def wrap(state: TraceState, var: Var) -> Traced:
