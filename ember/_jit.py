@@ -43,8 +43,9 @@ from .backends.policy import current_options
 from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
 from .passes import run_passes
-from .ir.trace import (UNKNOWN, StopTrace, Suspend, TraceState, current_trace, tracing,
-                       trace_var)
+from .ir.locations import exception_site
+from .ir.trace import (UNKNOWN, Break, StopTrace, Suspend, TraceState, current_trace,
+                       tracing, trace_var)
 
 __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
            "trace_inputs", "advance"]
@@ -347,12 +348,20 @@ class Jitted:
                 raise
             except StopTrace:
                 return  # the check run executes the rest
-            except Exception:
-                if not concrete and state.inputs:
+            except Exception as exc:
+                if not self.fullgraph and _has_unknown_calls(state):
+                    # Python that needs values met placeholders (" | ".join of JSON
+                    # fields raises TypeError): a break. The calls recorded so far run,
+                    # and the next round traces on with their answers.
+                    state.breaks.append(Break(exception_site(exc), f"{type(exc).__name__} "
+                                              f"on an unfinished answer: {exc}", False))
+                    complete, result = False, None
+                elif not concrete and state.inputs:
                     concrete = True  # e.g. "\n".join(traced_args): trace with real strings
                     state.guarded = True
                     continue
-                return  # the check run raises what eager Python raises
+                else:
+                    return  # the check run raises what eager Python raises
             entry.breaks = state.breaks
             graph = _substitute_known(state.graph(result), state.values)
             plans.append((state, graph))  # (for `_tighten`, if the check finds it wrong)
@@ -374,6 +383,12 @@ class Jitted:
             yield "run", run(optimized, leaves, memo)
             if complete:
                 return
+
+
+def _has_unknown_calls(state: TraceState) -> bool:
+    """Did this round record a model call whose answer is not known yet?"""
+    values = state.values
+    return any(n.op == "llm" and n.out.id not in values for n in state.nodes)
 
 
 def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],

@@ -268,6 +268,63 @@ def test_a_field_of_an_answer_that_does_not_validate_raises_as_eager():
         jit(f)("q")
 
 
+def test_python_that_fails_on_placeholders_is_a_break():
+    """``" | ".join`` of JSON fields raises TypeError on the tracers: the trace stopped,
+    and the check run made the calls one by one (6 requests, as slow as eager). Now the
+    calls recorded before it run together and the trace goes on with their answers."""
+    def pick(items: list):
+        labels = [models("sim", f"Rate {i}", response_format="json").json()["answer"]
+                  for i in items]
+        return models("sim", "Pick: " + " | ".join(labels)).text
+
+    items = [f"item {i}" for i in range(5)]
+    fast = same(pick, items)
+    sim.reset_stats()
+    assert fast(items) == pick(items)
+    assert sim.stats().requests == 2 + 6  # jit: the five in one batch, then the pick
+    [b] = fast.entry(items).breaks[:1]
+    assert "TypeError on an unfinished answer" in b.reason
+    assert b.loc == f"{__file__}:{pick.__code__.co_firstlineno + 3}"
+
+
+def test_an_error_that_is_not_about_placeholders_is_raised_as_eager():
+    def f(x: str):
+        a = models("sim", f"Say {x}").text
+        return models("sim", f"{a} {1 / len(x[:0])}")  # ZeroDivisionError, answers or not
+
+    sim.reset_stats()
+    with pytest.raises(ZeroDivisionError):
+        f("q")
+    with pytest.raises(ZeroDivisionError):
+        jit(f)("q")
+    assert sim.stats().requests == 1 + 1  # the call before the error, as eager made it
+
+
+def test_get_on_a_json_answer_is_a_node():
+    """``data.get("key", default)`` was a break (a list of them ran one by one)."""
+    def pick(items: list):
+        labels = [models("sim", f"Rate {i}", response_format="json").json().get("answer", "?")
+                  for i in items]
+        missing = models("sim", "Rate z", response_format="json").json().get("nope")
+        return models("sim", f"Pick: {labels} {missing}").text
+
+    items = [f"item {i}" for i in range(4)]
+    fast = same(pick, items)
+    assert ember.inspect(pick, items).breaks == []
+    sim.reset_stats()
+    fast(items)
+    assert sim.stats().requests == 2
+
+    def bad(x: str):
+        data = models("sim", f"Rate {x}", response_format="json").json()
+        return data.get(data["answer"]), data.get()  # a traced key; no key at all
+
+    with pytest.raises(TypeError):
+        bad("q")
+    with pytest.raises(TypeError):
+        jit(bad)("q")
+
+
 @pytest.mark.parametrize("edit", [
     lambda t: t.split()[1], lambda t: t.rsplit(" ", 2)[-2], lambda t: t.splitlines()[0][:9],
     lambda t: t.partition(" ")[2][:20], lambda t: t[t.find(" ") + 1:][:15],

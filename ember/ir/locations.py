@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["user_location", "break_site"]
+__all__ = ["user_location", "break_site", "exception_site"]
 
 _EMBER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # id(code) -> (code, {instruction offset: "file:line"}), or (code, None) for ember's own
@@ -53,21 +53,29 @@ def break_site(skip: int = 1) -> tuple[str | None, str | None]:
     from inside the standard library (``json.loads`` calls ``.startswith()`` on the
     text it is given), the library function that line called, e.g. ``"json.loads"``.
     `user_location` would name the library's own line."""
+    frame, via = sys._getframe(skip), None
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if _in_stdlib(name):
+            via = _module_of(name, _stdlib()) + "." + frame.f_code.co_name
+        elif not name.startswith(_EMBER_DIR):
+            return f"{name}:{frame.f_lineno}", via
+        frame = frame.f_back
+    return None, via
+
+
+def _stdlib() -> tuple[str, ...]:
     global _stdlib_dirs
     if _stdlib_dirs is None:
         import sysconfig
 
         paths = sysconfig.get_paths()
         _stdlib_dirs = tuple({os.path.join(paths[k], "") for k in ("stdlib", "platstdlib")})
-    frame, via = sys._getframe(skip), None
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if name.startswith(_stdlib_dirs) and "-packages" not in name:
-            via = _module_of(name, _stdlib_dirs) + "." + frame.f_code.co_name
-        elif not name.startswith(_EMBER_DIR):
-            return f"{name}:{frame.f_lineno}", via
-        frame = frame.f_back
-    return None, via
+    return _stdlib_dirs
+
+
+def _in_stdlib(filename: str) -> bool:
+    return filename.startswith(_stdlib()) and "-packages" not in filename
 
 
 def _module_of(path: str, roots: tuple[str, ...]) -> str:
@@ -78,3 +86,16 @@ def _module_of(path: str, roots: tuple[str, ...]) -> str:
             break
     module = path.removesuffix(".py").removesuffix("__init__").rstrip("/\\")
     return module.replace("/", ".").replace("\\", ".")
+
+
+def exception_site(exc: BaseException) -> str | None:
+    """``file:line`` of the innermost frame of ``exc``'s traceback in the user's code
+    (neither Ember's nor the standard library's)."""
+    site = None
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not name.startswith(_EMBER_DIR) and not _in_stdlib(name):
+            site = f"{name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return site

@@ -116,7 +116,7 @@ def _attr_impl(node: Any, obj: Any) -> Any:
 
 def _method_type(node: Any) -> Type:
     name = node.param("name")
-    if name == "json":
+    if name == "json" or name == "get":  # (get: of a JSON value, ``data.get("key")``)
         return Json
     if name in STR_METHODS or name == "slice":
         return Str

@@ -613,8 +613,11 @@ class TracedValue(Traced):
     __slots__ = ()
 
     def __getattr__(self, name: str) -> Any:
-        field = None if name.startswith("_") else _fields_of(self._state, self._var).get(name)
+        fields = {} if name.startswith("_") else _fields_of(self._state, self._var)
+        field = fields.get(name)
         if field is None:
+            if name == "get" and not fields:  # data.get("key", default): a node
+                return lambda *args: self._get(args)
             return Traced.__getattr__(self, name)
         st = self._state
         if field.annotation is str:  # a str, like an answer's .text (join, f-strings, re)
@@ -622,6 +625,21 @@ class TracedValue(Traced):
                          user_location(2))
             return MarkedText(_mark(TracedStr(st, var), ""))
         var = st.add("attr", [self._var], {"name": name}, None, user_location(2))
+        return TracedValue(st, var)
+
+    def _get(self, args: tuple) -> Any:
+        """``data.get(key[, default])`` of a JSON value (a break if an argument is traced
+        or unhashable, or the call is malformed: the real ``get`` then says so)."""
+        try:
+            hash(args)
+            ok = 1 <= len(args) <= 2 and not has_traced(args, self._state)
+        except TypeError:
+            ok = False
+        if not ok:
+            return self._need("`.get()` with these arguments on a traced value").get(*args)
+        st = self._state
+        var = st.add("method", [self._var], {"name": "get", "args": args}, Json,
+                     user_location(3))
         return TracedValue(st, var)
 
     def __getitem__(self, key: Any) -> TracedValue:
