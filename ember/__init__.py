@@ -16,9 +16,10 @@ from ._response import Response, Usage
 from ._vmap import vmap
 from .backends.limits import configure_limits
 from .errors import (
-    AuthenticationError, BatchError, ConfigurationError, ContextLengthError, EmberError,
-    MissingAPIKeyError, ModelNotFoundError, ParseError, ProviderError, QuotaExceededError,
-    RateLimitError, TimeoutError, TraceError,
+    AuthenticationError, BadRequestError, BatchError, ConfigurationError, ContextLengthError,
+    EmberError, MissingAPIKeyError, ModelNotFoundError, ParseError, ProviderError,
+    QuotaExceededError, RateLimitError, ResponseFormatError, ServerError, TimeoutError,
+    TraceError,
 )
 
 __version__ = "0.1.0"
@@ -28,6 +29,6 @@ __all__ = [
     "inspect", "record", "RunReport", "retry", "timeout", "cache", "configure_limits",
     "EmberError", "ConfigurationError", "MissingAPIKeyError", "TraceError", "ParseError",
     "TimeoutError", "ProviderError", "AuthenticationError", "ModelNotFoundError",
-    "ContextLengthError", "RateLimitError", "QuotaExceededError", "BatchError",
-    "__version__",
+    "BadRequestError", "ContextLengthError", "RateLimitError", "QuotaExceededError",
+    "ServerError", "ResponseFormatError", "BatchError", "__version__",
 ]

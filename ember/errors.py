@@ -129,38 +129,46 @@ class ProviderError(EmberError):
 
 
 class AuthenticationError(ProviderError):
-    pass
+    """The provider rejected the API key (401 / 403)."""
 
 
 class ModelNotFoundError(ProviderError):
-    pass
+    """The provider does not serve this model (404)."""
 
 
 class BadRequestError(ProviderError):
-    pass
+    """The provider refused the request as malformed (400 / 422): not retried."""
 
 
 class ContextLengthError(BadRequestError):
-    pass
+    """The prompt does not fit the model's context window: not retried."""
 
 
 class RateLimitError(ProviderError):
+    """Throttled (429): transient, retried no sooner than its Retry-After."""
+
     transient = True
 
 
 class QuotaExceededError(ProviderError):
-    pass
+    """The account's quota or spend cap is exhausted: not retried."""
 
 
 class ServerError(ProviderError):
+    """The provider failed (5xx): transient, retried."""
+
     transient = True
 
 
 class ConnectionError(ProviderError):
+    """The connection was refused or dropped: transient, retried."""
+
     transient = True
 
 
 class ResponseFormatError(ProviderError):
+    """The provider's response body was malformed: transient, retried."""
+
     transient = True
 
 

@@ -78,9 +78,11 @@ def test_error_hierarchy():
                 e.ProviderError, e.BatchError):
         assert issubclass(cls, e.EmberError)
     assert issubclass(e.MissingAPIKeyError, e.ConfigurationError)
-    for cls in (e.AuthenticationError, e.ModelNotFoundError, e.ContextLengthError,
-                e.RateLimitError, e.QuotaExceededError):
+    for cls in (e.AuthenticationError, e.ModelNotFoundError, e.BadRequestError,
+                e.ContextLengthError, e.RateLimitError, e.QuotaExceededError, e.ServerError,
+                e.ResponseFormatError):
         assert issubclass(cls, e.ProviderError)
+    assert issubclass(e.ContextLengthError, e.BadRequestError)  # (catch 400s in one place)
     assert issubclass(e.ParseError, ValueError)
     assert issubclass(e.TimeoutError, TimeoutError) and e.TimeoutError is not TimeoutError
     transient = {c.__name__ for c in (e.RateLimitError, e.TimeoutError, e.ParseError)

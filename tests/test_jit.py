@@ -606,6 +606,30 @@ def _async(fn):
     return provider
 
 
+def test_one_bad_prompt_in_a_batch_fails_alone():
+    """A fan-out batched into one request: one prompt the provider refuses (400) failed
+    every call of the batch, so a loop that catches errors per call returned four
+    failures where eager Python had one. The batch is now sent again one by one."""
+    def guarded(x: str):
+        outs = []
+        for i in range(4):
+            try:
+                outs.append(models("sim", f"Q{i}: {x}").text)
+            except ember.BadRequestError as exc:
+                outs.append(f"failed at {str(exc).rsplit(':', 1)[-1]}")
+        return outs
+
+    sim.configure(fail_on="Q2")
+    expected = guarded("q")
+    assert [o.startswith("failed") for o in expected] == [False, False, True, False]
+    fast = jit(guarded)
+    for _ in range(2):
+        sim.reset_stats()
+        assert fast("q") == expected
+        assert sim.stats().requests == 1 + 4  # the refused batch, then each alone
+        assert fast.last_run.requests == 4
+
+
 def test_methods_can_be_jitted():
     class Agent:
         prefix = "Agent"

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 from .. import providers
 from .._request import Request
 from .._response import Response
-from ..errors import ContextLengthError, EmberError, TimeoutError
+from ..errors import BadRequestError, ContextLengthError, EmberError, TimeoutError
 from ..providers.prices import context_window, cost_of
 from .limits import limiter
 from .policy import CallOptions, RetryPolicy, current_options, deadline_of
@@ -257,6 +257,14 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
 
     try:
         batches, attempts = await _retrying(attempt, options.retry, deadline, label)
+    except BadRequestError:
+        if len(requests) == 1:
+            raise
+        # one bad prompt (too long, refused) must not fail the others, as it would not
+        # in eager Python: each is sent on its own and gets its own answer or error
+        results = await send_batch(requests, options=options, priority=priority,
+                                   locations=locations)
+        return [r[0] if isinstance(r, list) else r for r in results]
     except EmberError as exc:
         return [exc.where(label, locations[0])] * len(requests)
     end = time.monotonic()
