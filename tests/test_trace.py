@@ -358,6 +358,39 @@ def test_random_text_edits_in_a_chain_match_eager_and_never_cost_more(edits):
     assert jit_requests(edit_chain(edit, steps=3)) <= 3
 
 
+# C code on an answer's text (it reads the placeholder, which no tracer sees)
+C_USES = [
+    lambda t: t, lambda t: re.sub(r"\s+", "_", t), lambda t: " ".join(re.findall(r"\d", t)),
+    lambda t: re.sub(r"[aeiou]", "", t)[:40], lambda t: str(len(re.split(r"\W+", t))),
+]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.integers(0, len(C_USES) - 1), min_size=1, max_size=4),
+       st.integers(0, len(C_USES) - 1), st.integers(0, len(C_USES) - 1))
+def test_plans_misled_by_c_code_match_eager_and_learn(views, judge_use, final_use):
+    """Fan-outs, a judge and a last call, with C code (``re``) between them: jit returns
+    what eager Python does on every call, and each wrong plan makes the reads to blame
+    strict (a site at a time, every read after three misses), so from the fourth call
+    on no call makes more requests than eager Python."""
+    def f(x: str):
+        texts = [C_USES[u](models("sim", f"View {i} of {x}").text) for i, u in enumerate(views)]
+        verdict = models("sim", "Judge:\n" + "\n".join(texts)).text
+        return models("sim", f"Final: {C_USES[final_use](C_USES[judge_use](verdict))}").text
+
+    expected = f("q")
+    sim.reset_stats()
+    f("q")
+    eager = sim.stats().requests
+    fast = jit(f)
+    for call in range(5):
+        sim.reset_stats()
+        assert fast("q") == expected
+        if call >= 3:
+            assert sim.stats().requests <= eager
+    assert fast.entry("q").misses <= 3
+
+
 def test_index_with_traced_key_and_unhashable_key():
     def f(x: str):
         data = models("sim", f"Rate {x}", response_format="json").json()
