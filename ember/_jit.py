@@ -65,6 +65,8 @@ class CompiledEntry:
     # `_tighten`)
     strict_at: frozenset[str] = frozenset()
     misses: int = 0  # plans found wrong by the check run
+    lessons: int = 0  # times strict_at grew
+    replay_misses: int = 0  # replayed graphs found wrong
     traces: int = 0
     calls: int = 0
     breaks: list = field(default_factory=list)
@@ -284,7 +286,8 @@ class Jitted:
         memo = Memo()
         self._bound = 0.0
         plans: list[tuple[TraceState, Graph]] = []  # this call's traces, if it planned
-        if entry.graph is not None:
+        replayed = entry.graph  # (None: this call plans)
+        if replayed is not None:
             self._bound = _critical_path(entry.graph)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
@@ -298,7 +301,6 @@ class Jitted:
                 result = yield "check", (self.fn, check, args, kwargs)
                 break
             except NeedAnswers:  # the plan missed a call the Python reads: fetch, re-check
-                entry.graph = None
                 unplanned = unplanned or check.first_miss or "?"
                 yield "run", check.fetch_pending()
         else:  # pragma: no cover - a program that keeps reading new answers
@@ -312,8 +314,7 @@ class Jitted:
         # (a call the plan did not make that the Python never read is a dead call dce
         # removed, not a miss: counting it made every function with one strict)
         if unplanned or memo.unused():
-            entry.graph = None  # the plan did not match the Python: never trust it again
-            _tighten(entry, plans, unplanned)
+            _tighten(entry, plans, unplanned, replayed)  # (and drops the wrong graph)
             if self.fullgraph:
                 where = unplanned or check.first_miss
                 raise TraceError(
@@ -392,27 +393,44 @@ def _has_unknown_calls(state: TraceState) -> bool:
 
 
 def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
-             missed: str | None) -> None:
+             missed: str | None, replayed: Graph | None) -> None:
     """A plan was wrong: Python used an answer where the trace could not see (C code
-    such as ``re`` or ``json.loads`` read a placeholder). Make strict, in this order:
-    the reads no recorded op took in (`TraceState.unconsumed_reads`); else the answers
-    that reached the first call the plan missed, made at ``missed``
-    (`TraceState.answers_feeding`). So a fan-out whose answers went into the graph
-    stays parallel. Every read is made strict when that finds nothing new, after
-    three wrong plans, or when a replayed graph was wrong twice (no trace to learn
-    from)."""
+    such as ``re`` or ``json.loads`` read a placeholder). The graph is dropped, and
+    made strict, in this order: the reads no recorded op took in
+    (`TraceState.unconsumed_reads`); else the answers that reached the first call the
+    plan missed, made at ``missed`` (`TraceState.answers_feeding`). So a fan-out whose
+    answers went into the graph stays parallel. Every read is made strict when a plan
+    that had its suspects strict already was still wrong, after three lessons, or when
+    replayed graphs were wrong twice (the second planned after the first was dropped:
+    a replay has no trace to learn from). Concurrent calls of one signature may all
+    find one plan wrong: a graph counts once, and what another call learned meanwhile
+    is not learned again."""
     entry.misses += 1
+    if not plans:  # ``replayed`` was wrong for these arguments
+        if entry.graph is replayed:  # (else a concurrent call dropped it already)
+            entry.graph = None
+            entry.replay_misses += 1
+            if entry.replay_misses > 1:
+                entry.strict = True
+        return
+    entry.graph = None
+    traced_with = plans[0][0].strict  # (this call's strictness)
+    known = traced_with if isinstance(traced_with, frozenset) else frozenset()
     suspects: set[str] = set()
     for state, graph in plans:
         suspects |= state.unconsumed_reads(graph.outputs)
-    if not suspects - entry.strict_at and missed is not None:
+    if not suspects - known and missed is not None:
         for state, _ in plans:
             suspects |= state.answers_feeding(missed)
-    new = suspects - entry.strict_at
-    if new and not entry.strict and entry.misses < 3:
-        entry.strict_at = entry.strict_at | new
-    elif plans or entry.misses > 1:
+    fresh = suspects - known
+    if traced_with is True or not fresh:
         entry.strict = True
+    elif not fresh <= entry.strict_at:  # (else a call traced meanwhile learned them)
+        if entry.lessons >= 3:
+            entry.strict = True
+        else:
+            entry.strict_at = entry.strict_at | fresh
+            entry.lessons += 1
 
 
 def _critical_path(graph: Graph) -> float:

@@ -546,6 +546,29 @@ def test_a_placeholder_that_c_code_left_whole_makes_the_answers_it_reached_stric
     assert sim.stats().requests == 2  # the views and a in one batch, then the exact call
 
 
+def test_concurrent_calls_that_find_one_plan_wrong_learn_it_once():
+    """Threads calling one jitted function at once all replayed its first (wrong) plan:
+    each replay counted as a separate miss, so the signature went strict at once (every
+    read, the views one by one). A dropped graph counts once, and a plan traced before
+    another call learned its suspects does not count against them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def f(x: str):
+        views = [models("sim", f"View {i} of {x}").text for i in range(3)]
+        verdict = models("sim", "Judge:\n" + "\n".join(views)).text
+        return models("sim", f"Explain {re.findall(r'[0-9]', verdict)[:2]}").text
+
+    sim.configure(latency=0.02)
+    args = [f"item {i % 3}" for i in range(48)]
+    expected = {a: f(a) for a in set(args)}
+    fast = jit(f)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(fast, args)) == [expected[a] for a in args]
+    entry = fast.entry("x")
+    assert not entry.strict and entry.lessons == 1
+    assert entry.strict_at == {f"{__file__}:{f.__code__.co_firstlineno + 2}"}
+
+
 def test_a_call_keeps_its_rounds_traces_up_to_a_size(monkeypatch):
     """The traces kept for `_tighten` are bounded (the oldest rounds go first): a long
     program's rounds are not all held until its check run."""
@@ -554,8 +577,8 @@ def test_a_call_keeps_its_rounds_traces_up_to_a_size(monkeypatch):
     seen = []
     real = jit_module._tighten
     monkeypatch.setattr(jit_module, "MAX_KEPT_NODES", 3)
-    monkeypatch.setattr(jit_module, "_tighten", lambda e, plans, m: (
-        seen.append(len(plans)), real(e, plans, m)))
+    monkeypatch.setattr(jit_module, "_tighten", lambda e, plans, *rest: (
+        seen.append(len(plans)), real(e, plans, *rest)))
 
     def f(x: str):
         a = models("sim", f"Say {x}").text
