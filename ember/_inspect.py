@@ -128,8 +128,10 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
         except StopTrace as exc:
             complete, note = False, f"tracing stopped: {exc}"
         except Exception as exc:
-            complete, note = False, (f"tracing stopped: {type(exc).__name__}: {exc} (jit "
-                                     "runs such code on real values)")
+            then = ("runs the calls recorded before it, then traces on with their answers"
+                    if any(n.op == "llm" for n in state.nodes) else "runs such code on real "
+                    "values")
+            complete, note = False, f"tracing stopped: {type(exc).__name__}: {exc} (jit {then})"
         graph = state.graph(result)
     if not complete:
         graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]

@@ -285,6 +285,12 @@ def test_python_that_fails_on_placeholders_is_a_break():
     [b] = fast.entry(items).breaks[:1]
     assert "TypeError on an unfinished answer" in b.reason
     assert b.loc == f"{__file__}:{pick.__code__.co_firstlineno + 3}"
+    assert "traces on with their answers" in ember.inspect(pick, items).note
+
+    def no_calls(x: str):
+        return 1 / len(x[:0])
+
+    assert "runs such code on real values" in ember.inspect(no_calls, "q").note
 
 
 def test_an_error_that_is_not_about_placeholders_is_raised_as_eager():
