@@ -350,7 +350,14 @@ class Jitted:
             except StopTrace:
                 return  # the check run executes the rest
             except Exception as exc:
-                if not self.fullgraph and _has_unknown_calls(state):
+                if self.fullgraph and _has_unknown_calls(state):
+                    raise TraceError(
+                        f"jit(fullgraph=True): {type(exc).__name__} at "
+                        f"{exception_site(exc) or 'an unknown line'} on an unfinished model "
+                        f"answer ({exc}): Python needs the answer's value there (a graph "
+                        "break). Convert it first (str(x) for a JSON field), move the code "
+                        "into an @ember.op function, or drop fullgraph=True.") from exc
+                if _has_unknown_calls(state):
                     # Python that needs values met placeholders (" | ".join of JSON
                     # fields raises TypeError): a break. The calls recorded so far run,
                     # and the next round traces on with their answers.

@@ -291,6 +291,8 @@ def test_python_that_fails_on_placeholders_is_a_break():
         return 1 / len(x[:0])
 
     assert "runs such code on real values" in ember.inspect(no_calls, "q").note
+    with pytest.raises(ember.TraceError, match=r"fullgraph=True\): TypeError at .*test_trace"):
+        jit(pick, fullgraph=True)(items)
 
 
 def test_an_error_that_is_not_about_placeholders_is_raised_as_eager():
