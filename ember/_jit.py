@@ -44,6 +44,7 @@ from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
 from .passes import run_passes
 from .ir.locations import exception_site
+from .ir.suspects import answers_feeding, unconsumed_reads
 from .ir.trace import (UNKNOWN, Break, StopTrace, Suspend, TraceState, current_trace,
                        tracing, trace_var)
 
@@ -402,16 +403,15 @@ def _has_unknown_calls(state: TraceState) -> bool:
 def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
              missed: str | None, replayed: Graph | None) -> None:
     """A plan was wrong: Python used an answer where the trace could not see (C code
-    such as ``re`` or ``json.loads`` read a placeholder). The graph is dropped, and
-    made strict, in this order: the reads no recorded op took in
-    (`TraceState.unconsumed_reads`); else the answers that reached the first call the
-    plan missed, made at ``missed`` (`TraceState.answers_feeding`). So a fan-out whose
-    answers went into the graph stays parallel. Every read is made strict when a plan
-    that had its suspects strict already was still wrong, after three lessons, or when
-    replayed graphs were wrong twice (the second planned after the first was dropped:
-    a replay has no trace to learn from). Concurrent calls of one signature may all
-    find one plan wrong: a graph counts once, and what another call learned meanwhile
-    is not learned again."""
+    such as ``re`` or ``json.loads`` read a placeholder). Drop the graph and make the
+    suspects' reads strict (see ``ember.ir.suspects``): the reads no recorded op took
+    in, else the answers that reached the first call the plan missed (made at
+    ``missed``). So a fan-out whose answers went into the graph stays parallel. Every
+    read becomes strict when a plan that had its suspects strict already was still
+    wrong, after three lessons, or when replayed graphs were wrong twice (the second
+    planned after the first was dropped: a replay has no trace to learn from).
+    Concurrent calls of one signature may all find one plan wrong: a graph counts
+    once, and what another call learned meanwhile is not learned again."""
     entry.misses += 1
     if not plans:  # ``replayed`` was wrong for these arguments
         if entry.graph is replayed:  # (else a concurrent call dropped it already)
@@ -425,10 +425,10 @@ def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
     known = traced_with if isinstance(traced_with, frozenset) else frozenset()
     suspects: set[str] = set()
     for state, graph in plans:
-        suspects |= state.unconsumed_reads(graph.outputs)
+        suspects |= unconsumed_reads(state, graph.outputs)
     if not suspects - known and missed is not None:
         for state, _ in plans:
-            suspects |= state.answers_feeding(missed)
+            suspects |= answers_feeding(state, missed)
     fresh = suspects - known
     if traced_with is True or not fresh:
         entry.strict = True

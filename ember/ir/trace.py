@@ -24,7 +24,7 @@ import itertools
 import os
 import threading
 from contextvars import ContextVar
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from ..errors import TraceError
 from .collector import pause, resume
@@ -32,6 +32,7 @@ from .graph import NO_META, Atom, Graph, Lit, Node, Var, _ids
 from .locations import break_site, user_location
 from .marked_text import _MARK_CLOSE, _MARK_OPEN, MarkedText, marked_var
 from .ops import OPS, REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
+from .suspects import origin
 from .value_uses import ValueUses
 from .types import AnyT, Json, ListT, ResponseT, Str, Type
 
@@ -138,7 +139,7 @@ class TraceState:
         self.guarded = False  # a known value steered the Python: graph is data-dependent
         self.fullgraph = fullgraph
         # .text / str() / format() of unknown values suspend: all (True), or those of
-        # values made at these source locations (see `unconsumed_reads`)
+        # the model calls made at these source locations (see ``ember.ir.suspects``)
         self.strict = strict
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
@@ -230,55 +231,13 @@ class TraceState:
             self._indexed = len(self.nodes)
         return producer
 
-    def _origin(self, var: Var) -> Node | None:
-        """The model call a traced value comes from: its producer, or the first var
-        input's, back to a model call (``.json()["key"]`` of an answer: the answer's)."""
-        producer = self._index()
-        node = producer.get(var.id)
-        while node is not None and node.op not in _MODEL_OPS:
-            first = next((a for a in node.inputs if a.__class__ is Var), None)
-            node = producer.get(first.id) if first is not None else None
-        return node
-
     def strict_about(self, var: Var) -> bool:
         """Must reading ``var`` unfinished be a break? (Only asked when ``strict``.)"""
         strict = self.strict
         if strict is True:
             return True
-        node = self._origin(var)
+        node = origin(self, var)
         return node is not None and node.loc in strict
-
-    def unconsumed_reads(self, outputs: Iterable[Any] = ()) -> set[str]:
-        """Where the model calls were made whose text Python read (a marker was handed
-        out) but no recorded op took in: that text went where the trace cannot see,
-        such as ``re`` or ``json.loads`` (C code reads the placeholder). When a plan
-        turns out wrong, these reads are the suspects: jit makes them strict."""
-        taken = {a.id for node in self.nodes for a in node.inputs}
-        taken.update(a.id for a in outputs)
-        return {node.loc for var in set(self.marked) if var.id not in taken
-                and (node := self._origin(var)) is not None and node.loc is not None}
-
-    def answers_feeding(self, loc: str) -> set[str]:
-        """Where the model calls were made whose answers the calls made at ``loc`` take
-        in (through local ops): the suspects when a plan sent a wrong prompt there and
-        no read went unseen (the placeholder passed through C code whole)."""
-        producer = self._index()
-        stack = [a for n in self.nodes if n.loc == loc and n.op in _MODEL_OPS
-                 for a in n.inputs]
-        seen: set[int] = set()
-        found: set[str] = set()
-        while stack:
-            a = stack.pop()
-            node = producer.get(a.id)  # (a literal's id is None: no producer)
-            if node is None or a.id in seen:
-                continue
-            seen.add(a.id)
-            if node.op in _MODEL_OPS:
-                if node.loc is not None:
-                    found.add(node.loc)
-            else:
-                stack += node.inputs
-        return found
 
     def value_of(self, var: Var) -> Any:
         """The concrete value of a traced var (an exception if computing it raised), or
