@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -39,14 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(target: str) -> Any:
-    module_name, sep, attr = target.partition(":")
-    if not sep or not attr:
-        raise SystemExit(f"ember inspect: expected module:function, got {target!r}")
-    cwd = os.getcwd()  # `ember inspect mymod:fn` finds mymod.py in the current directory
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    """The function ``module:function`` or ``path/to/file.py:function`` names."""
+    module_name, sep, attr = target.rpartition(":")  # (the last colon: C:\\x.py:fn)
+    if not sep or not attr or not module_name:
+        raise SystemExit(f"ember inspect: expected module:function or file.py:function, "
+                         f"got {target!r}")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except Exception as exc:  # ImportError, or the module itself failed (SyntaxError, ...)
         raise SystemExit(f"ember inspect: cannot import {module_name!r}: "
                          f"{type(exc).__name__}: {exc}") from None
@@ -54,10 +55,37 @@ def _load(target: str) -> Any:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise SystemExit(f"ember inspect: {module_name!r} has no {attr!r}") from None
+            names = [n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n))]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = (f"; did you mean {close[0]!r}?" if close else
+                    f"; it has {', '.join(names[:12])}" if names else "")
+            raise SystemExit(f"ember inspect: {module_name!r} has no {attr!r}{hint}") from None
     if not callable(obj):
         raise SystemExit(f"ember inspect: {target!r} is a {type(obj).__name__}, not a function")
     return obj
+
+
+def _import(name: str) -> Any:
+    """A module by name (found from the current directory too), or a ``.py`` file."""
+    if name.endswith(".py") or os.sep in name or (os.altsep and os.altsep in name):
+        path = os.path.abspath(name)
+        if not os.path.isfile(path):
+            raise ImportError(f"no file {path}")
+        folder = os.path.dirname(path)  # (its own imports of sibling modules)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(stem, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {path} as Python")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[stem] = module  # (dataclasses and pickling look modules up by name)
+        spec.loader.exec_module(module)
+        return module
+    cwd = os.getcwd()  # `ember inspect mymod:fn` finds mymod.py in the current directory
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return importlib.import_module(name)
 
 
 def _parse_arg(text: str) -> Any:

@@ -191,11 +191,29 @@ def test_inspect_finds_modules_in_the_current_directory(tmp_path, monkeypatch, c
     assert "ember.inspect: analyze" in capsys.readouterr().out
 
 
+def test_inspect_takes_a_file_path(tmp_path, monkeypatch, capsys):
+    """``ember inspect app.py:analyze`` (a path, as users type it) failed: 'No module
+    named app.py'. A file is loaded as a module, from any directory."""
+    name = f"ember_cli_file_{next(_names)}"
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(PROGRAM)
+    monkeypatch.chdir(tmp_path)
+    try:
+        assert cli.main(["inspect", f"sub/{name}.py:analyze", "x"]) == 0
+        assert cli.main(["inspect", f"{folder / name}.py:analyze", "x"]) == 0
+    finally:
+        sys.modules.pop(name, None)
+    assert capsys.readouterr().out.count("ember.inspect: analyze") == 2
+
+
 @pytest.mark.parametrize("target, message", [
-    ("no_colon_here", "expected module:function, got 'no_colon_here'"),
+    ("no_colon_here", "expected module:function or file.py:function, got 'no_colon_here'"),
     ("{prog}:", "expected module:function"),
     ("ember_no_such_module_xyz:fn", "cannot import 'ember_no_such_module_xyz'"),
-    ("{prog}:missing", "has no 'missing'"),
+    ("{prog}:missing", "has no 'missing'; it has "),
+    ("{prog}:analyse", "has no 'analyse'; did you mean 'analyze'?"),
+    ("no_such_file.py:fn", "cannot import 'no_such_file.py': ImportError: no file "),
     ("{prog}:Tools.nothing", "has no 'Tools.nothing'"),
     ("{prog}:LIMIT", "is a int, not a function"),
 ])
