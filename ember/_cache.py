@@ -371,11 +371,12 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
         raise ValueError(f"cache() ttl must be positive seconds or None, got {ttl!r}")
     if fn is None:
         return lambda f: cache(f, ttl=ttl, path=path)
+    from ._reliability import _is_number, is_async
+
     if not callable(fn):
         hint = (f"; to keep results {fn} seconds: cache(fn, ttl={fn}) or @cache(ttl={fn})"
-                if isinstance(fn, (int, float)) and not isinstance(fn, bool) else "")
+                if _is_number(fn) else "")
         raise TypeError(f"cache() needs a function, got {fn!r}{hint}")
-    from ._reliability import is_async
 
     c = _Cached(fn, ttl, path)
 
