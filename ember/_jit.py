@@ -238,6 +238,7 @@ class Jitted:
         self.cache: dict[Any, CompiledEntry] = {}
         self.last_run: RunReport | None = None  # what the latest call did
         self._bound = 0.0
+        self._ran: list[Graph] = []  # the latest call's graphs, for its report
         # name and doc, not the wrapped's __dict__: a wrapped Jitted's or vmap's fn,
         # cache and last_run would replace this one's (jit(vmap(f)) became jit(f))
         functools.update_wrapper(self, fn, updated=())
@@ -286,10 +287,12 @@ class Jitted:
         entry.calls += 1
         memo = Memo()
         self._bound = 0.0
+        self._ran = []
         plans: list[tuple[TraceState, Graph]] = []  # this call's traces, if it planned
         replayed = entry.graph  # (None: this call plans)
         if replayed is not None:
             self._bound = _critical_path(entry.graph)
+            self._ran.append(replayed)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
             yield "run", run_graph(entry.graph, leaves, memo)
@@ -389,6 +392,7 @@ class Jitted:
                     run = run_graph
                 entry.passes = passes
             self._bound += _critical_path(optimized)
+            self._ran.append(optimized)
             yield "run", run(optimized, leaves, memo)
             if complete:
                 return
@@ -453,7 +457,8 @@ def _start_recording() -> tuple[Recorder, Any, float]:
 def _finish_recording(rec: Recorder, token: Any, start: float, jitted: Jitted) -> RunReport:
     recorder_var.reset(token)
     name = getattr(jitted.fn, "__qualname__", "jit")
-    return RunReport(rec.calls, time.perf_counter() - start, jitted._bound or None, label=name)
+    return RunReport(rec.calls, time.perf_counter() - start, jitted._bound or None, label=name,
+                     graphs=tuple(jitted._ran), node_seconds=rec.node_seconds)
 
 
 async def _settle(pending: list[Response]) -> None:

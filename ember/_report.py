@@ -32,6 +32,22 @@ class RunReport:
     wall_seconds: float
     bound_seconds: float | None = None  # the critical-path estimate, when known
     label: str = "run"
+    # the compiled graphs the run executed (jit), and how long each of their model-call
+    # nodes took (output var id -> seconds), for `measured_bound_seconds`
+    graphs: tuple = field(default=(), repr=False, compare=False)
+    node_seconds: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def measured_bound_seconds(self) -> float | None:
+        """The critical path of the graphs that ran, at the time each of their calls
+        took: the wall time a perfect schedule would have reached with these latencies.
+        (`bound_seconds` is the estimate from before the run: for hosted models it
+        assumes every answer as long as allowed.) None without graphs."""
+        cached = self.__dict__.get("_measured", False)
+        if cached is False:
+            cached = self.__dict__["_measured"] = _measured_bound(self.graphs,
+                                                                  self.node_seconds)
+        return cached
 
     @property
     def requests(self) -> int:
@@ -121,6 +137,7 @@ class RunReport:
             "throttle_seconds": self.throttle_seconds, "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens, "cost": self.cost,
             "wall_seconds": self.wall_seconds, "bound_seconds": self.bound_seconds,
+            "measured_bound_seconds": self.measured_bound_seconds,
             "peak_concurrency": self.peak_concurrency,
             "mean_concurrency": self.mean_concurrency,
         }
@@ -157,9 +174,9 @@ class RunReport:
     def __str__(self) -> str:
         cost = "unknown (unpriced model)" if self.cost is None else f"${self.cost:.6f}"
         bound = ""
-        if self.bound_seconds:
-            bound = (f" (critical-path bound {self.bound_seconds:.3f}s, "
-                     f"{self.wall_seconds / self.bound_seconds:.2f}x)")
+        best = self.measured_bound_seconds or self.bound_seconds
+        if best:
+            bound = f" (critical-path bound {best:.3f}s, {self.wall_seconds / best:.2f}x)"
         lines = [
             f"{self.label}: {self.requests} requests, {self.completions} completions, "
             f"{self.cache_hits} cache hits, {self.coalesced} coalesced",
@@ -196,6 +213,16 @@ class Run:
 
     def __str__(self) -> str:
         return str(self.report())
+
+
+def _measured_bound(graphs: tuple, took: dict[int, float]) -> float | None:
+    """`RunReport.measured_bound_seconds`."""
+    if not graphs or not took:
+        return None
+    from .passes.estimate import priorities
+
+    seconds = lambda node: took.get(node.out.id, 0.0)  # noqa: E731
+    return sum(priorities(graph.nodes, seconds)[1] for graph in graphs) or None
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from servers import openai_server  # noqa: F401
 
 import ember
 from ember import jit, models, vmap
@@ -26,11 +27,35 @@ def test_jit_run_report_adds_up():
     assert report.input_tokens == sum(c.input_tokens for c in report.calls)
     assert report.peak_concurrency == 5
     assert report.bound_seconds == pytest.approx(0.04)
+    assert report.measured_bound_seconds == pytest.approx(0.04, abs=0.015)
     assert report.wall_seconds >= 0.04
     text = str(report)
     assert "ensemble_judge" in text and "critical-path bound" in text and "$" in text
     data = report.to_dict()
     assert data["completions"] == 6 and data["retries"] == 0 and data["failures"] == 0
+
+
+def test_the_printed_bound_is_at_the_latencies_the_run_saw(openai_server):
+    """Before a run, a hosted model's latency is estimated for the longest answer
+    allowed (about 10 s for 1,024 tokens), so every report printed a "bound" several
+    times the wall time ("0.01x"). The report now prints the critical path of what ran
+    at the latencies its requests took; the estimate stays in ``bound_seconds``."""
+    openai_server.latency = 0.1  # (every request takes 100 ms)
+
+    def two_levels(q: str):
+        drafts = [models("gpt-4o-mini", f"Draft {i}: {q}") for i in range(3)]
+        return models("gpt-4o-mini", "Pick: " + " | ".join(d.text for d in drafts)).text
+
+    fast = jit(two_levels)
+    fast("q")
+    report = fast.last_run
+    assert report.bound_seconds > 10  # the worst-case estimate: two ~10 s levels
+    # two levels of at least 100 ms each, which the schedule met to within a little
+    assert 0.2 <= report.measured_bound_seconds <= report.wall_seconds
+    assert report.wall_seconds < 1.3 * report.measured_bound_seconds
+    assert f"critical-path bound {report.measured_bound_seconds:.3f}s" in str(report)
+    assert report.to_dict()["measured_bound_seconds"] == report.measured_bound_seconds
+    assert ember.RunReport(report.calls, 1.0).measured_bound_seconds is None  # no graphs
 
 
 def test_timeline_shows_five_parallel_slices_then_one(tmp_path):

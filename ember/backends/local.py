@@ -10,6 +10,7 @@ which are never sent. Model answers are committed to the memo in graph order.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from .. import providers
@@ -19,6 +20,7 @@ from ..ir.ops import OPS, is_effectful
 from .dispatch import send, send_batch
 from .memo import MISSING, Memo
 from .policy import CallOptions, deadlines_var
+from .record import record_node
 
 __all__ = ["execute", "node_request", "split_model"]
 
@@ -115,6 +117,7 @@ class _Run:
     async def _value(self, node: Node, values: list[Any]) -> Any:
         options: CallOptions = node.param("options") or _NO_OPTIONS
         priority = float(self.priority.get(node.out.id, 0.0))
+        start = time.monotonic()
         try:
             if node.op == "llm":
                 request = node_request(node, values[0], values[1])
@@ -131,6 +134,8 @@ class _Run:
             raise
         except Exception as exc:
             return exc
+        finally:  # (how long this call took, for the run report's critical path)
+            record_node(node.out.id, time.monotonic() - start)
 
     async def _batch(self, node: Node, requests: list[Request], options: CallOptions,
                      priority: float) -> list[Any]:

@@ -31,6 +31,8 @@ class CallRecord:
 @dataclass
 class Recorder:
     calls: list[CallRecord] = field(default_factory=list)
+    # output var id -> seconds, of each model-call node a compiled graph ran
+    node_seconds: dict[int, float] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -55,6 +57,13 @@ def recording() -> Iterator[Recorder]:
 
 _UNSET: Any = object()
 _emit: Any = _UNSET  # OpenTelemetry span emitter, resolved on the first record
+
+
+def record_node(var_id: int, seconds: float) -> None:
+    """How long a compiled graph's model-call node took (its requests, retries and
+    admission waits), for the run report's critical path."""
+    for rec in recorder_var.get():
+        rec.node_seconds[var_id] = seconds
 
 
 def record(call: CallRecord) -> None:
