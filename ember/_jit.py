@@ -239,6 +239,7 @@ class Jitted:
         self.last_run: RunReport | None = None  # what the latest call did
         self._bound = 0.0
         self._ran: list[Graph] = []  # the latest call's graphs, for its report
+        self._unplanned = 0.0
         # name and doc, not the wrapped's __dict__: a wrapped Jitted's or vmap's fn,
         # cache and last_run would replace this one's (jit(vmap(f)) became jit(f))
         functools.update_wrapper(self, fn, updated=())
@@ -288,6 +289,7 @@ class Jitted:
         memo = Memo()
         self._bound = 0.0
         self._ran = []
+        self._unplanned = 0.0  # seconds spent fetching calls the plan missed
         plans: list[tuple[TraceState, Graph]] = []  # this call's traces, if it planned
         replayed = entry.graph  # (None: this call plans)
         if replayed is not None:
@@ -306,7 +308,9 @@ class Jitted:
                 break
             except NeedAnswers:  # the plan missed a call the Python reads: fetch, re-check
                 unplanned = unplanned or check.first_miss or "?"
+                t0 = time.perf_counter()
                 yield "run", check.fetch_pending()
+                self._unplanned += time.perf_counter() - t0
         else:  # pragma: no cover - a program that keeps reading new answers
             check = CheckRun(memo)
             check.suspendable = False
@@ -314,7 +318,9 @@ class Jitted:
         pending = _pending_leaves(result, [])
         if pending:  # answers returned unread that the plan did not make: it missed them
             unplanned = unplanned or check.first_miss or "?"
+            t0 = time.perf_counter()
             yield "run", _settle(pending)
+            self._unplanned += time.perf_counter() - t0
         # (a call the plan did not make that the Python never read is a dead call dce
         # removed, not a miss: counting it made every function with one strict)
         if unplanned or memo.unused():
@@ -335,6 +341,7 @@ class Jitted:
         """Trace, compile and run the function's calls, round by round (a round ends
         where the Python needs an answer); each round's trace goes to ``plans``."""
         concrete = False  # pass argument strings as plain str (after a tracer TypeError)
+        breaks: dict[tuple, Break] = {}  # every round's, once each: (loc, reason) -> break
         for round_no in range(MAX_ROUNDS):
             state = TraceState(fullgraph=self.fullgraph, strict=entry.strict or entry.strict_at,
                                lookup=_lookup(memo) if len(memo) else None)
@@ -374,7 +381,10 @@ class Jitted:
                     continue
                 else:
                     return  # the check run raises what eager Python raises
-            entry.breaks = state.breaks
+            # (a later round may not meet a break again: its value is known, read for real)
+            for b in state.breaks:
+                breaks.setdefault((b.loc, b.reason), b)
+            entry.breaks = list(breaks.values())
             graph = _substitute_known(state.graph(result), state.values)
             plans.append((state, graph))  # (for `_tighten`, if the check finds it wrong)
             kept = sum(len(st.nodes) for st, _ in plans)
@@ -458,7 +468,8 @@ def _finish_recording(rec: Recorder, token: Any, start: float, jitted: Jitted) -
     recorder_var.reset(token)
     name = getattr(jitted.fn, "__qualname__", "jit")
     return RunReport(rec.calls, time.perf_counter() - start, jitted._bound or None, label=name,
-                     graphs=tuple(jitted._ran), node_seconds=rec.node_seconds)
+                     graphs=tuple(jitted._ran), node_seconds=rec.node_seconds,
+                     unplanned_seconds=jitted._unplanned)
 
 
 async def _settle(pending: list[Response]) -> None:

@@ -36,17 +36,20 @@ class RunReport:
     # nodes took (output var id -> seconds), for `measured_bound_seconds`
     graphs: tuple = field(default=(), repr=False, compare=False)
     node_seconds: dict = field(default_factory=dict, repr=False, compare=False)
+    unplanned_seconds: float = 0.0  # fetching calls no graph planned, after the graphs (jit)
 
     @property
     def measured_bound_seconds(self) -> float | None:
         """The critical path of the graphs that ran, at the time each of their calls
-        took: the wall time a perfect schedule would have reached with these latencies.
-        (`bound_seconds` is the estimate from before the run: for hosted models it
-        assumes every answer as long as allowed.) None without graphs."""
+        took, plus the time spent on calls no graph planned (jit's check run fetched
+        them, in turn): the wall time a perfect schedule would have reached with these
+        latencies. (`bound_seconds` is the estimate from before the run: for hosted
+        models it assumes every answer as long as allowed.) None without graphs."""
         cached = self.__dict__.get("_measured", False)
         if cached is False:
-            cached = self.__dict__["_measured"] = _measured_bound(self.graphs,
-                                                                  self.node_seconds)
+            planned = _measured_bound(self.graphs, self.node_seconds)
+            cached = None if planned is None else planned + self.unplanned_seconds
+            self.__dict__["_measured"] = cached
         return cached
 
     @property

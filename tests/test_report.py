@@ -58,6 +58,25 @@ def test_the_printed_bound_is_at_the_latencies_the_run_saw(openai_server):
     assert ember.RunReport(report.calls, 1.0).measured_bound_seconds is None  # no graphs
 
 
+def test_the_measured_bound_counts_the_calls_the_plan_missed():
+    """A plan misled by C code: the check run fetches the right last call after the
+    graph ran; that time is part of what any schedule needed."""
+    import re
+
+    sim.configure(latency=0.05)
+
+    def f(q: str):
+        verdict = models("sim", f"Judge {q}").text
+        return models("sim", f"Explain {re.findall(r'[0-9]', verdict)[:2]}").text
+
+    fast = jit(f)
+    fast("q")
+    report = fast.last_run
+    assert report.unplanned_seconds >= 0.05  # the explanation, fetched by the check run
+    # the judge (with the misplanned explanation beside it), then the right explanation
+    assert 0.1 <= report.measured_bound_seconds <= report.wall_seconds
+
+
 def test_timeline_shows_five_parallel_slices_then_one(tmp_path):
     sim.configure(latency=0.02)
     fast = jit(ensemble_judge)

@@ -286,6 +286,9 @@ def test_python_that_fails_on_placeholders_is_a_break():
 
     items = [f"item {i}" for i in range(5)]
     fast = one_batch_then_one_call(pick, items)
+    # the next round reads the known JSON for real, so the pick is planned (a graph)
+    # rather than left to the check run
+    assert len(fast.last_run.graphs) == 2 and fast.last_run.unplanned_seconds == 0
     [b] = fast.entry(items).breaks[:1]
     assert "TypeError on an unfinished answer" in b.reason
     assert b.loc == f"{__file__}:{pick.__code__.co_firstlineno + 3}"

@@ -11,7 +11,7 @@ from .graph import Var
 from .locations import user_location
 from .marked_text import _MARK_OPEN, MarkedText
 from .ops import REPR_SPEC, RESPONSE_ATTRS, STR_METHODS
-from .trace import TraceState, _current, _mark, _text_of, has_traced
+from .trace import UNKNOWN, TraceState, _current, _mark, _text_of, has_traced
 from .types import AnyT, Json, ListT, ResponseT, Str
 from .value_uses import ValueUses
 
@@ -97,14 +97,14 @@ class TracedResponse(Traced):
         args = () if schema is None else (schema,)
         var = st.add("method", [self._var], {"name": "json", "args": args}, Json,
                      user_location(2))
-        return TracedValue(st, var)
+        return _known(st, var)
 
     def __getattr__(self, name: str) -> Any:
         if name in RESPONSE_ATTRS:
             st = self._state
             st.read.append(self._var)
             var = st.add("attr", [self._var], {"name": name}, None, user_location(2))
-            return TracedValue(st, var)
+            return _known(st, var)
         raise AttributeError(
             f"A Response has no attribute {name!r}; use .text, .json(), .usage, .cost, "
             ".model, .latency or .finish_reason.")
@@ -175,6 +175,18 @@ def _fields_of(state: TraceState, var: Var) -> dict[str, Any]:
         cls = getattr(field, "annotation", None)
     fields = getattr(cls, "model_fields", None) if isinstance(cls, type) else None
     return fields if isinstance(fields, dict) else {}
+
+
+def _known(state: TraceState, var: Var) -> Any:
+    """A traced value of an answer, or the value itself once the answer is known (in a
+    later round): Python then works on real data (``" | ".join`` of JSON fields), as
+    ``.text`` of a known answer is its text. (Without a lookup no answer is known.)"""
+    if state.lookup is not None:
+        value = state.value_of(var)
+        if value is not UNKNOWN and not isinstance(value, BaseException):
+            state.guarded = True  # (the graph depends on the value: not replayed)
+            return value
+    return TracedValue(state, var)
 
 
 def wrap(state: TraceState, var: Var) -> Traced:
