@@ -23,7 +23,7 @@ per node at each size: work, which neither the caches nor this VM's phases chang
 (bench_passes.py times the passes alone on hand-built graphs.)
 
 Why 10 calls cost more per node than 100 (13.6 against 9.2 µs at machine speed 8.3 ms;
-the bound is missed in this VM's slow phases, ~11 ms): measured on 2026-12-02 with
+the bound was missed in some of this VM's slow phases, ~11 ms): measured on 2026-12-02 with
 cachegrind's simulated caches and branch predictor, which count the same on every run
 (``PYTHONHASHSEED=0``; per node, differences of k and 4k graphs). Instructions per node
 are 1.25x those at 100 calls, and bytecodes 1.15x: per-graph work (four passes'
