@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import time
 import inspect as _inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generator
 
@@ -50,6 +51,8 @@ from .ir.trace import (UNKNOWN, Break, StopTrace, Suspend, TraceState, current_t
 
 __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
            "trace_inputs", "advance"]
+
+log = logging.getLogger("ember")
 
 MAX_ROUNDS = 64  # suspend-and-replay rounds before falling back to plain execution
 MAX_SIGNATURES = 256  # compiled entries a jitted function keeps (one per input signature)
@@ -431,10 +434,13 @@ def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
         if entry.graph is replayed:  # (else a concurrent call dropped it already)
             entry.graph = None
             entry.replay_misses += 1
-            if entry.replay_misses > 1:
+            if entry.replay_misses > 1 and not entry.strict:
                 entry.strict = True
+                log.info("jit: a cached plan was wrong twice for new arguments; from now on "
+                         "this signature is planned strictly")
         return
     entry.graph = None
+    was_strict = entry.strict
     traced_with = plans[0][0].strict  # (this call's strictness)
     known = traced_with if isinstance(traced_with, frozenset) else frozenset()
     suspects: set[str] = set()
@@ -452,6 +458,14 @@ def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
         else:
             entry.strict_at = entry.strict_at | fresh
             entry.lessons += 1
+            log.info("jit: the plan missed a call at %s (Python used an answer where the "
+                     "trace could not see, e.g. re or json.loads on its text); from now on "
+                     "answers made at %s are awaited where they are read", missed or "?",
+                     ", ".join(sorted(fresh)))
+            return
+    if entry.strict and not was_strict:
+        log.info("jit: the plan missed a call at %s; from now on this signature is planned "
+                 "strictly (every answer awaited where it is read)", missed or "?")
 
 
 def _critical_path(graph: Graph) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 
 import pytest
@@ -174,14 +175,16 @@ def test_branching_on_model_output_matches_eager_on_every_input(fn):
     assert len(shapes) > 1
 
 
-def test_leak_detection_makes_the_signature_strict():
+def test_leak_detection_makes_the_signature_strict(caplog):
     fast = jit(branch_len)
-    for i in range(4):
-        assert fast(f"v{i}") == branch_len(f"v{i}")
+    with caplog.at_level(logging.INFO, logger="ember"):
+        for i in range(4):
+            assert fast(f"v{i}") == branch_len(f"v{i}")
     entry = fast.entry("v0")
     # the call the plan missed was never planned (the leak changed the branch): no
     # answer reached it in the plan, and no read went unseen, so every read is strict
     assert entry.graph is None and entry.strict and not entry.strict_at
+    assert len([r for r in caplog.records if "planned strictly" in r.getMessage()]) == 1
 
 
 def test_parse_error_inside_function_behaves_as_eager():
@@ -500,7 +503,7 @@ def test_a_returned_answer_the_plan_missed_is_fetched_and_the_plan_dropped():
     assert sim.stats().requests == 2 + 2  # the plan's two calls, then eager's two
 
 
-def test_strict_reads_are_only_those_c_code_took():
+def test_strict_reads_are_only_those_c_code_took(caplog):
     """A plan misled by C code (``re.findall`` on a judge's text) made the whole signature
     strict, and strict plans a list of calls one at a time: every later call made the
     four views one by one (6 requests, as slow as eager). Now only the read no recorded
@@ -513,11 +516,14 @@ def test_strict_reads_are_only_those_c_code_took():
 
     expected = f("q")
     fast = jit(f)
-    assert fast("q") == expected
+    with caplog.at_level(logging.INFO, logger="ember"):
+        assert fast("q") == expected
     entry = fast.entry("q")
     assert not entry.strict
     [where] = entry.strict_at
     assert where.endswith(f":{f.__code__.co_firstlineno + 2}")  # the judge's line
+    [line] = [r.getMessage() for r in caplog.records if "plan missed" in r.getMessage()]
+    assert f"answers made at {where} are awaited" in line  # (INFO: why it got slower)
     for _ in range(2):
         sim.reset_stats()
         assert fast("q") == expected
@@ -592,7 +598,7 @@ def test_a_call_keeps_its_rounds_traces_up_to_a_size(monkeypatch):
     assert seen == [1]  # two rounds traced, one kept
 
 
-def test_a_replayed_plan_that_turns_out_wrong_is_dropped_then_made_strict():
+def test_a_replayed_plan_that_turns_out_wrong_is_dropped_then_made_strict(caplog):
     """A cached graph can be wrong for new values (``bool()`` of an answer is assumed
     true). The first such miss drops the graph: the next call plans again and may
     cache it again; a second miss of a replayed graph (no trace to learn from) makes
@@ -615,8 +621,10 @@ def test_a_replayed_plan_that_turns_out_wrong_is_dropped_then_made_strict():
         assert entry.graph is None and not entry.strict and entry.misses == 1
         assert fast("full 2") == f("full 2")  # planned again: right, cached again
         assert fast.entry("x").graph is not None
-        assert fast("empty 2") == f("empty 2")  # the replayed graph wrong a second time
+        with caplog.at_level(logging.INFO, logger="ember"):
+            assert fast("empty 2") == f("empty 2")  # the replayed graph wrong a second time
         assert fast.entry("x").strict and fast.entry("x").misses == 2
+        assert any("wrong twice" in r.getMessage() for r in caplog.records)
         assert fast("empty 3") == f("empty 3") and fast("full 3") == f("full 3")
     finally:
         ember.providers.reset()
