@@ -375,8 +375,10 @@ class Jitted:
                     # Python that needs values met placeholders (" | ".join of JSON
                     # fields raises TypeError): a break. The calls recorded so far run,
                     # and the next round traces on with their answers.
+                    hint = " (str() of a JSON field keeps the plan whole: a str while " \
+                        "planning)" if "Traced" in str(exc) else ""
                     state.breaks.append(Break(exception_site(exc), f"{type(exc).__name__} "
-                                              f"on an unfinished answer: {exc}", False))
+                                              f"on an unfinished answer: {exc}{hint}", False))
                     complete, result = False, None
                 elif not concrete and state.inputs:
                     concrete = True  # e.g. "\n".join(traced_args): trace with real strings

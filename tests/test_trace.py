@@ -290,7 +290,7 @@ def test_python_that_fails_on_placeholders_is_a_break():
     # rather than left to the check run
     assert len(fast.last_run.graphs) == 2 and fast.last_run.unplanned_seconds == 0
     [b] = fast.entry(items).breaks[:1]
-    assert "TypeError on an unfinished answer" in b.reason
+    assert "TypeError on an unfinished answer" in b.reason and "str() of a JSON field" in b.reason
     assert b.loc == f"{__file__}:{pick.__code__.co_firstlineno + 3}"
     assert "traces on with their answers" in ember.inspect(pick, items).note
 
