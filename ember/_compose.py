@@ -52,6 +52,28 @@ def _chain_async(fns: tuple[Callable, ...]) -> Callable:
     return chained
 
 
+def _each(fns: tuple[Callable, ...], args: tuple, kwargs: dict) -> list[Any]:
+    """Every member's result. While jit plans, a member that needs an unfinished answer
+    (a graph break) does not stop the members after it: their calls are recorded too,
+    so one round sends them all (members that each parse their own answer took a round
+    apiece)."""
+    from .ir.trace import Suspend, current_trace
+
+    if current_trace() is None:
+        return [fn(*args, **kwargs) for fn in fns]
+    results: list[Any] = []
+    suspended: Suspend | None = None
+    for fn in fns:
+        try:
+            results.append(fn(*args, **kwargs))
+        except Suspend as exc:
+            suspended = suspended or exc
+            results.append(None)
+    if suspended is not None:
+        raise suspended
+    return results
+
+
 def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -> Callable:
     """Call every function on the same input; return the list of results, or
     ``reduce(results)``. Called outside `jit`, the members run concurrently (the
@@ -77,7 +99,7 @@ def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -
             return await compiled(*args, **kwargs)
     else:
         def members(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            results = [fn(*args, **kwargs) for fn in fns]
+            results = _each(fns, args, kwargs)
             return reduce(results) if reduce is not None else results
 
         compiled = jit(members)

@@ -690,6 +690,23 @@ def test_compose_under_jit():
         ember.ensemble(1)
 
 
+def test_ensemble_members_that_read_their_own_answers_are_sent_together():
+    """Members that each parse their own answer (``.split()``: a break) took a trace
+    round apiece, one request after another (3 requests); now every member's call is
+    recorded before the round runs: one batch."""
+    def member(tag: str):
+        return lambda x: models("sim", f"{tag} {x}", temperature=0).text.split()[1]
+
+    vote = ember.ensemble(member("A"), member("B"), member("C"),
+                          reduce=lambda xs: max(sorted(set(xs)), key=xs.count))
+    expected = [member(t)("q") for t in "ABC"]
+    expected = max(sorted(set(expected)), key=expected.count)
+    for fn in (vote, jit(vote), jit(lambda x: vote(x) + "!")):
+        sim.reset_stats()
+        assert fn("q") in (expected, expected + "!")
+        assert sim.stats().requests == 1
+
+
 def test_compose_async_functions():
     """chain and ensemble of async functions are awaited (they passed a coroutine to the
     next step, or returned unawaited coroutines); an ensemble's members run together."""
