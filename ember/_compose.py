@@ -8,6 +8,7 @@ import inspect
 from typing import Any, Callable
 
 from ._reliability import is_async
+from .ir.trace import Suspend, current_trace
 
 __all__ = ["chain", "ensemble"]
 
@@ -57,8 +58,6 @@ def _each(fns: tuple[Callable, ...], args: tuple, kwargs: dict) -> list[Any]:
     (a graph break) does not stop the members after it: their calls are recorded too,
     so one round sends them all (members that each parse their own answer took a round
     apiece)."""
-    from .ir.trace import Suspend, current_trace
-
     if current_trace() is None:
         return [fn(*args, **kwargs) for fn in fns]
     results: list[Any] = []
