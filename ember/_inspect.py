@@ -165,8 +165,16 @@ def _inspect_map(mapped: Any, args: tuple, kwargs: dict) -> InspectReport:
     if report.complete and len(mask) == len(report.graph.inputs):
         report.batched = check_batched(batch_graph(report.graph, mask, len(elements))[0])
         report.map_estimate = map_estimate(report.graph, mask, len(elements),
-                                           mapped.batch_size)
+                                           mapped.batch_size,
+                                           elements=[_leaves_of(e, kwargs) for e in elements])
     return report
+
+
+def _leaves_of(args: tuple, kwargs: dict) -> list[Any]:
+    """An element's input values, in the order its trace makes the graph's inputs."""
+    leaves: list[Any] = []
+    trace_inputs((args, kwargs), None, leaves)
+    return leaves
 
 
 def state_inputs(state: TraceState) -> list[Any]:

@@ -252,6 +252,26 @@ def test_hoisting_in_an_async_map():
     assert rec.requests == 5
 
 
+def test_the_maps_estimate_counts_each_elements_own_input():
+    """inspect(vmap(f), xs) sized every element's prompt as a default 100 tokens (the
+    graph's input had no example value): 200 short documents were estimated at 22,000
+    input tokens for 8,772 sent, and the cost range missed the cost of the run. Now each
+    element's own input is counted (a random sample of 1,000 for longer maps)."""
+    def summarize(t: str):
+        return models("sim", f"Summarize in one line: {t}").text
+
+    docs = [f"document {i} " + "word " * (i % 50) for i in range(200)]
+    est = ember.inspect(vmap(summarize), docs).map_estimate
+    mapped = vmap(summarize, progress=False)
+    mapped(docs)
+    run = mapped.last_run
+    assert est.input_tokens_min <= run.input_tokens <= est.input_tokens
+    assert est.input_tokens < 1.2 * run.input_tokens
+    assert est.cost_min <= run.cost <= est.cost_max
+    longer = ember.inspect(vmap(summarize), docs * 25).map_estimate  # sampled
+    assert abs(longer.input_tokens - 25 * est.input_tokens) < 0.03 * 25 * est.input_tokens
+
+
 def test_inspect_shows_the_batched_graph_and_the_whole_maps_estimate():
     report = ember.inspect(vmap(grade, batch_size=10), [f"essay {i}" for i in range(100)])
     text = str(report)

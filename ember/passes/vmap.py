@@ -23,6 +23,8 @@ gives back the per-element graph.
 
 from __future__ import annotations
 
+import random
+
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -186,20 +188,34 @@ def check_batched(graph: Graph) -> Graph:
     return graph
 
 
+MAP_SAMPLE = 1_000  # elements whose own estimates a map's estimate averages
+
+
 def map_estimate(graph: Graph, mapped: Sequence[bool], size: int, window: int | None,
-                 inputs: Sequence[Any] | None = None) -> Estimate:
+                 inputs: Sequence[Any] | None = None,
+                 elements: Sequence[Sequence[Any]] | None = None) -> Estimate:
     """The static estimate of a whole map: the hoisted calls once, the rest ``size``
-    times; the critical path takes ``ceil(size / window)`` lanes one after another."""
-    per_element = estimate(graph, inputs=inputs)
+    times; the critical path takes ``ceil(size / window)`` lanes one after another.
+    Tokens and cost are each element's own with ``elements`` (every element's input
+    values, in the graph's input order; a sample of at most `MAP_SAMPLE`, scaled, for
+    longer maps), else ``inputs``' for every element."""
+    examples = list(elements) if elements else [inputs]
+    if len(examples) > MAP_SAMPLE:  # (random, not evenly spaced: periodic data aliases)
+        picked = random.Random(len(examples)).sample(range(len(examples)), MAP_SAMPLE)
+        examples = [examples[i] for i in sorted(picked)]
     keep = set(hoisted_nodes(graph, mapped))
     hoisted = estimate(Graph(list(graph.inputs), [n for i, n in enumerate(graph.nodes)
-                                                  if i in keep], []), inputs=inputs)
+                                                  if i in keep], []), inputs=examples[0])
+    each = [estimate(graph, inputs=example) for example in examples]
+    per_element = each[0]
 
     def total(field: str) -> Any:
-        once, each = getattr(hoisted, field), getattr(per_element, field)
-        if once is None or each is None:
+        once, values = getattr(hoisted, field), [getattr(e, field) for e in each]
+        if once is None or any(v is None for v in values):
             return None
-        return once + size * (each - once)
+        mean = sum(values) / len(values)
+        value = once + size * (mean - once)
+        return round(value) if isinstance(once, int) else value
 
     waves = -(-size // (window or size))
     lane_path = per_element.critical_path_seconds - hoisted.critical_path_seconds
