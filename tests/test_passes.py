@@ -250,6 +250,22 @@ def test_estimate_by_hand_on_sim():
     assert "2 requests (2 llm calls, 2 completions)" in str(e) and "1.00 s" in str(e)
 
 
+def test_a_worst_case_critical_path_says_so():
+    """A hosted model's request is timed at its longest answer before a run (10.6 s for
+    1,024 tokens): the estimate printed that path bare, like sim's measured latency."""
+    b = G()
+    graph = b.graph(b.llm(b.text(b.llm("hi", OAI)), OAI))
+    hosted = estimate(graph)
+    assert hosted.critical_path_worst_case and hosted.critical_path_seconds > 20
+    assert "(worst case: every answer as long as allowed)" in str(hosted)
+    scheduled = schedule(graph)[0].meta["estimate"]  # (the lazy one jit and inspect read)
+    assert scheduled.critical_path_worst_case and str(scheduled) == str(hosted)
+    b2 = G()
+    on_sim = b2.graph(b2.llm("hi"))
+    for e in (estimate(graph, latency=0.5), estimate(on_sim)):
+        assert not e.critical_path_worst_case and "worst case: every" not in str(e)
+
+
 def test_estimate_inputs_fusion_latency_prices_and_tokens(monkeypatch):
     b = G()
     p = b.fmt("Q: ", b.inputs[0])  # 3 chars + the example input

@@ -65,6 +65,9 @@ class Estimate:
     cost_max: float | None = 0.0
     critical_path_seconds: float = 0.0
     unpriced: tuple[str, ...] = ()
+    # the critical path takes hosted models' requests at their longest answers
+    # (BASE_LATENCY + PER_TOKEN_LATENCY * max output tokens): an upper estimate
+    critical_path_worst_case: bool = False
 
     @property
     def input_tokens_max(self) -> int:
@@ -86,7 +89,9 @@ class Estimate:
             f"  output tokens  {rng(self.output_tokens_min, self.output_tokens_max)}"
             " (worst case)",
             f"  cost           {cost}",
-            f"  critical path  {self.critical_path_seconds:.2f} s",
+            f"  critical path  {self.critical_path_seconds:.2f} s"
+            + (" (worst case: every answer as long as allowed)"
+               if self.critical_path_worst_case else ""),
         ])
 
 
@@ -355,7 +360,7 @@ class _Tally:
         acc.in_lo += lo
         acc.in_hi += hi
 
-    def totals(self, critical: float) -> Estimate:
+    def totals(self, critical: float, latency_given: bool = False) -> Estimate:
         """The estimate: every params tuple's calls added up."""
         requests = calls = answers = in_lo = in_hi = out_lo = out_hi = 0
         cost_lo: float | None = 0.0
@@ -382,8 +387,10 @@ class _Tally:
             elif cost_lo is not None and cost_hi is not None:
                 cost_lo += (i_lo * price.input + o_lo * price.output) / 1e6
                 cost_hi += (i_hi * price.input + o_hi * price.output) / 1e6
+        hosted = any(info[0] != "sim" for info in self.models.values())
         return Estimate(requests, calls, answers, int(in_hi), int(in_lo), int(out_hi),
-                        int(out_lo), cost_lo, cost_hi, critical, tuple(unpriced))
+                        int(out_lo), cost_lo, cost_hi, critical, tuple(unpriced),
+                        hosted and not latency_given)
 
     def _model(self, model: str) -> tuple:
         """(provider, price, caps, sizes) of a model, found once per estimate."""
@@ -452,12 +459,14 @@ def priorities(nodes: Sequence[Node], latency: Latency = None) -> tuple[dict[int
     return priority, critical
 
 
-def _tally(graph: Graph, inputs: Sequence[Any] | None, critical: float) -> Estimate:
-    """Requests, tokens and cost of a graph, with its critical path already known."""
+def _tally(graph: Graph, inputs: Sequence[Any] | None, critical: float,
+           latency_given: bool = False) -> Estimate:
+    """Requests, tokens and cost of a graph, with its critical path already known (from
+    a ``latency=`` the caller gave, or the default latency model)."""
     t = _Tally(graph, inputs)
     t.sizes["chars"] = sizes = _Sizes(graph, _chars, inputs)
     sizes.sweep(graph.nodes, t)
-    return t.totals(critical)
+    return t.totals(critical, latency_given)
 
 
 def _check_inputs(graph: Graph, inputs: Sequence[Any] | None) -> None:
@@ -470,7 +479,7 @@ def estimate(graph: Graph, *, inputs: Sequence[Any] | None = None,
              latency: Latency = None) -> Estimate:
     """A static estimate of requests, tokens, cost and critical-path latency."""
     _check_inputs(graph, inputs)
-    return _tally(graph, inputs, priorities(graph.nodes, latency)[1])
+    return _tally(graph, inputs, priorities(graph.nodes, latency)[1], latency is not None)
 
 
 _FIELDS = tuple(f.name for f in fields(Estimate))
@@ -488,9 +497,11 @@ class LazyEstimate(Estimate):
             return Estimate(**fields)
         return super().__new__(cls)
 
-    def __init__(self, graph: Graph, inputs: Sequence[Any] | None, critical: float) -> None:
+    def __init__(self, graph: Graph, inputs: Sequence[Any] | None, critical: float,
+                 latency_given: bool = False) -> None:
         _check_inputs(graph, inputs)
-        object.__setattr__(self, "_source", (graph, None if inputs is None else tuple(inputs)))
+        object.__setattr__(self, "_source", (graph, None if inputs is None else tuple(inputs),
+                                             latency_given))
         object.__setattr__(self, "_critical", critical)
         object.__setattr__(self, "_value", None)
 
@@ -498,8 +509,8 @@ class LazyEstimate(Estimate):
         """The plain `Estimate` (computed on the first call)."""
         value = self._value
         if value is None:  # (two threads may both compute it: equal values)
-            graph, inputs = self._source
-            value = _tally(graph, inputs, self._critical)
+            graph, inputs, latency_given = self._source
+            value = _tally(graph, inputs, self._critical, latency_given)
             object.__setattr__(self, "_value", value)
             object.__setattr__(self, "_source", None)
         return value

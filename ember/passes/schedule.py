@@ -105,7 +105,7 @@ def schedule(graph: Graph, *, inputs: Sequence[Any] | None = None,
              latency: Latency = None) -> tuple[Graph, ScheduleStats]:
     """Attach levels, priorities and the estimate to the graph's meta."""
     priority, critical = priorities(graph.nodes, latency)
-    est = LazyEstimate(graph, inputs, critical)
+    est = LazyEstimate(graph, inputs, critical, latency is not None)
     nodes = list(graph.nodes)
     level = Levels(nodes)
     meta = dict(graph.meta)
