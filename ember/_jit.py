@@ -240,7 +240,6 @@ class Jitted:
         self.is_async = _inspect.iscoroutinefunction(fn)
         self.cache: dict[Any, CompiledEntry] = {}
         self.last_run: RunReport | None = None  # what the latest call did
-        self._bound = 0.0
         self._ran: list[Graph] = []  # the latest call's graphs, for its report
         self._unplanned = 0.0
         # name and doc, not the wrapped's __dict__: a wrapped Jitted's or vmap's fn,
@@ -290,13 +289,11 @@ class Jitted:
             entry = self.cache[sig] = CompiledEntry()
         entry.calls += 1
         memo = Memo()
-        self._bound = 0.0
         self._ran = []
         self._unplanned = 0.0  # seconds spent fetching calls the plan missed
         plans: list[tuple[TraceState, Graph]] = []  # this call's traces, if it planned
         replayed = entry.graph  # (None: this call plans)
         if replayed is not None:
-            self._bound = _critical_path(entry.graph)
             self._ran.append(replayed)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
@@ -311,9 +308,7 @@ class Jitted:
                 break
             except NeedAnswers:  # the plan missed a call the Python reads: fetch, re-check
                 unplanned = unplanned or check.first_miss or "?"
-                t0 = time.perf_counter()
-                yield "run", check.fetch_pending()
-                self._unplanned += time.perf_counter() - t0
+                yield from self._fetch(check.fetch_pending())
         else:  # pragma: no cover - a program that keeps reading new answers
             check = CheckRun(memo)
             check.suspendable = False
@@ -321,9 +316,7 @@ class Jitted:
         pending = _pending_leaves(result, [])
         if pending:  # answers returned unread that the plan did not make: it missed them
             unplanned = unplanned or check.first_miss or "?"
-            t0 = time.perf_counter()
-            yield "run", _settle(pending)
-            self._unplanned += time.perf_counter() - t0
+            yield from self._fetch(_settle(pending))
         # (a call the plan did not make that the Python never read is a dead call dce
         # removed, not a miss: counting it made every function with one strict)
         if unplanned or memo.unused():
@@ -337,6 +330,13 @@ class Jitted:
                     f"{where or 'an unknown line'}. Decide on the answer in an @ember.op "
                     "function, or drop fullgraph=True.")
         return result
+
+    def _fetch(self, calls: Awaitable[None]) -> Generator[Step, Any, None]:
+        """Run calls the plan missed (the check run asks for them), timing them for the
+        run report's measured bound."""
+        start = time.perf_counter()
+        yield "run", calls
+        self._unplanned += time.perf_counter() - start
 
     def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo,
               run_graph: RunGraph, plans: list[tuple[TraceState, Graph]]
@@ -364,14 +364,15 @@ class Jitted:
             except StopTrace:
                 return  # the check run executes the rest
             except Exception as exc:
-                if self.fullgraph and _has_unknown_calls(state):
+                waiting = _has_unknown_calls(state)
+                if waiting and self.fullgraph:
                     raise TraceError(
                         f"jit(fullgraph=True): {type(exc).__name__} at "
                         f"{exception_site(exc) or 'an unknown line'} on an unfinished model "
                         f"answer ({exc}): Python needs the answer's value there (a graph "
                         "break). Convert it first (str(x) for a JSON field), move the code "
                         "into an @ember.op function, or drop fullgraph=True.") from exc
-                if _has_unknown_calls(state):
+                if waiting:
                     # Python that needs values met placeholders (" | ".join of JSON
                     # fields raises TypeError): a break. The calls recorded so far run,
                     # and the next round traces on with their answers.
@@ -406,7 +407,6 @@ class Jitted:
                     entry.graph = optimized  # cached before it runs: vmap elements reuse it
                     run = run_graph
                 entry.passes = passes
-            self._bound += _critical_path(optimized)
             self._ran.append(optimized)
             yield "run", run(optimized, leaves, memo)
             if complete:
@@ -483,7 +483,8 @@ def _start_recording() -> tuple[Recorder, Any, float]:
 def _finish_recording(rec: Recorder, token: Any, start: float, jitted: Jitted) -> RunReport:
     recorder_var.reset(token)
     name = getattr(jitted.fn, "__qualname__", "jit")
-    return RunReport(rec.calls, time.perf_counter() - start, jitted._bound or None, label=name,
+    bound = sum(_critical_path(graph) for graph in jitted._ran)  # (the estimates')
+    return RunReport(rec.calls, time.perf_counter() - start, bound or None, label=name,
                      graphs=tuple(jitted._ran), node_seconds=rec.node_seconds,
                      unplanned_seconds=jitted._unplanned)
 
