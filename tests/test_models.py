@@ -564,6 +564,40 @@ def test_cancelling_an_amodels_task_cancels_the_request():
     assert sim.stats().completions == 0
 
 
+def test_cancelling_a_submitted_call_cancels_it_on_the_loop():
+    from ember import _runtime
+
+    sim.configure(latency=30.0)
+    fut = _runtime.submit(ember.amodels("sim", "very slow, then cancelled"))
+    assert _poll(lambda: sim.stats().in_flight == 1)
+    assert fut.cancel()
+    assert _poll(lambda: sim.stats().in_flight == 0)
+    assert sim.stats().completions == 0
+    sim.configure(latency=0.0)
+    assert ember.models("sim", "the loop goes on").text  # the loop still serves calls
+
+
+def test_a_submitted_call_runs_in_the_callers_context_and_hands_back_any_exception():
+    import contextvars
+
+    from ember import _runtime
+
+    var = contextvars.ContextVar("var", default="unset")
+
+    async def read() -> str:
+        return var.get()
+
+    async def leave() -> None:
+        raise SystemExit(3)
+
+    var.set("the caller's")
+    assert _runtime.run_sync(read()) == "the caller's"
+    with pytest.raises(SystemExit):  # the caller's to handle: it does not stop Ember's loop
+        _runtime.submit(leave()).result(timeout=10)
+    # (before, SystemExit stopped the loop thread and every later call hung)
+    assert _runtime.submit(read()).result(timeout=10) == "the caller's"
+
+
 def test_shutdown_closes_provider_clients_and_stops_the_loop(monkeypatch):
     from ember import _runtime, providers
 
