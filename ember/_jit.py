@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import functools
 import time
+import types
 import inspect as _inspect
 import logging
 from dataclasses import dataclass, field
@@ -250,7 +251,8 @@ class Jitted:
         return f"<jit {getattr(self.fn, '__qualname__', self.fn)!r}>"
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        return self if obj is None else functools.partial(self, obj)
+        # a bound method whose attributes (last_run, entry, fn) are the Jitted's
+        return self if obj is None else types.MethodType(self, obj)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if current_trace() is not None or check_var.get() is not None:

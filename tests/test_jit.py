@@ -669,7 +669,13 @@ def test_methods_can_be_jitted():
         def run(self, x: str):
             return models("sim", f"{self.prefix}: {x}").text
 
-    assert Agent().run("hi") == models("sim", "Agent: hi").text
+    agent = Agent()
+    assert agent.run("hi") == models("sim", "Agent: hi").text
+    # the bound method is the jitted function's: its report and name are there
+    assert agent.run.last_run.requests == 1 and agent.run.last_run is Agent.run.last_run
+    assert ember.inspect(agent.run, "hi").name.endswith("Agent.run")
+    assert ember.vmap(agent.run)(["a", "b"]) == [models("sim", f"Agent: {x}").text
+                                                  for x in "ab"]
 
 
 def test_compose_under_jit():
