@@ -18,7 +18,8 @@ whose arguments or result are of another type runs uncached, with a one-time war
 naming the type — caching is an optimization and never breaks a call.
 
 Under `jit`, a cached function whose arguments are known is looked up while tracing:
-a hit becomes a constant, so its calls are never recorded; a miss is traced through.
+a hit becomes a constant, so its calls are never made (the run report counts the hit
+once, in `cache_hits`); a miss is traced through.
 Arguments computed by a model call are first awaited (a graph break), so a hit never
 pays for calls. The result is stored when the function's Python returns on real
 values (jit's check run), so a `vmap` over a cached function stores each element as
@@ -388,6 +389,7 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
                 return await fn(*args, **kwargs)
             hit = c.lookup(key)
             if hit is not UNKNOWN:
+                _count_hit(c)
                 return hit
             result = await fn(*args, **kwargs)
             if current_trace() is None:
@@ -402,6 +404,7 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
                 return fn(*args, **kwargs)
             hit = c.lookup(key)
             if hit is not UNKNOWN:
+                _count_hit(c)
                 return hit
             result = fn(*args, **kwargs)
             if current_trace() is None:
@@ -410,6 +413,26 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
         wrapper = cached
     wrapper.cache_clear = lambda: c.store().clear(c.ident.partition("@")[0])
     return wrapper
+
+
+def _count_hit(c: _Cached) -> None:
+    """A hit is one of the run report's ``cache_hits`` (and a slice of its timeline),
+    counted once per call the Python makes on real values: not while jit traces, and
+    in a jitted call's check run only once that run completes (it may start over)."""
+    if current_trace() is not None:
+        return
+    from ._models import check_var
+    from .backends.record import CallRecord, record
+    from .ir.locations import user_location
+
+    now = time.monotonic()
+    hit = CallRecord(f"cache/{c.ident.partition('@')[0]}", now, now, cost=0.0, cached=True,
+                     location=user_location(3))
+    check = check_var.get()
+    if check is not None:
+        check.hits.append(hit)
+    else:
+        record(hit)
 
 
 def _trace_key(c: _Cached, args: tuple, kwargs: dict) -> str | None:

@@ -40,7 +40,7 @@ from ._response import Response
 from ._runtime import run_async, run_sync
 from .backends.local import execute, node_request
 from .backends.memo import MISSING, Memo
-from .backends.record import Recorder, recorder_var
+from .backends.record import CallRecord, Recorder, record, recorder_var
 from .backends.policy import current_options
 from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
@@ -522,6 +522,7 @@ def advance(program: Generator[Step, Any, Any], value: Any = None,
             token = check_var.set(check)
             try:
                 value = fn(*args, **kwargs)
+                _record_all(check.hits)
             except NeedAnswers as exc:
                 error = exc
             except BaseException:
@@ -529,6 +530,11 @@ def advance(program: Generator[Step, Any, Any], value: Any = None,
                 raise
             finally:
                 check_var.reset(token)
+
+
+def _record_all(calls: list[CallRecord]) -> None:
+    for call in calls:
+        record(call)
 
 
 def _drive_sync(program: Generator[Step, Any, Any]) -> Any:
@@ -569,6 +575,7 @@ async def _drive_async(program: Generator[Step, Any, Any]) -> Any:
                 token = check_var.set(check)
                 try:
                     value = await fn(*args, **kwargs)
+                    _record_all(check.hits)
                 finally:
                     check_var.reset(token)
         except BaseException as exc:

@@ -191,6 +191,7 @@ class CheckRun:
         self.occurrences: dict[str, int] = {}
         self.first_miss: str | None = None
         self.pending: list[Response] = []
+        self.hits: list[Any] = []  # ember.cache hits, recorded once the run completes
         self.suspendable = True  # a read miss raises NeedAnswers instead of blocking
 
     async def fetch_pending(self) -> None:

@@ -47,7 +47,12 @@ def _resolve() -> Any:
 
 def attributes(call: CallRecord) -> dict[str, Any]:
     provider, _, model = call.model.partition("/")
-    attrs: dict[str, Any] = {
+    if call.cached:  # an ember.cache hit: no provider was asked
+        attrs: dict[str, Any] = {"ember.cached": True, "ember.cache.function": model}
+        if call.location:
+            attrs["code.location"] = call.location
+        return attrs
+    attrs = {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": provider,
         "gen_ai.system": provider,  # the name before semconv 1.37, still widely read
@@ -80,8 +85,9 @@ def emit(call: CallRecord) -> None:
 
     # CallRecord times are monotonic; spans want wall-clock nanoseconds
     offset = time.time_ns() - time.monotonic_ns()
-    span = tracer.start_span(f"chat {call.model.partition('/')[2] or call.model}",
-                             kind=SpanKind.CLIENT, attributes=attributes(call),
+    name = call.model.partition('/')[2] or call.model
+    span = tracer.start_span(f"ember.cache {name}" if call.cached else f"chat {name}",
+                             kind=SpanKind.INTERNAL if call.cached else SpanKind.CLIENT, attributes=attributes(call),
                              start_time=offset + int(call.start * 1e9))
     if call.error:
         span.set_status(Status(StatusCode.ERROR, call.error))

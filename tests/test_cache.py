@@ -264,6 +264,35 @@ def test_miss_under_jit_is_stored_by_the_check_run(cache_home):
     assert sim.stats().requests == before
 
 
+def test_hits_are_counted_in_the_run_report_once_per_call_the_python_makes():
+    import re
+
+    ask = cache(lambda q: ember.models("sim", f"Answer: {q}").text)
+
+    def program(x):
+        known = ask("the fixed question")  # a hit from the second call on
+        draft = ember.models("sim", f"Draft about {x}").text
+        words = len(re.findall(r"[a-z]+", draft))  # C code reads the answer: the plan
+        return known + ember.models("sim", f"{words} words").text  # misses this call
+
+    ask("the fixed question")  # stored
+    with ember.record() as eager:
+        expected = program("x")
+    assert eager.cache_hits == 1 and eager.requests == 2
+    fast = ember.jit(program)
+    assert fast("x") == expected
+    # the trace's lookups are not hits; the check run met the unplanned call, fetched
+    # it and ran again: the hit still counts once
+    assert fast.last_run.cache_hits == 1
+    (hit,) = [c for c in fast.last_run.calls if c.cached]
+    assert hit.model.startswith("cache/") and hit.cost == 0 and \
+        hit.location.endswith(f":{program.__code__.co_firstlineno + 1}")  # the caller's line
+    mapped = ember.vmap(ask)
+    mapped(["the fixed question", "new", "the fixed question"])
+    assert mapped.last_run.cache_hits == 2 and mapped.last_run.requests == 1
+    assert "2 cache hits" in str(mapped.last_run)
+
+
 def test_arguments_from_a_model_are_awaited_then_looked_up():
     summarize = cache(lambda t: ember.models("sim", f"Summarize: {t}").text)
     pipeline = ember.jit(lambda x: summarize(ember.models("sim", f"Draft {x}").text))

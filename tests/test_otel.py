@@ -62,6 +62,17 @@ def test_each_call_is_a_genai_span_under_the_callers_span(spans):
     assert all(s.end_time <= judge.start_time for s in calls if s is not judge)
 
 
+def test_a_cache_hit_is_an_internal_span_without_genai_usage(spans, tmp_path):
+    ask = ember.cache(lambda q: ember.models("sim", f"Answer: {q}").text, path=str(tmp_path))
+    ask("q")
+    spans.clear()
+    ask("q")
+    (hit,) = spans.get_finished_spans()
+    assert hit.name.startswith("ember.cache ") and hit.kind == trace.SpanKind.INTERNAL
+    assert hit.attributes["ember.cached"] is True
+    assert "gen_ai.usage.input_tokens" not in hit.attributes
+
+
 def test_failed_call_span_has_error_status(spans, openai_server):
     openai_server.script("auth")
     with pytest.raises(ember.AuthenticationError):
