@@ -42,6 +42,7 @@ from typing import Any, Callable
 
 import xxhash
 
+from ._keywords import hint_keywords
 from ._response import Response
 from .ir.trace import UNKNOWN, Traced, current_trace
 
@@ -360,6 +361,9 @@ class _Cached:
         return real(args), real(kwargs)
 
 
+@hint_keywords({"expire": "ttl", "expires": "ttl", "expiry": "ttl", "ttl_seconds": "ttl",
+                "max_age": "ttl", "dir": "path", "directory": "path", "cache_dir": "path",
+                "file": "path", "filename": "path", "db": "path"})
 def cache(fn: Callable | None = None, *, ttl: float | None = None,
           path: str | None = None) -> Any:
     """Cache a function's results on disk: ``cache(fn, ttl=3600)`` or ``@cache(...)``.

@@ -34,6 +34,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generator
 
+from ._keywords import hint_keywords
 from ._models import CheckRun, NeedAnswers, check_var
 from ._report import RunReport
 from ._response import Response
@@ -585,6 +586,8 @@ async def _drive_async(program: Generator[Step, Any, Any]) -> Any:
             error = exc
 
 
+@hint_keywords({"full_graph": "fullgraph", "strict": "fullgraph", "check": "verify",
+                "validate": "verify"})
 def jit(fn: Callable | None = None, *, fullgraph: bool = False, verify: bool = False) -> Any:
     """Compile a function's model calls into a graph. ``@jit`` or ``jit(fn)``.
 

@@ -26,6 +26,7 @@ import logging
 import time
 from typing import Any, Callable
 
+from ._keywords import hint_keywords
 from ._models import check_var
 from .backends.dispatch import describe_error
 from .backends.policy import (CallOptions, RetryPolicy, current_options, deadlines_var,
@@ -50,6 +51,11 @@ def _name(fn: Callable) -> str:
 
 
 # ---- retry ------------------------------------------------------------------------------
+@hint_keywords({"attempts": "max_attempts", "tries": "max_attempts", "max_tries": "max_attempts",
+                "retries": "max_attempts", "max_retries": "max_attempts",
+                "delay": "initial_delay", "wait": "initial_delay", "base_delay": "initial_delay",
+                "min_delay": "initial_delay", "max_wait": "max_delay", "backoff": "multiplier",
+                "factor": "multiplier", "exp_base": "multiplier"})
 def retry(fn: Callable | None = None, *, max_attempts: int = 3, initial_delay: float = 0.5,
           max_delay: float = 30.0, multiplier: float = 2.0, jitter: bool = True) -> Any:
     """Retry transient failures: ``retry(fn, max_attempts=3)`` or ``@retry(...)``.
@@ -133,6 +139,7 @@ def _after_failure(fn: Callable, policy: RetryPolicy, exc: EmberError,
 
 
 # ---- timeout ----------------------------------------------------------------------------
+@hint_keywords({"timeout": "seconds", "secs": "seconds", "limit": "seconds", "s": "seconds"})
 def timeout(fn: Callable | float | None = None, seconds: float | None = None) -> Any:
     """Give ``fn`` at most ``seconds``: ``timeout(fn, 10)``, ``timeout(fn, seconds=10)``,
     ``@timeout(10)`` or ``@timeout(seconds=10)``. At the limit, in-flight requests are

@@ -18,6 +18,7 @@ import time
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Sequence
 
+from ._keywords import hint_keywords
 from ._jit import Jitted, _drive_async, advance, trace_inputs
 from ._models import check_var
 from ._report import RunReport
@@ -296,6 +297,11 @@ async def _drive_on_loop(program: Any) -> Any:
             value, error = None, exc
 
 
+@hint_keywords({"concurrency": "batch_size", "max_concurrency": "batch_size",
+                "workers": "batch_size", "max_workers": "batch_size", "window": "batch_size",
+                "n_jobs": "batch_size", "parallelism": "batch_size", "in_axis": "in_axes",
+                "axes": "in_axes", "return_errors": "return_exceptions",
+                "show_progress": "progress", "progress_bar": "progress"})
 def vmap(fn: Callable | None = None, *, in_axes: int | None | Sequence[int | None] = 0,
          batch_size: int | None = None, return_exceptions: bool = False,
          progress: bool | None = None, backend: Any = None) -> Any:

@@ -15,7 +15,11 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="ember", description="LLM programs as plain functions.")
+    parser.add_argument("--version", action="version", version=f"ember {__version__} "
+                        f"(Python {sys.version.split()[0]})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a small program eagerly and with jit, offline")

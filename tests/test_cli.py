@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import ember
 from ember import cli
 from ember._inspect import InspectReport
 from ember.backends.limits import limiter
@@ -111,6 +112,14 @@ def test_demo_review_is_a_plain_function():
 
     out = review(DOCUMENTS[:1])
     assert isinstance(out, str) and out == review(DOCUMENTS[:1])  # sim is deterministic
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--version"])
+    assert exit.value.code == 0
+    assert capsys.readouterr().out.strip() == (
+        f"ember {ember.__version__} (Python {sys.version.split()[0]})")
 
 
 def test_no_command_is_a_usage_error(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import inspect
 import logging
 import random
 import threading
@@ -351,3 +352,28 @@ def test_acceptance_40_calls_through_429s_and_503s(fault_server):
     assert codes.count(200) == 40 and codes.count(429) >= 3 and codes.count(503) >= 3
     gaps = retry_gaps(fault_server)
     assert all(gap >= asked for asked, gap in gaps), gaps
+
+
+@pytest.mark.parametrize("call, meant", [
+    (lambda: ember.retry(attempts=3), "max_attempts"),
+    (lambda: ember.retry(max_retries=3), "max_attempts"),
+    (lambda: ember.retry(max_attemps=3), "max_attempts"),  # a typo: the closest spelling
+    (lambda: ember.timeout(timeout=3), "seconds"),
+    (lambda: ember.cache(expire=60), "ttl"),
+    (lambda: ember.vmap(max_concurrency=8), "batch_size"),
+    (lambda: ember.jit(full_graph=True), "fullgraph"),
+    (lambda: ember.configure_limits("sim", requests_per_minute=60), "rpm"),
+])
+def test_a_misspelt_option_names_the_one_meant(call, meant):
+    with pytest.raises(TypeError, match=rf"has no option '\w+' \(did you mean {meant}\?\)\. "
+                                        rf"Its options: .*\b{meant}\b"):
+        call()
+
+
+def test_an_unknown_option_lists_the_options_and_known_ones_still_work():
+    with pytest.raises(TypeError, match=r"^retry\(\) has no option 'colour'\. Its options: "
+                                        r"max_attempts, initial_delay, max_delay, multiplier, "
+                                        r"jitter\.$"):
+        ember.retry(colour="red")
+    assert ember.retry(max_attempts=2)(lambda: "ran")() == "ran"
+    assert "max_attempts" in str(inspect.signature(ember.retry))  # help() shows the options

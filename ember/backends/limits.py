@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .._keywords import hint_keywords
 from .headers import RateHeaders, parse_rate_headers
 
 __all__ = ["Limiter", "Limits", "Ticket", "limiter", "configure_limits"]
@@ -324,6 +325,9 @@ class Limiter:
 limiter = Limiter()
 
 
+@hint_keywords({"requests_per_minute": "rpm", "tokens_per_minute": "tpm",
+                "max_concurrency": "concurrency", "max_in_flight": "concurrency",
+                "period": "window"})
 def configure_limits(provider: str, *, rpm: float | None = _UNSET, tpm: float | None = _UNSET,
                      concurrency: int = _UNSET, window: float = _UNSET) -> Limits:
     """Set a provider's limits: ``ember.configure_limits("openai", rpm=500, tpm=200_000)``.
