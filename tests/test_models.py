@@ -577,6 +577,26 @@ def test_cancelling_a_submitted_call_cancels_it_on_the_loop():
     assert ember.models("sim", "the loop goes on").text  # the loop still serves calls
 
 
+def test_a_call_cancelled_before_the_loop_starts_it_never_runs():
+    import time
+
+    from ember import _runtime
+
+    ran = []
+
+    async def work() -> None:
+        ran.append(True)
+
+    busy = threading.Event()
+    _runtime.loop().call_soon_threadsafe(lambda: (busy.set(), time.sleep(0.3)))
+    assert busy.wait(5)  # the loop is inside that callback: nothing else starts
+    coro = work()
+    fut = _runtime.submit(coro)
+    assert fut.cancel()
+    assert _poll(lambda: coro.cr_frame is None)  # closed unstarted
+    assert ran == []
+
+
 def test_a_submitted_call_runs_in_the_callers_context_and_hands_back_any_exception():
     import contextvars
 
