@@ -25,6 +25,8 @@ effectful `ember.op` runs exactly once per call (the check run reuses the graph'
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import dataclasses
 import functools
 import time
@@ -38,7 +40,7 @@ from ._keywords import hint_keywords
 from ._models import CheckRun, NeedAnswers, check_var
 from ._report import RunReport
 from ._response import Response
-from ._runtime import run_async, run_sync
+from ._runtime import on_loop, run_async, run_sync
 from .backends.local import execute, node_request
 from .backends.memo import MISSING, Memo
 from .backends.record import CallRecord, Recorder, record, recorder_var
@@ -73,6 +75,11 @@ class CompiledEntry:
     misses: int = 0  # plans found wrong by the check run
     lessons: int = 0  # times strict_at grew
     replay_misses: int = 0  # replayed graphs found wrong
+    # no plan can be trusted (the Python made other calls each time it ran: a timestamp
+    # in a prompt): the check run alone runs the Python, fetching calls where it reads
+    # their answers (re-running it to fetch would never converge)
+    changing: bool = False
+    retrace: bool = False  # replayed graphs were wrong: trace every call afresh
     traces: int = 0
     calls: int = 0
     breaks: list = field(default_factory=list)
@@ -166,6 +173,7 @@ _SCALARS = frozenset({int, float, bool, type(None), bytes})  # never traced: as 
 def _lookup(memo: Memo) -> Callable:
     """Known values of llm nodes during a re-trace: answers already in the memo."""
     counts: dict[str, int] = {}
+    found = [0]  # calls answered
 
     def lookup(node: Any, values: list[Any]) -> Any:
         if node.op != "llm":
@@ -184,7 +192,9 @@ def _lookup(memo: Memo) -> Callable:
             if value is MISSING:
                 return UNKNOWN
             out.append(value)
+        found[0] += 1
         return out[0] if len(out) == 1 else out
+    lookup.found = found  # type: ignore[attr-defined]
     return lookup
 
 
@@ -296,7 +306,9 @@ class Jitted:
         self._unplanned = 0.0  # seconds spent fetching calls the plan missed
         plans: list[tuple[TraceState, Graph]] = []  # this call's traces, if it planned
         replayed = entry.graph  # (None: this call plans)
-        if replayed is not None:
+        if entry.changing:
+            pass  # the check run does it all
+        elif replayed is not None:
             self._ran.append(replayed)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
@@ -304,18 +316,28 @@ class Jitted:
         else:
             yield from self._plan(args, kwargs, entry, memo, run_graph, plans)
         unplanned: str | None = None  # where the first call the plan missed was made
+        fetched: list[tuple[str, int]] = []  # what the last re-check's fetch stored
         for _ in range(MAX_ROUNDS):
-            check = CheckRun(memo)
+            # (a driver that may block makes the check run fetch where it reads)
+            check = CheckRun(memo, suspendable=not entry.changing)
             try:
                 result = yield "check", (self.fn, check, args, kwargs)
                 break
             except NeedAnswers:  # the plan missed a call the Python reads: fetch, re-check
                 unplanned = unplanned or check.first_miss or "?"
-                yield from self._fetch(check.fetch_pending())
+                if not memo.all_used(fetched):
+                    # the Python made other calls than the run before it did (a time or
+                    # a random id in a prompt): re-running it would never converge
+                    _stop_planning(entry, "the Python made other calls each time it ran "
+                                   "(a timestamp or a random id in a prompt?)")
+                    continue
+                fetched = yield from self._fetch(check.fetch_pending())
         else:  # pragma: no cover - a program that keeps reading new answers
-            check = CheckRun(memo)
-            check.suspendable = False
+            check = CheckRun(memo, suspendable=False)
             result = yield "check", (self.fn, check, args, kwargs)
+        if check.blocked_at:  # (the check run fetched calls the plan missed, blocking)
+            unplanned = unplanned or check.blocked_at
+            self._unplanned += check.fetch_seconds
         pending = _pending_leaves(result, [])
         if pending:  # answers returned unread that the plan did not make: it missed them
             unplanned = unplanned or check.first_miss or "?"
@@ -323,7 +345,8 @@ class Jitted:
         # (a call the plan did not make that the Python never read is a dead call dce
         # removed, not a miss: counting it made every function with one strict)
         if unplanned or memo.unused():
-            _tighten(entry, plans, unplanned, replayed)  # (and drops the wrong graph)
+            if plans or replayed is not None:  # (else no plan ran: nothing to learn)
+                _tighten(entry, plans, unplanned, replayed)  # (and drops the wrong graph)
             if self.fullgraph:
                 where = unplanned or check.first_miss
                 raise TraceError(
@@ -334,12 +357,13 @@ class Jitted:
                     "function, or drop fullgraph=True.")
         return result
 
-    def _fetch(self, calls: Awaitable[None]) -> Generator[Step, Any, None]:
+    def _fetch(self, calls: Awaitable[Any]) -> Generator[Step, Any, Any]:
         """Run calls the plan missed (the check run asks for them), timing them for the
         run report's measured bound."""
         start = time.perf_counter()
-        yield "run", calls
+        done = yield "run", calls
         self._unplanned += time.perf_counter() - start
+        return done
 
     def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo,
               run_graph: RunGraph, plans: list[tuple[TraceState, Graph]]
@@ -348,9 +372,11 @@ class Jitted:
         where the Python needs an answer); each round's trace goes to ``plans``."""
         concrete = False  # pass argument strings as plain str (after a tracer TypeError)
         breaks: dict[tuple, Break] = {}  # every round's, once each: (loc, reason) -> break
+        used = -1  # answers the last round's trace looked up
         for round_no in range(MAX_ROUNDS):
+            lookup = _lookup(memo) if len(memo) else None
             state = TraceState(fullgraph=self.fullgraph, strict=entry.strict or entry.strict_at,
-                               lookup=_lookup(memo) if len(memo) else None)
+                               lookup=lookup)
             leaves: list[Any] = []
             if concrete:
                 targs, tkwargs = args, kwargs
@@ -390,6 +416,9 @@ class Jitted:
                     continue
                 else:
                     return  # the check run raises what eager Python raises
+            found = lookup.found[0] if lookup is not None else 0  # type: ignore[attr-defined]
+            if found <= used:  # this trace used none of the answers the last round got:
+                return  # the Python changes its calls (a timestamp?); the check run decides
             # (a later round may not meet a break again: its value is known, read for real)
             for b in state.breaks:
                 breaks.setdefault((b.loc, b.reason), b)
@@ -406,11 +435,12 @@ class Jitted:
                 return  # nothing to send: the check run does the rest
             run = execute
             if complete:
-                if round_no == 0 and not state.guarded and not concrete:
+                if round_no == 0 and not state.guarded and not concrete and not entry.retrace:
                     entry.graph = optimized  # cached before it runs: vmap elements reuse it
                     run = run_graph
                 entry.passes = passes
             self._ran.append(optimized)
+            used = found
             yield "run", run(optimized, leaves, memo)
             if complete:
                 return
@@ -439,10 +469,17 @@ def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
         if entry.graph is replayed:  # (else a concurrent call dropped it already)
             entry.graph = None
             entry.replay_misses += 1
-            if entry.replay_misses > 1 and not entry.strict:
+            if entry.replay_misses == 2 and not entry.strict:
                 entry.strict = True
                 log.info("jit: a cached plan was wrong twice for new arguments; from now on "
                          "this signature is planned strictly")
+            elif entry.replay_misses > 2 and not entry.retrace:
+                # (the plan read what the arguments do not key: a global, an attribute
+                # of an object; a fresh trace reads it anew)
+                entry.retrace = True
+                log.info("jit: a cached plan was wrong twice for new arguments (did a "
+                         "global or an attribute it reads change?); from now on this "
+                         "signature is traced on every call")
         return
     entry.graph = None
     was_strict = entry.strict
@@ -455,7 +492,15 @@ def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
         for state, _ in plans:
             suspects |= answers_feeding(state, missed)
     fresh = suspects - known
-    if traced_with is True or not fresh:
+    if traced_with is True or (not suspects and any(
+            n.loc == missed and n.op == "llm" for state, _ in plans for n in state.nodes)):
+        # awaiting every answer did not help, or the plan made the call with another
+        # prompt that took in no answer (the Python changed it itself: a timestamp, an
+        # argument read where the trace could not see): no plan can be trusted
+        _stop_planning(entry, f"the plan missed a call at {missed or '?'}"
+                       + ("" if traced_with is True else " that took in no model answer"))
+        return
+    if not fresh:
         entry.strict = True
     elif not fresh <= entry.strict_at:  # (else a call traced meanwhile learned them)
         if entry.lessons >= 3:
@@ -471,6 +516,14 @@ def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
     if entry.strict and not was_strict:
         log.info("jit: the plan missed a call at %s; from now on this signature is planned "
                  "strictly (every answer awaited where it is read)", missed or "?")
+
+
+def _stop_planning(entry: CompiledEntry, why: str) -> None:
+    if not entry.changing:
+        entry.changing = True
+        entry.graph = None
+        log.info("jit: %s; from now on this signature runs its Python on real values, "
+                 "sending the calls it makes together where an answer is read", why)
 
 
 def _critical_path(graph: Graph) -> float:
@@ -520,6 +573,11 @@ def advance(program: Generator[Step, Any, Any], value: Any = None,
                 error = exc
         else:  # "check": the answer; its exceptions are the caller's
             fn, check, args, kwargs = payload
+            if on_loop():
+                if not check.suspendable:  # it may block: in a thread of its own
+                    return "run", _check_in_thread(fn, check, args, kwargs)
+            else:
+                check.suspendable = False  # this thread may block where it reads
             token = check_var.set(check)
             try:
                 value = fn(*args, **kwargs)
@@ -531,6 +589,26 @@ def advance(program: Generator[Step, Any, Any], value: Any = None,
                 raise
             finally:
                 check_var.reset(token)
+
+
+_check_threads: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+async def _check_in_thread(fn: Callable, check: CheckRun, args: tuple, kwargs: dict) -> Any:
+    """A blocking check run, from Ember's loop (vmap): in a worker thread, in this
+    task's context."""
+    global _check_threads
+    if _check_threads is None:  # (as many as vmap's default window: none waits for one)
+        _check_threads = concurrent.futures.ThreadPoolExecutor(64, "ember-check")
+    ctx = contextvars.copy_context()
+
+    def run() -> Any:
+        check_var.set(check)  # (in ctx, a copy: the task's own context is untouched)
+        value = fn(*args, **kwargs)
+        _record_all(check.hits)
+        return value
+
+    return await asyncio.get_running_loop().run_in_executor(_check_threads, ctx.run, run)
 
 
 def _record_all(calls: list[CallRecord]) -> None:

@@ -7,8 +7,9 @@ only if something reads it); otherwise it sends the request and waits.
 
 from __future__ import annotations
 
+import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Awaitable
 
 from . import providers
 from ._request import Request, build_request, normalize_params, parse_model_id
@@ -184,25 +185,37 @@ def _prompt_atom(state: Any, prompt: Any, loc: str | None) -> Any:
 
 # ---- inside a check run ------------------------------------------------------------------
 class CheckRun:
-    """Serves `models()` from a jitted call's memo while its Python runs on real values."""
+    """Serves `models()` from a jitted call's memo while its Python runs on real values.
 
-    def __init__(self, memo: Memo) -> None:
+    A call the memo cannot answer is pending until read. Reading one sends every call
+    of the run still pending, together: the run blocks for them (``suspendable`` False:
+    a sync jitted call) or raises `NeedAnswers`, and the program fetches them and runs
+    the Python again (on Ember's loop, where nothing may block)."""
+
+    def __init__(self, memo: Memo, suspendable: bool = True) -> None:
         self.memo = memo
         self.occurrences: dict[str, int] = {}
         self.first_miss: str | None = None
         self.pending: list[Response] = []
         self.hits: list[Any] = []  # ember.cache hits, recorded once the run completes
-        self.suspendable = True  # a read miss raises NeedAnswers instead of blocking
+        self.suspendable = suspendable
+        self.blocked_at: str | None = None  # the first call a blocking read fetched
+        self.fetch_seconds = 0.0  # spent blocked on fetches
 
-    async def fetch_pending(self) -> None:
+    async def fetch_pending(self) -> list[tuple[str, int]]:
         """Send every pending request of this run together; store the answers (or
-        errors) in the memo in call order."""
+        errors) in the memo in call order. Returns their memo slots."""
         import asyncio
 
-        fetches = [r._thunk for r in self.pending if r._thunk is not None]
+        fetches = [r._thunk for r in self.pending if isinstance(r._thunk, _Fetch)]
+        self.pending = []
         results = await asyncio.gather(*(f.fetch() for f in fetches), return_exceptions=True)
+        slots = []
         for f, result in zip(fetches, results, strict=True):
-            self.memo.put(f.request, result, f.det)
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # (a cancellation)
+            slots.append(self.memo.put(f.request, result, f.det))
+        return slots
 
     def call(self, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
         loc = user_location(3)
@@ -236,29 +249,51 @@ class NeedAnswers(BaseException):
 class _Fetch:
     """A deferred request: sent when a pending response is first read."""
 
-    __slots__ = ("request", "loc", "det", "check", "result", "options")
+    __slots__ = ("request", "loc", "det", "check", "result", "error", "options")
 
     def __init__(self, request: Request, loc: str | None, det: bool, check: CheckRun) -> None:
         self.request, self.loc, self.det, self.check = request, loc, det, check
         self.result: Response | None = None
+        self.error: Exception | None = None
         self.options = current_options()  # the retry / timeout scope of the call site
 
     async def fetch(self) -> Response:
-        if self.result is None:
-            responses = await send(self.request, options=self.options, location=self.loc)
-            self.result = responses[0]
-        return self.result
+        if self.result is None and self.error is None:
+            try:
+                self.result = (await send(self.request, options=self.options,
+                                          location=self.loc))[0]
+            except Exception as exc:
+                self.error = exc
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]
 
     def __call__(self) -> Response:
         from ._runtime import on_loop
 
-        if self.result is None:
-            if check_var.get() is self.check and self.check.suspendable:
+        check = self.check
+        if self.result is None and self.error is None:
+            if check_var.get() is check and check.suspendable:
                 raise NeedAnswers()
-            if on_loop():  # pragma: no cover - reading a pending answer on Ember's loop
+            if on_loop():  # pragma: no cover - jit runs blocking check runs off the loop
                 raise RuntimeError("a pending response was read on Ember's event loop")
-            run_sync(self.fetch())
+            check.blocked_at = check.blocked_at or check.first_miss or self.loc
+            start = time.perf_counter()
+            if self in (r._thunk for r in check.pending):
+                run_sync(check.fetch_pending())  # this one and every other pending
+            else:  # (read after its run ended: a returned, unread answer)
+                run_sync(_quietly(self.fetch()))
+            check.fetch_seconds += time.perf_counter() - start
+        if self.error is not None:
+            raise self.error
         return self.result  # type: ignore[return-value]
+
+
+async def _quietly(fetch: Awaitable[Any]) -> None:
+    try:
+        await fetch
+    except Exception:  # (kept on the fetch, raised where the answer is read)
+        pass
 
 
 check_var: ContextVar[CheckRun | None] = ContextVar("ember_check", default=None)

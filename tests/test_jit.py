@@ -857,3 +857,103 @@ def test_a_traced_value_kept_past_its_trace_is_an_error_not_a_placeholder():
         with pytest.raises(ember.TraceError, match="Return the value from the jitted"):
             fn("a")
     assert sim.stats().requests == before  # nothing was sent
+
+
+# ---- programs whose calls change from run to run ----------------------------------------
+def _requests(fn, *args):
+    sim.reset_stats()
+    result = fn(*args)
+    return result, sim.stats().requests
+
+
+def test_a_prompt_that_changes_every_run_converges_to_eagers_requests():
+    """A timestamp in a prompt: the check run never finds the plan's call, and fetching
+    it then running the Python again met a new prompt each time (66, then 129 requests
+    a call, where eager makes 1)."""
+    import itertools
+
+    ticks = itertools.count()
+
+    def answer(q):
+        return models("sim", f"Time {next(ticks)}. Question: {q}").text
+
+    fast = jit(answer)
+    counts = [_requests(fast, q)[1] for q in "abcd"]
+    assert counts[0] <= 2 and counts[1:] == [1, 1, 1]
+    assert fast.entry("a").changing
+    # the answer is the one for the prompt the Python made in the run that returned
+    out, _ = _requests(fast, "e")
+    assert out == models("sim", sim.stats().prompts[-1]).text
+
+
+def test_a_changing_prompt_under_async_jit_and_vmap():
+    import itertools
+
+    ticks = itertools.count()
+
+    async def answer(q):
+        return (await ember.amodels("sim", f"Time {next(ticks)}: {q}")).text
+
+    fast = jit(answer)
+    counts = [_requests(lambda q: asyncio.run(fast(q)), q)[1] for q in "abc"]
+    assert counts[0] <= 3 and counts[1:] == [1, 1]
+
+    def stamped(q):
+        return models("sim", f"Time {next(ticks)}: {q}").text
+
+    mapped = ember.vmap(stamped)
+    # (on Ember's loop a check run cannot block: it raised "a pending response was read
+    # on Ember's event loop" for every element)
+    for _ in range(2):
+        out, n = _requests(mapped, ["a", "b", "c"])
+        assert len(out) == 3 and all(isinstance(x, str) for x in out)
+    assert n == 3
+
+
+def test_a_type_check_on_a_string_argument_costs_one_plan_at_most():
+    """isinstance(arg, str) is False for a traced argument: the plan mapped over its
+    characters (5 wrong requests), and on every call (2, 5, 10 requests for 1)."""
+    def summarize(doc_or_docs):
+        if isinstance(doc_or_docs, str):
+            doc_or_docs = [doc_or_docs]
+        return [models("sim", f"Summarize: {d}").text for d in doc_or_docs]
+
+    fast = jit(summarize)
+    runs = [_requests(fast, arg) for arg in ("hello", "hello", "release notes", ["a", "b"])]
+    assert [out for out, _ in runs] == [summarize(arg) for arg in
+                                        ("hello", "hello", "release notes", ["a", "b"])]
+    assert [n for _, n in runs][1:] == [1, 1, 1]  # (a list: planned, one batch)
+
+
+def test_a_routing_table_read_with_str_of_an_argument():
+    routes = {"billing": "You are a billing agent.", "tech": "You are an engineer."}
+
+    def route(topic, question):
+        system = routes.get(str(topic), "You are a helpful assistant.")
+        return models("sim", f"{system}\n{question}").text
+
+    fast = jit(route)
+    runs = [_requests(fast, t, "refund?") for t in ("billing", "tech", "billing", "tech")]
+    assert [out for out, _ in runs] == [route(t, "refund?") for t in
+                                        ("billing", "tech", "billing", "tech")]
+    assert [n for _, n in runs][1:] == [1, 1, 1]
+
+
+def test_a_changed_global_stops_costing_requests_once_learned():
+    """A replayed plan holds the prompt a global made when it was traced: each change
+    of the global sent the stale prompt, then the right one (2 requests for 1)."""
+    settings = {"system": "v0"}
+
+    def reply(q):
+        return models("sim", f"{settings['system']}\n{q}")  # (no read: a strict plan is
+        # as whole as any, and as stale)
+
+    fast = jit(reply)
+    counts = []
+    for i, q in enumerate("abcdefghijklmnop"):
+        settings["system"] = f"v{i // 2}"  # changes on every other call
+        out, n = _requests(fast, q)
+        assert out == reply(q)
+        counts.append(n)
+    assert sum(counts) <= len(counts) + 3  # three lessons: then traced on every call
+    assert counts[-6:] == [1] * 6

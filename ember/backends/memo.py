@@ -29,12 +29,19 @@ class Memo:
     def __len__(self) -> int:
         return len(self.det) + sum(len(v) for v in self.sampled.values())
 
-    def put(self, request: Request, result: Any, deterministic: bool) -> None:
-        """Store a Response or an exception."""
+    def put(self, request: Request, result: Any, deterministic: bool) -> tuple[str, int]:
+        """Store a Response or an exception; returns its slot (key, occurrence)."""
+        key = request.key
         if deterministic:
-            self.det[request.key] = result
-        else:
-            self.sampled.setdefault(request.key, []).append(result)
+            self.det[key] = result
+            return key, 0
+        samples = self.sampled.setdefault(key, [])
+        samples.append(result)
+        return key, len(samples) - 1
+
+    def all_used(self, slots: list[tuple[str, int]]) -> bool:
+        """Has the check run asked for every answer in ``slots``?"""
+        return all(slot in self.used for slot in slots)
 
     def share(self, other: Memo) -> None:
         """Serve ``other``'s deterministic answers too (vmap's hoisted calls)."""
