@@ -102,19 +102,23 @@ def _unfreeze(value: Any) -> Any:
 
 
 def _normalize_format(fmt: Any) -> Any:
-    """response_format: "json" | a JSON schema dict | a pydantic model class."""
-    if fmt is None or fmt == "text":
+    """response_format: "json" | a JSON schema dict | a pydantic model class, or OpenAI's
+    own forms ({"type": "text" | "json_object" | "json_schema", ...}). A schema becomes
+    ("schema", name, schema JSON, strict)."""
+    if fmt is None or fmt == "text" or fmt == {"type": "text"}:
         return None
     if fmt == "json" or fmt == {"type": "json_object"}:
         return "json"
     if isinstance(fmt, type) and hasattr(fmt, "model_json_schema"):
-        return ("schema", fmt.__name__, json.dumps(fmt.model_json_schema(), sort_keys=True))
+        return ("schema", fmt.__name__, json.dumps(fmt.model_json_schema(), sort_keys=True),
+                False)
     if isinstance(fmt, dict):
-        if fmt.get("type") == "json_schema" and "json_schema" in fmt:
+        if fmt.get("type") == "json_schema" and isinstance(fmt.get("json_schema"), dict):
             inner = fmt["json_schema"]
             return ("schema", inner.get("name", "response"),
-                    json.dumps(inner.get("schema", {}), sort_keys=True))
-        return ("schema", fmt.get("title", "response"), json.dumps(fmt, sort_keys=True))
+                    json.dumps(inner.get("schema", {}), sort_keys=True),
+                    bool(inner.get("strict", False)))
+        return ("schema", fmt.get("title", "response"), json.dumps(fmt, sort_keys=True), False)
     raise ConfigurationError(
         "response_format must be 'json', a JSON schema dict, or a pydantic model class; "
         f"got {fmt!r}."
@@ -155,8 +159,12 @@ class Request:
         return None
 
     def extra_params(self) -> dict[str, Any]:
-        return {k: _unfreeze(v) for k, v in self.params
-                if k not in KNOWN_PARAMS}
+        """Provider-specific parameters, sent as given. A dict given as ``extra_body``
+        is merged in, as the SDKs do (it was sent as an "extra_body" field)."""
+        extra = {k: _unfreeze(v) for k, v in self.params if k not in KNOWN_PARAMS}
+        if isinstance(extra.get("extra_body"), dict):
+            extra.update(extra.pop("extra_body"))
+        return extra
 
     def message_dicts(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]

@@ -56,7 +56,7 @@ OPENAI_KEY = "sk-test-openai-0123456789-SECRET"
 ANTHROPIC_KEY = "sk-ant-test-0123456789-SECRET"
 
 KINDS = ("auth", "forbidden", "not_found", "context_length", "bad_request", "rate_limit",
-         "quota", "server", "overloaded", "drop", "slow", "malformed")
+         "quota", "server", "overloaded", "drop", "slow", "malformed", "not_http")
 
 
 @dataclass
@@ -240,6 +240,10 @@ class _FakeServer:
         rec.fault = fault.kind if fault else None
         if fault is not None and fault.kind == "drop":
             h.close_connection = True  # close the socket without a response
+            return None
+        if fault is not None and fault.kind == "not_http":  # e.g. an SSH server on that port
+            h.wfile.write(fault.body or b"SSH-2.0-OpenSSH_9.6\r\n")
+            h.close_connection = True
             return None
         if fault is not None and fault.kind != "slow":
             return self.send(h, *self._fault_response(fault, rec), rec)

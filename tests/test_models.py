@@ -128,6 +128,9 @@ def test_passthrough_params_reach_the_provider(openai_server):
     ember.models("gpt-4o-mini", "hi", user="u-123", logit_bias={"50256": -100})
     body = openai_server.requests[0].body
     assert body["user"] == "u-123" and body["logit_bias"] == {"50256": -100}
+    ember.models("gpt-4o-mini", "hi", extra_body={"top_k": 5})  # merged, as the SDK does
+    assert openai_server.requests[1].body["top_k"] == 5
+    assert "extra_body" not in openai_server.requests[1].body
 
 
 @pytest.mark.parametrize("fmt, expected", [
@@ -139,7 +142,12 @@ def test_passthrough_params_reach_the_provider(openai_server):
         "name": "verdict", "schema": VERDICT_SCHEMA, "strict": False}}),
     ({"type": "json_schema", "json_schema": {"name": "v", "schema": VERDICT_SCHEMA}},
      {"type": "json_schema", "json_schema": {"name": "v", "schema": VERDICT_SCHEMA, "strict": False}}),
+    # (the caller's strict is kept; it was sent as false)
+    ({"type": "json_schema", "json_schema": {"name": "v", "schema": VERDICT_SCHEMA,
+                                             "strict": True}},
+     {"type": "json_schema", "json_schema": {"name": "v", "schema": VERDICT_SCHEMA, "strict": True}}),
     ("text", None),
+    ({"type": "text"}, None),  # (it was sent as a JSON schema {"type": "text"})
     (None, None),
 ])
 def test_openai_response_format(openai_server, fmt, expected):
@@ -153,6 +161,8 @@ def test_anthropic_response_format_becomes_a_system_instruction(anthropic_server
     assert system.startswith("Judge.") and "only one valid JSON value" in system
     assert '"score"' in system  # the schema itself is included
     assert "response_format" not in anthropic_server.requests[0].body
+    ember.models("claude-3-5-haiku-latest", "hi", response_format={"type": "text"})
+    assert "system" not in anthropic_server.requests[1].body  # plain text: no instruction
 
 
 def test_messages_list_prompt(openai_server, anthropic_server):

@@ -11,7 +11,8 @@ import socket
 import pytest
 from servers import OPENAI_KEY, FakeOpenAI, Fault, complete, complete_all, openai_server  # noqa: F401
 
-from ember import errors, providers
+import ember
+from ember import errors, models, providers
 from ember._request import build_request
 from ember.providers import prices
 from ember.backends.headers import parse_retry_after
@@ -246,6 +247,42 @@ def test_dropped_connection(openai_server, transport):
     assert len(openai_server.requests) == 1
 
 
+def test_a_reply_that_is_not_http_is_a_connection_error(openai_server, transport):
+    """A wrong port or a broken proxy: the SDK's aiohttp transport raised a bare
+    aiohttp.ClientResponseError ("400, message='Bad status line'"), not retried."""
+    openai_server.script("not_http")
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ConnectionError and err.transient
+    assert "OPENAI_BASE_URL" in str(err) and OPENAI_KEY not in str(err)
+    openai_server.script("not_http", "not_http")
+    assert ember.retry(lambda: models("openai/gpt-4o-mini", "hi").text,
+                       initial_delay=0.01)() == "echo: hi"
+    assert len(openai_server.requests) == 1 + 3
+
+
+@pytest.mark.parametrize("body", [
+    # Anthropic's wording, and llama.cpp's (its numeric code is the HTTP status)
+    {"error": {"type": "invalid_request_error", "message": "input length and `max_tokens` "
+               "exceed context limit: 199759 + 8192 > 200000"}},
+    {"error": {"code": 400, "type": "exceed_context_size_error", "n_ctx": 8192,
+               "message": "the request exceeds the available context size, try increasing it"}},
+])
+def test_context_overflow_wordings_of_other_servers(openai_server, body):
+    openai_server.script(Fault("bad_request", body=json.dumps(body).encode(),
+                               headers={"content-type": "application/json"}))
+    assert type(fail(OpenAIProvider(), req())) is errors.ContextLengthError
+
+
+def test_a_404_without_an_api_error_suggests_the_base_urls_path(openai_server):
+    openai_server.script(Fault("not_found", body=b'{"detail": "Not Found"}',
+                               headers={"content-type": "application/json"}))
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ModelNotFoundError
+    assert "serve under /v1" in str(err) and "The server said: Not Found" in str(err)
+    openai_server.script("not_found")  # the API's own 404: a model name problem only
+    assert "serve under /v1" not in str(fail(OpenAIProvider(), req()))
+
+
 @pytest.mark.parametrize("userinfo", ["user:pw@", ""])
 def test_connection_refused(monkeypatch, transport, userinfo):
     with socket.socket() as s:
@@ -455,6 +492,8 @@ def test_error_fields_shapes():
     assert error_fields({"error": "just text"}, "f") == ("f", "")
     assert error_fields("<html>", "f") == ("<html>", "")
     assert error_fields(None, "f") == ("f", "")
+    assert error_fields({"detail": "Not Found"}, "f") == ("Not Found", "")
+    assert error_fields({"error": {"code": 400, "type": "t", "message": "m"}}, "f") == ("m", "t")
 
 
 def test_reasoning_model_names():

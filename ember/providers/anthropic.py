@@ -44,7 +44,7 @@ def json_instruction(fmt: Any) -> str | None:
     text = "Respond with only one valid JSON value: no prose, no explanation, no code fences."
     if fmt == "json":
         return text
-    _, name, schema = fmt
+    _, name, schema, _ = fmt
     return f"{text} The JSON must conform to this JSON schema (named {name!r}):\n{schema}"
 
 

@@ -40,10 +40,10 @@ def openai_response_format(fmt: Any) -> dict[str, Any] | None:
         return None
     if fmt == "json":
         return {"type": "json_object"}
-    _, name, schema = fmt
+    _, name, schema, strict = fmt
     name = re.sub(r"[^A-Za-z0-9_-]", "_", str(name))[:64] or "response"
     return {"type": "json_schema",
-            "json_schema": {"name": name, "schema": json.loads(schema), "strict": False}}
+            "json_schema": {"name": name, "schema": json.loads(schema), "strict": strict}}
 
 
 def split_tokens(total: int, weights: list[int]) -> list[int]:

@@ -69,6 +69,7 @@ _SECRET_RE = re.compile(r"\b(sk-(?:ant-)?[A-Za-z0-9_\-]{8,})")
 _BEARER_RE = re.compile(r"(?i)\b(bearer\s+|x-api-key[:=]\s*)[^\s,;'\"]+")
 _CONTEXT_RE = re.compile(
     r"context[_ ]length|context window|maximum context|prompt is too long|too many (input )?tokens"
+    r"|exceeds? (the )?context|context (limit|size)|exceed_context_size"
 )
 # quota wording only: OpenAI's throttling 429s also mention "billing" (to raise limits)
 _QUOTA_RE = re.compile(
@@ -134,8 +135,11 @@ def error_fields(body: Any, fallback: str) -> tuple[str, str]:
     if isinstance(body, dict):
         inner = body.get("error") if isinstance(body.get("error"), dict) else body
         message = inner.get("message")
-        code = inner.get("code") or inner.get("type") or ""
-        return (message if isinstance(message, str) else fallback), str(code)
+        if not isinstance(message, str):  # FastAPI's (vLLM's) {"detail": ...}
+            message = inner.get("detail") if isinstance(inner.get("detail"), str) else fallback
+        # (a number is an HTTP status echoed, as llama.cpp does; the type names the error)
+        code = inner.get("code") if isinstance(inner.get("code"), str) else None
+        return message, str(code or inner.get("type") or "")
     if isinstance(body, str) and body.strip():
         return body, ""
     return fallback, ""
@@ -372,6 +376,15 @@ class SDKProvider(Provider):
             return self.status_error(exc.status_code, headers, detail, code, request)  # type: ignore[attr-defined]
         if _is(exc, sdk, "APIError"):  # e.g. the SDK's response validation
             return self.format_error(request, "the SDK could not read it", str(exc), {})
+        aiohttp = sys.modules.get("aiohttp")
+        if aiohttp is not None and isinstance(exc, aiohttp.ClientError):
+            # a reply that is not HTTP (a wrong port, a broken proxy), cut off or garbled:
+            # the SDKs' aiohttp transport passes these on unwrapped
+            return EmberConnectionError(
+                f"{self.label} at {self._where()}{self._url_hint()} sent a reply that is not "
+                f"valid HTTP for model {model!r}: {self._cause(exc)}. Check the URL (is "
+                "something else listening there?) and any proxy; if it is transient, "
+                "ember.retry retries it.", provider=self.name, model=model)
         return None
 
     def _cause(self, exc: BaseException) -> str:
@@ -405,11 +418,14 @@ class SDKProvider(Provider):
                         f"{label} refused access to model {model!r} (HTTP 403). {key_hint} and "
                         "that the key's account or project may use this model.")
         if status == 404:
+            # (no error body in the API's shape: the URL's path is wrong, not the model)
+            path_hint = " If the server has this model, the base URL's path may be wrong " \
+                "(OpenAI-compatible servers serve under /v1)." if not code else ""
             return make(ModelNotFoundError,
                         f"{label} has no model {request.model!r} at {self._where()}{self._url_hint()} "
                         f"(HTTP 404).{prices.did_you_mean(request.model, prices.known_models(self.name))}"
                         f" Check the model name in {model!r}, and that this key or server may "
-                        "use it.")
+                        f"use it.{path_hint}")
         if status == 402 or (status in (400, 403, 429) and _QUOTA_RE.search(text)):
             return make(QuotaExceededError,
                         f"{label} says the quota, credit or spend limit of your account is used "
