@@ -8,6 +8,7 @@ import json
 import pytest
 from servers import ANTHROPIC_KEY, Fault, anthropic_server, complete, complete_all  # noqa: F401
 
+import ember
 from ember import errors, providers
 from ember._request import build_request
 from ember.providers import prices
@@ -216,3 +217,27 @@ def test_requests_per_minute_limiter(anthropic_server):
     assert isinstance(first, list) != isinstance(second, list)  # one answered, one throttled
     throttled = first if isinstance(first, BaseException) else second
     assert isinstance(throttled, errors.RateLimitError) and throttled.retry_after > 50
+
+
+def test_samples_are_requests_of_their_own_retried_and_limited_alone(anthropic_server):
+    """n > 1 on a provider without n: a request per sample through admission, retries
+    and the run report. One failed sample cancelled its siblings and the retry re-sent
+    all n (6 requests for 3 answers); the limiter saw one request for n."""
+    from ember.backends.limits import limiter
+
+    anthropic_server.script(None, Fault("server", status=500), None)
+    ask = ember.retry(lambda: ember.models(f"anthropic/{MODEL}", "Name a cat", n=3,
+                                           temperature=1.0), initial_delay=0.01)
+    with ember.record() as run:
+        answers = ask()
+    assert len(answers) == 3 and len(anthropic_server.requests) == 4
+    assert (run.requests, run.retries, run.completions) == (3, 1, 3)
+    limiter.reset()
+    try:
+        ember.configure_limits("anthropic", concurrency=2)
+        anthropic_server.latency = 0.05
+        anthropic_server.max_in_flight = 0
+        assert len(ember.models(f"anthropic/{MODEL}", "Name a dog", n=4, temperature=1.0)) == 4
+        assert anthropic_server.max_in_flight == 2
+    finally:
+        limiter.reset()

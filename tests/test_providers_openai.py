@@ -327,6 +327,30 @@ def test_wrong_number_of_choices(openai_server):
     assert isinstance(err, errors.ResponseFormatError) and "n=2" in str(err)
 
 
+def test_a_server_that_ignores_n_gets_a_request_per_sample(openai_server, caplog):
+    """OpenAI-compatible servers that ignore n (Ollama's, llama.cpp's) answer once: jit's
+    fused n=3 request failed ('asked for n=3 answers and got 1') where eager worked."""
+    openai_server.answer = lambda body, i: f"sample {i}"
+    real, sent_n = openai_server.success, []
+
+    def one_choice(rec):
+        sent_n.append(rec.body.pop("n", None))  # the server's view: no n
+        return real(rec)
+
+    openai_server.success = one_choice
+
+    def names(topic):
+        return [models("openai/gpt-4o-mini", f"Name a {topic}", temperature=1.0).text
+                for _ in range(3)]
+
+    with caplog.at_level("WARNING", logger="ember"):
+        assert len(ember.jit(names)("cat")) == 3
+    assert "one request per sample" in caplog.text
+    assert sent_n == [3, None, None, None]
+    assert len(ember.jit(names)("dog")) == 3  # not fused again
+    assert sent_n[4:] == [None] * 3
+
+
 def test_html_error_page(openai_server):
     openai_server.script(Fault("server", status=502, body=b"<html>Bad gateway</html>"))
     err = fail(OpenAIProvider(), req())

@@ -2,7 +2,8 @@
 
 send(request) = size check -> in-flight coalescing (identical deterministic requests
 are sent once) -> [admission control -> provider.complete] under the call's deadline
--> retries under the current policy -> costs -> a `CallRecord`.
+-> retries under the current policy -> costs -> a `CallRecord`. ``n`` samples for a
+provider without ``n`` (Anthropic) are n such requests, each on its own.
 
 This loop is the only retry layer: the SDK clients are made with ``max_retries=0``,
 and an error that leaves it is marked ``final`` so `ember.retry` does not re-run the
@@ -14,18 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from .. import providers
 from .._request import Request
 from .._response import Response
-from ..errors import BadRequestError, ContextLengthError, EmberError, TimeoutError
+from ..errors import (BadRequestError, ContextLengthError, EmberError,
+                      ResponseFormatError, TimeoutError)
 from ..providers.prices import context_window, cost_of
 from .limits import limiter
 from .policy import CallOptions, RetryPolicy, current_options, deadline_of
 from .record import CallRecord, record
 
-__all__ = ["send", "send_batch", "send_as_batch", "estimate_prompt_tokens", "describe_error"]
+__all__ = ["send", "send_batch", "send_as_batch", "estimate_prompt_tokens", "describe_error",
+           "gather_all"]
 
 T = TypeVar("T")
 log = logging.getLogger("ember")
@@ -154,6 +157,40 @@ async def send(request: Request, *, options: CallOptions | None = None,
     """Send one request (``request.n`` samples) and return its responses."""
     provider = providers.get(request.provider)
     options = options or current_options()
+    if request.n > 1 and not provider.supports_n:
+        # a request per sample, each admitted, retried and recorded on its own (inside
+        # one attempt, one failed sample re-sent them all and the limits saw one request)
+        one = request.with_n(1)
+        singles = await gather_all([send(one, options=options, priority=priority,
+                                          location=location) for _ in range(request.n)])
+        return [r for rs in singles for r in rs]
+    try:
+        return await _send_coalesced(provider, request, options, priority, location)
+    except ResponseFormatError as exc:
+        if not getattr(exc, "fewer_choices", False):
+            raise
+        # an OpenAI-compatible server that ignores n (as Ollama's and llama.cpp's do)
+        provider.supports_n = False
+        log.warning("%s returned fewer answers than n=%d; from now on Ember sends one "
+                    "request per sample to it", request.provider, request.n)
+        return await send(request, options=options, priority=priority, location=location)
+
+
+async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather`` that cancels the others when one fails (Python 3.10 has no
+    TaskGroup)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
+                          priority: float, location: str | None) -> list[Response]:
     deadline = deadline_of(options)
     if request.deterministic(provider.default_temperature):
         key = (request.key, request.n)

@@ -127,9 +127,13 @@ class OpenAIProvider(SDKProvider):
         if not isinstance(choices, list) or not choices:
             raise self.format_error(request, "it has no choices", body, headers)
         if len(choices) != request.n:
-            raise self.format_error(
+            error = self.format_error(
                 request, f"asked for n={request.n} answers and got {len(choices)} "
                 "(the server may not support `n`)", body, headers)
+            if len(choices) < request.n:  # (dispatch sends one request per sample then)
+                error.fewer_choices = True  # type: ignore[attr-defined]
+                error.final = True  # type: ignore[attr-defined]  # the same would come back
+            raise error
         if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
             choices = sorted(choices, key=lambda c: c["index"])
         texts = [self._choice_text(c, request, body, headers) for c in choices]

@@ -33,10 +33,11 @@ import re
 import sys
 import time
 import weakref
-from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .._request import Request
+from ..backends.dispatch import gather_all
 from ..backends.headers import parse_duration, parse_retry_after, seconds_until
 from .._response import Response
 from ..errors import (
@@ -143,18 +144,6 @@ def error_fields(body: Any, fallback: str) -> tuple[str, str]:
     if isinstance(body, str) and body.strip():
         return body, ""
     return fallback, ""
-
-
-async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
-    """``asyncio.gather`` that cancels the others when one fails (Python 3.10 has no TaskGroup)."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 @functools.lru_cache(maxsize=16)
