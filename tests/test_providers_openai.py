@@ -538,3 +538,21 @@ def test_reset_closes_the_old_clients_on_embers_loop(openai_server):
     assert all(c.is_closed() for c in clients)
     assert providers.get("openai") is not old
     assert ember.models("openai/gpt-4o-mini", "again").text
+
+
+@pytest.mark.parametrize("model, rate", [("gpt-4o-mini", 0.5), ("gpt-4.1", 0.25),
+                                         ("o3", 0.25), ("o3-mini", 0.5), ("gpt-5-mini", 0.1)])
+def test_cached_prompt_tokens_are_priced_at_the_cached_rate(openai_server, model, rate):
+    """OpenAI's prompt cache: the cost took every prompt token at the full price (81%
+    too much for 90% cached on gpt-4o-mini)."""
+    answer = {"id": "c", "object": "chat.completion", "model": model, "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100_000, "completion_tokens": 100, "total_tokens": 100_100,
+                  "prompt_tokens_details": {"cached_tokens": 90_000}}}
+    # (a "malformed" fault sends the body given: here a well-formed one)
+    openai_server.script(Fault("malformed", body=json.dumps(answer).encode()))
+    [r] = complete(OpenAIProvider(), req(model=model))
+    price = prices.price_for("openai", model)
+    assert r.usage.input_tokens == 100_000  # tokens are as reported; the cost is discounted
+    assert r.cost == pytest.approx((10_000 * price.input + 90_000 * rate * price.input
+                                    + 100 * price.output) / 1e6)

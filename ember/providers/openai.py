@@ -17,6 +17,7 @@ from typing import Any
 
 from .._request import Request
 from .._response import Response, Usage
+from . import prices
 from .sdk import SDKProvider
 from .transport import http_response_type
 
@@ -142,13 +143,18 @@ class OpenAIProvider(SDKProvider):
             usage = None
         prompt = int((usage or {}).get("prompt_tokens") or 0)
         completion = int((usage or {}).get("completion_tokens") or 0)
+        details = (usage or {}).get("prompt_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        # (prompt tokens from the provider's prompt cache are billed at a discount)
+        billed = prompt - cached + cached * prices.cached_input_rate(self.name, request.model)
         shares = split_tokens(completion, [len(t) for t in texts])
         out = []
         for i, (choice, text, share) in enumerate(zip(choices, texts, shares, strict=True)):
             used = Usage(prompt if i == 0 else 0, share)
             out.append(Response(
                 text, model=request.model_id, usage=used,
-                cost=self.cost(request, *used) if usage is not None else None,
+                cost=self.cost(request, billed if i == 0 else 0, share)
+                if usage is not None else None,
                 latency=latency, finish_reason=choice.get("finish_reason")))
         return out
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from .._request import _bare_provider
 
 __all__ = ["Price", "PRICES_VERSION", "price_for", "set_price", "cost_of", "context_window",
-           "known_models", "did_you_mean"]
+           "known_models", "did_you_mean", "cached_input_rate"]
 
 PRICES_VERSION = "2026-11-01"
 
@@ -123,6 +123,21 @@ def cost_of(provider: str, model: str, input_tokens: int, output_tokens: int) ->
     if price is None:
         return None
     return (input_tokens * price.input + output_tokens * price.output) / 1_000_000
+
+
+# OpenAI bills prompt tokens served from its prompt cache at a fraction of the input
+# price, by model family (first match): gpt-5 10%, gpt-4.1 / o3 / o4-mini 25%, else 50%
+_OPENAI_CACHED = ((re.compile(r"gpt-5"), 0.10),
+                  (re.compile(r"gpt-4\.1|o3(?!-mini)|o4-mini"), 0.25))
+
+
+def cached_input_rate(provider: str, model: str) -> float:
+    """The fraction of the input price a cached prompt token costs (OpenAI's
+    ``prompt_tokens_details.cached_tokens``)."""
+    for pattern, rate in _OPENAI_CACHED:
+        if pattern.match(model):
+            return rate
+    return 0.5
 
 
 def context_window(provider: str, model: str) -> int | None:
