@@ -390,8 +390,11 @@ class Jitted:
                 complete, result = False, None
             except TraceError:
                 raise
-            except StopTrace:
-                return  # the check run executes the rest
+            except StopTrace:  # the check run executes the rest
+                for b in state.breaks:
+                    breaks.setdefault((b.loc, b.reason), b)
+                entry.breaks = list(breaks.values())
+                return
             except Exception as exc:
                 waiting = _has_unknown_calls(state)
                 if waiting and self.fullgraph:

@@ -19,8 +19,8 @@ from .backends.dispatch import send
 from .backends.memo import MISSING, Memo
 from .backends.policy import current_options, options_var
 from .ir.graph import Lit
-from .ir.trace import (MarkedText, StopTrace, TracedResponse, current_trace, has_traced,
-                       trace_var, user_location)
+from .ir.trace import (Break, MarkedText, StopTrace, TracedResponse, current_trace,
+                       has_traced, trace_var, user_location)
 from .ir.types import ListT, ResponseT
 
 __all__ = ["models", "amodels", "CheckRun", "NeedAnswers", "check_var", "canonical_model"]
@@ -145,9 +145,16 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     if call is None or providers._instances.get(call.provider) is not call.inst:
         call = _resolve(state, model, params, key)
     n = call.n
-    p_atom = state.atomize(prompt, loc) if isinstance(prompt, str) else \
-        _prompt_atom(state, prompt, loc)
-    s_atom = state.atomize(system, loc) if system is not None else _NO_SYSTEM
+    if isinstance(prompt, str):
+        _refuse_mangled(state, prompt, loc)
+        p_atom = state.atomize(prompt, loc)
+    else:
+        p_atom = _prompt_atom(state, prompt, loc)
+    if system is not None:
+        _refuse_mangled(state, system, loc)
+        s_atom = state.atomize(system, loc)
+    else:
+        s_atom = _NO_SYSTEM
     if call.deterministic:
         shared = call._shared  # call.params(options), its usual hit inlined
         node_params = shared[1] if options_var.get() is shared[0] else \
@@ -169,6 +176,19 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
             for i in range(n)]
 
 
+def _refuse_mangled(state: Any, text: Any, loc: str | None) -> None:
+    """Stop planning at a prompt holding a marker that code the trace cannot see changed
+    (``json.dumps`` escapes it, ``str.upper`` or ``%.20s`` rewrites it): planned, the
+    call would send the placeholder itself. The check run makes it on real values."""
+    if text.__class__ is not str or "\x02" not in text and "\\u0002" not in text:
+        return
+    if "\\u0002" in text or text.count("\x02") != text.count(state._mark_open):
+        state.breaks.append(Break(loc, "an unfinished answer's text went through code the "
+                                  "trace cannot see (json.dumps, str.upper, %-formatting) "
+                                  "into this prompt: the rest runs on real values", False))
+        raise StopTrace("a model answer's placeholder changed by untraced code")
+
+
 def _prompt_atom(state: Any, prompt: Any, loc: str | None) -> Any:
     if isinstance(prompt, (list, tuple)) and not isinstance(prompt, str):
         roles, atoms = [], []
@@ -176,6 +196,7 @@ def _prompt_atom(state: Any, prompt: Any, loc: str | None) -> Any:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise StopTrace("malformed messages")  # the check run raises the real error
             roles.append(str(m["role"]))
+            _refuse_mangled(state, m["content"], loc)
             atoms.append(state.atomize(m["content"], loc))
         if all(isinstance(a, Lit) for a in atoms):
             return Lit(tuple((r, a.value) for r, a in zip(roles, atoms, strict=True)))

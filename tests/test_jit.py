@@ -957,3 +957,25 @@ def test_a_changed_global_stops_costing_requests_once_learned():
         counts.append(n)
     assert sum(counts) <= len(counts) + 3  # three lessons: then traced on every call
     assert counts[-6:] == [1] * 6
+
+
+@pytest.mark.parametrize("build", [
+    lambda t: "Grade this JSON: " + json.dumps({"answer": t}),  # escapes the marker
+    lambda t: "Shout: " + str.upper(t),  # C code rewrites it
+])
+def test_a_placeholder_changed_by_untraced_code_is_never_sent(build):
+    """json.dumps(answer) in a prompt sent the escaped placeholder to the provider
+    ('{"answer": "\\u000277fa...\\u0003"}'), a paid request eager never makes; a vmap
+    sent one per element."""
+    def pipeline(q):
+        t = models("sim", f"Describe {q}").text
+        return models("sim", build(t)).text
+
+    expected = [pipeline(q) for q in ("a cat", "a dog")]
+    sim.reset_stats()
+    assert jit(pipeline)("a cat") == expected[0]
+    assert ember.vmap(pipeline)(["a cat", "a dog"]) == expected
+    assert not [p for p in sim.stats().prompts if "\x02" in p or "\\u0002" in p]
+    assert sim.stats().requests <= 2 + 4
+    report = ember.inspect(pipeline, "a cat")
+    assert any("cannot see" in b.reason for b in report.breaks)
