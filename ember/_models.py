@@ -146,7 +146,9 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
         call = _resolve(state, model, params, key)
     n = call.n
     if isinstance(prompt, str):
-        _refuse_mangled(state, prompt, loc)
+        if "\x02" in prompt and prompt.count("\x02") != prompt.count(state._mark_open) \
+                or "\\u0002" in prompt:
+            _refuse_mangled(state, prompt, loc)
         p_atom = state.atomize(prompt, loc)
     else:
         p_atom = _prompt_atom(state, prompt, loc)
@@ -180,7 +182,7 @@ def _refuse_mangled(state: Any, text: Any, loc: str | None) -> None:
     """Stop planning at a prompt holding a marker that code the trace cannot see changed
     (``json.dumps`` escapes it, ``str.upper`` or ``%.20s`` rewrites it): planned, the
     call would send the placeholder itself. The check run makes it on real values."""
-    if text.__class__ is not str or "\x02" not in text and "\\u0002" not in text:
+    if text.__class__ is not str:
         return
     if "\\u0002" in text or text.count("\x02") != text.count(state._mark_open):
         state.breaks.append(Break(loc, "an unfinished answer's text went through code the "
