@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from contextvars import ContextVar
-from typing import Any, Awaitable
+from typing import Any
 
 from . import providers
 from ._request import Request, build_request, normalize_params, parse_model_id
@@ -285,7 +285,7 @@ class _Fetch:
             try:
                 self.result = (await send(self.request, options=self.options,
                                           location=self.loc))[0]
-            except Exception as exc:
+            except Exception as exc:  # (kept: raised again wherever the answer is read)
                 self.error = exc
         if self.error is not None:
             raise self.error
@@ -302,21 +302,13 @@ class _Fetch:
                 raise RuntimeError("a pending response was read on Ember's event loop")
             check.blocked_at = check.blocked_at or check.first_miss or self.loc
             start = time.perf_counter()
-            if self in (r._thunk for r in check.pending):
-                run_sync(check.fetch_pending())  # this one and every other pending
-            else:  # (read after its run ended: a returned, unread answer)
-                run_sync(_quietly(self.fetch()))
+            if self not in (r._thunk for r in check.pending):  # (read after its run
+                check.pending.append(Response.pending(self))  # ended: returned unread)
+            run_sync(check.fetch_pending())  # this one and every other pending, together
             check.fetch_seconds += time.perf_counter() - start
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]
-
-
-async def _quietly(fetch: Awaitable[Any]) -> None:
-    try:
-        await fetch
-    except Exception:  # (kept on the fetch, raised where the answer is read)
-        pass
 
 
 check_var: ContextVar[CheckRun | None] = ContextVar("ember_check", default=None)

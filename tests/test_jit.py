@@ -979,3 +979,30 @@ def test_a_placeholder_changed_by_untraced_code_is_never_sent(build):
     assert sim.stats().requests <= 2 + 4
     report = ember.inspect(pipeline, "a cat")
     assert any("cannot see" in b.reason for b in report.breaks)
+
+
+def test_a_changing_prompt_before_a_break_and_a_failing_unplanned_call():
+    import itertools
+
+    ticks = itertools.count()
+
+    def answer(q):
+        r = models("sim", f"Time {next(ticks)}: {q}")
+        if len(r.text) > 5:  # a break: the plan runs the call, then traces again,
+            return r.text  # meets a new prompt and stops (it made 64 rounds)
+        return "short"
+
+    fast = jit(answer)
+    counts = [_requests(fast, q)[1] for q in "abc"]
+    assert counts[0] <= 2 and counts[1:] == [1, 1]
+
+    sim.configure(fail_on="BOOM")
+
+    def boom(q):
+        return models("sim", f"BOOM {next(ticks)}: {q}").text
+
+    with pytest.raises(ember.BadRequestError):
+        boom("x")
+    for _ in range(2):  # fetched where it is read, the error is raised there, as eager
+        with pytest.raises(ember.BadRequestError, match="BOOM"):
+            jit(boom)("x")
