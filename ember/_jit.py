@@ -251,15 +251,27 @@ class Jitted:
         self.verify = verify  # run the IR verifier after every pass (tests)
         self.is_async = _inspect.iscoroutinefunction(fn)
         self.cache: dict[Any, CompiledEntry] = {}
-        self.last_run: RunReport | None = None  # what the latest call did
-        self._ran: list[Graph] = []  # the latest call's graphs, for its report
-        self._unplanned = 0.0
+        self._latest: RunReport | None = None
+        self._own_latest: contextvars.ContextVar[RunReport | None] = \
+            contextvars.ContextVar("ember_last_run", default=None)
         # name and doc, not the wrapped's __dict__: a wrapped Jitted's or vmap's fn,
         # cache and last_run would replace this one's (jit(vmap(f)) became jit(f))
         functools.update_wrapper(self, fn, updated=())
 
     def __repr__(self) -> str:
         return f"<jit {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+    @property
+    def last_run(self) -> RunReport | None:
+        """What the latest call did: this thread's or task's latest call when it made
+        one (calls from several threads or tasks at once each see their own), else
+        the latest of any."""
+        return self._own_latest.get() or self._latest
+
+    @last_run.setter
+    def last_run(self, report: RunReport | None) -> None:
+        self._latest = report
+        self._own_latest.set(report)
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         # a bound method whose attributes (last_run, entry, fn) are the Jitted's
@@ -302,19 +314,19 @@ class Jitted:
             entry = self.cache[sig] = CompiledEntry()
         entry.calls += 1
         memo = Memo()
-        self._ran = []
-        self._unplanned = 0.0  # seconds spent fetching calls the plan missed
+        recs = recorder_var.get()  # (this call's own, innermost: graphs for its report)
+        run_info = recs[-1] if recs else Recorder()
         plans: list[tuple[TraceState, Graph]] = []  # this call's traces, if it planned
         replayed = entry.graph  # (None: this call plans)
         if entry.changing:
             pass  # the check run does it all
         elif replayed is not None:
-            self._ran.append(replayed)
+            run_info.graphs.append(replayed)
             leaves: list[Any] = []
             trace_inputs((args, kwargs), None, leaves)
             yield "run", run_graph(entry.graph, leaves, memo)
         else:
-            yield from self._plan(args, kwargs, entry, memo, run_graph, plans)
+            yield from self._plan(args, kwargs, entry, memo, run_graph, plans, run_info)
         unplanned: str | None = None  # where the first call the plan missed was made
         fetched: list[tuple[str, int]] = []  # what the last re-check's fetch stored
         for _ in range(MAX_ROUNDS):
@@ -331,17 +343,17 @@ class Jitted:
                     _stop_planning(entry, "the Python made other calls each time it ran "
                                    "(a timestamp or a random id in a prompt?)")
                     continue
-                fetched = yield from self._fetch(check.fetch_pending())
+                fetched = yield from _fetch(check.fetch_pending(), run_info)
         else:  # pragma: no cover - a program that keeps reading new answers
             check = CheckRun(memo, suspendable=False)
             result = yield "check", (self.fn, check, args, kwargs)
         if check.blocked_at:  # (the check run fetched calls the plan missed, blocking)
             unplanned = unplanned or check.blocked_at
-            self._unplanned += check.fetch_seconds
+            run_info.unplanned_seconds += check.fetch_seconds
         pending = _pending_leaves(result, [])
         if pending:  # answers returned unread that the plan did not make: it missed them
             unplanned = unplanned or check.first_miss or "?"
-            yield from self._fetch(_settle(pending))
+            yield from _fetch(_settle(pending), run_info)
         # (a call the plan did not make that the Python never read is a dead call dce
         # removed, not a miss: counting it made every function with one strict)
         if unplanned or memo.unused():
@@ -357,17 +369,9 @@ class Jitted:
                     "function, or drop fullgraph=True.")
         return result
 
-    def _fetch(self, calls: Awaitable[Any]) -> Generator[Step, Any, Any]:
-        """Run calls the plan missed (the check run asks for them), timing them for the
-        run report's measured bound."""
-        start = time.perf_counter()
-        done = yield "run", calls
-        self._unplanned += time.perf_counter() - start
-        return done
-
     def _plan(self, args: tuple, kwargs: dict, entry: CompiledEntry, memo: Memo,
-              run_graph: RunGraph, plans: list[tuple[TraceState, Graph]]
-              ) -> Generator[Step, Any, None]:
+              run_graph: RunGraph, plans: list[tuple[TraceState, Graph]],
+              run_info: Recorder) -> Generator[Step, Any, None]:
         """Trace, compile and run the function's calls, round by round (a round ends
         where the Python needs an answer); each round's trace goes to ``plans``."""
         concrete = False  # pass argument strings as plain str (after a tracer TypeError)
@@ -442,11 +446,20 @@ class Jitted:
                     entry.graph = optimized  # cached before it runs: vmap elements reuse it
                     run = run_graph
                 entry.passes = passes
-            self._ran.append(optimized)
+            run_info.graphs.append(optimized)
             used = found
             yield "run", run(optimized, leaves, memo)
             if complete:
                 return
+
+
+def _fetch(calls: Awaitable[Any], run_info: Recorder) -> Generator[Step, Any, Any]:
+    """Run calls the plan missed (the check run asks for them), timing them for the
+    run report's measured bound."""
+    start = time.perf_counter()
+    done = yield "run", calls
+    run_info.unplanned_seconds += time.perf_counter() - start
+    return done
 
 
 def _has_unknown_calls(state: TraceState) -> bool:
@@ -542,10 +555,10 @@ def _start_recording() -> tuple[Recorder, Any, float]:
 def _finish_recording(rec: Recorder, token: Any, start: float, jitted: Jitted) -> RunReport:
     recorder_var.reset(token)
     name = getattr(jitted.fn, "__qualname__", "jit")
-    bound = sum(_critical_path(graph) for graph in jitted._ran)  # (the estimates')
+    bound = sum(_critical_path(graph) for graph in rec.graphs)  # (the estimates')
     return RunReport(rec.calls, time.perf_counter() - start, bound or None, label=name,
-                     graphs=tuple(jitted._ran), node_seconds=rec.node_seconds,
-                     unplanned_seconds=jitted._unplanned)
+                     graphs=tuple(rec.graphs), node_seconds=rec.node_seconds,
+                     unplanned_seconds=rec.unplanned_seconds)
 
 
 async def _settle(pending: list[Response]) -> None:

@@ -59,7 +59,8 @@ class RunReport:
 
     @property
     def completions(self) -> int:
-        return sum(c.n for c in self.calls if not (c.cached or c.coalesced))
+        """Answers produced (a failed call produced none)."""
+        return sum(c.n for c in self.calls if not (c.cached or c.coalesced or c.error))
 
     @property
     def cache_hits(self) -> int:
@@ -100,12 +101,13 @@ class RunReport:
 
     @property
     def peak_concurrency(self) -> int:
-        events = sorted([(c.start, 1) for c in self._sent()] + [(c.end, -1) for c in self._sent()])
-        peak = level = 0
-        for _, step in events:
-            level += step
-            peak = max(peak, level)
-        return peak
+        """The most requests in flight at once (a batch request is one)."""
+        return _peak(self._sent())
+
+    @property
+    def peak_prompts(self) -> int:
+        """The most prompts in flight at once (each prompt of a batch request counts)."""
+        return _peak([c for c in self.calls if not (c.cached or c.coalesced)])
 
     @property
     def mean_concurrency(self) -> float:
@@ -113,7 +115,8 @@ class RunReport:
         return busy / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def _sent(self) -> list[CallRecord]:
-        return [c for c in self.calls if not (c.cached or c.coalesced)]
+        """The round trips (a batch's later prompts rode on its first)."""
+        return [c for c in self.calls if not (c.cached or c.coalesced or c.batched)]
 
     def lanes(self) -> list[int]:
         """A lane per call such that calls in one lane never overlap (fewest lanes)."""
@@ -141,7 +144,7 @@ class RunReport:
             "output_tokens": self.output_tokens, "cost": self.cost,
             "wall_seconds": self.wall_seconds, "bound_seconds": self.bound_seconds,
             "measured_bound_seconds": self.measured_bound_seconds,
-            "peak_concurrency": self.peak_concurrency,
+            "peak_concurrency": self.peak_concurrency, "peak_prompts": self.peak_prompts,
             "mean_concurrency": self.mean_concurrency,
         }
 
@@ -180,17 +183,29 @@ class RunReport:
         best = self.measured_bound_seconds or self.bound_seconds
         if best:
             bound = f" (critical-path bound {best:.3f}s, {self.wall_seconds / best:.2f}x)"
+        prompts = self.peak_prompts
+        batched = f" ({prompts} prompts, in batches)" if prompts > self.peak_concurrency else ""
         lines = [
             f"{self.label}: {self.requests} requests, {self.completions} completions, "
             f"{self.cache_hits} cache hits, {self.coalesced} coalesced",
             f"  tokens   {self.input_tokens:,} in + {self.output_tokens:,} out",
             f"  cost     {cost}",
             f"  wall     {self.wall_seconds:.3f}s{bound}",
-            f"  concurrency  peak {self.peak_concurrency}, mean {self.mean_concurrency:.1f}",
+            f"  concurrency  peak {self.peak_concurrency}{batched}, mean "
+            f"{self.mean_concurrency:.1f}",
             f"  retries  {self.retries}, throttled {self.throttle_seconds:.2f}s, "
             f"failures {self.failures}",
         ]
         return "\n".join(lines)
+
+
+def _peak(calls: list[CallRecord]) -> int:
+    events = sorted([(c.start, 1) for c in calls] + [(c.end, -1) for c in calls])
+    peak = level = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
 
 
 @dataclass

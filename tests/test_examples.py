@@ -48,7 +48,7 @@ def test_quickstart(tmp_path):
     out = run_example("quickstart.py", cwd=tmp_path)
     assert "same answer: True" in out
     assert "analyze: 2 requests, 6 completions" in out  # five experts fused, then the judge
-    assert "peak 5" in out
+    assert "peak 1 (5 prompts, in batches)" in out  # one batch request of five prompts
 
 
 def test_ensemble_judge_timeline_shows_five_parallel_slices_then_one(tmp_path):
@@ -85,7 +85,7 @@ def test_week1_pipeline(tmp_path):
     assert len(re.findall(r"^  \S+: \[\d{4}\]", out, re.M)) == n  # one note per entity
     assert "same result: True" in out
     assert f"enrich: 2 requests, {n + 1} completions" in out  # extract, then all at once
-    assert f"peak {n}" in out
+    assert f"({n} prompts, in batches)" in out  # the enrich calls went together
     assert re.search(r"graph break at week1_pipeline\.py:\d+: iterating over a traced value",
                      out)
 

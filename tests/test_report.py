@@ -25,7 +25,10 @@ def test_jit_run_report_adds_up():
     assert report.completions == 6
     assert report.cost == pytest.approx(sum(c.cost for c in report.calls))
     assert report.input_tokens == sum(c.input_tokens for c in report.calls)
-    assert report.peak_concurrency == 5
+    # the 5 experts went as one batch request (sim has a batch interface): one round
+    # trip in flight, as sim saw (each prompt counted as in flight before: 5)
+    assert report.peak_concurrency == sim.stats().max_in_flight == 1
+    assert report.requests == sim.stats().requests == 2
     assert report.bound_seconds == pytest.approx(0.04)
     assert report.measured_bound_seconds == pytest.approx(0.04, abs=0.015)
     assert report.wall_seconds >= 0.04
@@ -160,3 +163,64 @@ def test_queued_calls_are_not_counted_as_concurrent():
         assert len(run.calls) == 6 and run.throttle_seconds > 0
     finally:
         limiter.reset()
+
+
+def _panel(q: str, k: int = 4):
+    opinions = [models("sim", f"As expert {i}, assess: {q}") for i in range(k)]  # a batch
+    return models("sim", "Judge:\n" + "\n".join(o.text for o in opinions)).text
+
+
+def test_a_retried_or_failed_batch_adds_up_to_what_the_provider_saw():
+    """A batch request's retries were counted once per prompt in it (4 for 1); a batch
+    that failed for good was missing from the report; failed calls counted as
+    completions."""
+    sim.configure(error_rate=0.3, seed=3)
+    fast = jit(ember.retry(_panel, max_attempts=10, initial_delay=0.001, max_delay=0.002))
+    for q in ("a", "b", "c"):
+        sim.reset_stats()
+        fast(q)
+        report = fast.last_run
+        assert report.requests + report.retries == sim.stats().requests
+        assert report.completions == sim.stats().completions
+    sim.configure(error_rate=1.0)
+    sim.reset_stats()
+    with ember.record() as run:
+        with pytest.raises(ember.EmberError):
+            jit(ember.retry(_panel, max_attempts=2, initial_delay=0.001))("q")
+    assert run.requests + run.retries == sim.stats().requests
+    assert run.failures == 4 and run.completions == 0  # (one per prompt of the batch)
+    sim.configure(error_rate=0.0, fail_on="boom")
+    with ember.record() as run:
+        models("sim", "ok", temperature=0.5, n=3)
+        with pytest.raises(ember.BadRequestError):
+            models("sim", "boom", temperature=0.5, n=3)
+    assert run.completions == 3 and run.failures == 1
+
+
+def test_concurrent_calls_each_report_their_own_run():
+    """Two threads calling one jitted function: a 1-call run was reported with the
+    other call's 4-step graph ('wall 0.129s (critical-path bound 0.500s, 0.26x)')."""
+    import threading
+
+    sim.configure(latency=0.05)
+
+    def chain(q, k):
+        out = models("sim", f"Start {q}")
+        for step in range(k - 1):
+            out = models("sim", f"Step {step}: {out.text}")
+        return out.text
+
+    fast = jit(chain)
+    fast("warm", 1), fast("warm", 4)
+    reports = {}
+
+    def work(k):
+        fast(f"q{k}", k)
+        reports[k] = fast.last_run
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in (1, 4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert reports[1].requests == 1 and reports[4].requests == 4
+    assert reports[1].measured_bound_seconds == pytest.approx(0.05, abs=0.03)
+    assert reports[4].measured_bound_seconds == pytest.approx(0.2, abs=0.06)

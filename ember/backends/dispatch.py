@@ -292,25 +292,38 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
                          lambda batches: sum(_usage(b) for b in batches))
         return _within(call, deadline, label)
 
+    def failed(exc: EmberError, members: int) -> None:
+        """The failed round trip: its first prompt's record carries it (and its
+        attempts); the others, when they failed with it, are its batch members."""
+        for k in range(members):
+            record(CallRecord(requests[k].model_id, waited[1] or start, time.monotonic(),
+                              requests[k].n, attempts=getattr(exc, "attempts", 1) if k == 0
+                              else 1, error=type(exc).__name__, cost=0.0,
+                              location=locations[k], batched=k > 0,
+                              throttle_wait=waited[0] if k == 0 else 0.0))
+
     try:
         batches, attempts = await _retrying(attempt, options.retry, deadline, label)
-    except BadRequestError:
+    except BadRequestError as exc:
         if len(requests) == 1:
             raise
+        failed(exc, 1)  # (a round trip all the same)
         # one bad prompt (too long, refused) must not fail the others, as it would not
         # in eager Python: each is sent on its own and gets its own answer or error
         results = await send_batch(requests, options=options, priority=priority,
                                    locations=locations)
         return [r[0] if isinstance(r, list) else r for r in results]
     except EmberError as exc:
+        failed(exc, len(requests))
         return [exc.where(label, locations[0])] * len(requests)
     end = time.monotonic()
     out = []
     for k, (req, responses, loc) in enumerate(zip(requests, batches, locations, strict=True)):
         cost = _fill_costs(req, responses)
         usage = [sum(r.usage[i] for r in responses) for i in (0, 1)]
+        # (the round trip's attempts and admission wait are counted once, on its first)
         record(CallRecord(req.model_id, waited[1] or start, end, req.n, usage[0], usage[1], cost,
-                          attempts=attempts, location=loc, batched=k > 0,
+                          attempts=attempts if k == 0 else 1, location=loc, batched=k > 0,
                           throttle_wait=waited[0] if k == 0 else 0.0))
         out.append(responses[0])
     return out

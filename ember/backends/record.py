@@ -33,6 +33,10 @@ class Recorder:
     calls: list[CallRecord] = field(default_factory=list)
     # output var id -> seconds, of each model-call node a compiled graph ran
     node_seconds: dict[int, float] = field(default_factory=dict)
+    # the compiled graphs a jitted call ran, and the seconds it spent fetching calls
+    # no graph planned (for its report's critical-path bound)
+    graphs: list[Any] = field(default_factory=list)
+    unplanned_seconds: float = 0.0
 
     @property
     def requests(self) -> int:
