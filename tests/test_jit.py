@@ -784,6 +784,33 @@ def test_an_effectful_op_runs_once_per_call_as_in_eager_python():
         assert jitted == log and len(log) == 2  # the same effects, each once
 
 
+def test_an_effect_before_a_break_runs_once():
+    """The round before a break ran the effect, and the next round's graph, which holds
+    it again, ran it a second time (on every call)."""
+    log: list[str] = []
+
+    @ember.op(effectful=True)
+    def write(text: str) -> None:
+        log.append(text)
+
+    def triage(ticket: str) -> str:
+        answer = models("sim", f"Classify: {ticket}")
+        write(answer.text)
+        write(answer.text)  # (written twice, as eager writes it twice)
+        if len(answer.text) > 10:  # a break after the effects
+            return models("sim", f"Escalate: {ticket}").text
+        return "ok"
+
+    fast = jit(triage)
+    for ticket in ("t", "t", "u"):
+        log.clear()
+        expected = triage(ticket)
+        eager = list(log)
+        log.clear()
+        assert fast(ticket) == expected
+        assert log == eager and len(log) == 2
+
+
 def test_an_effect_that_raises_raises_once_from_the_jitted_call():
     calls: list[str] = []
 

@@ -43,6 +43,9 @@ class _Run:
         self.graph = graph
         self.env = env
         self.memo = memo
+        if memo is not None:
+            memo.runs += 1
+        self.run = memo.runs if memo is not None else 0  # (this call's n-th graph run)
         self.priority: dict[int, float] = graph.meta.get("priority", {})  # from schedule
         self.requests: dict[int, Any] = {}  # node out id -> Request or [Request]
         self.tasks: dict[int, asyncio.Task] = {}  # node index -> its model call, in flight
@@ -87,12 +90,17 @@ class _Run:
             elif impl is None:
                 tasks[i] = create_task(self._call(i, node, values))
             else:
-                try:
-                    value = impl(node, *values)
-                except Exception as exc:
-                    value = exc
-                if self.memo is not None and node.op == "call" and is_effectful(node):
-                    self.memo.put_effect(node.param("fn"), values, value)
+                memo = self.memo
+                effect = memo is not None and node.op == "call" and is_effectful(node)
+                value = memo.ran_effect(node.param("fn"), values, self.run) if effect \
+                    else MISSING  # type: ignore[union-attr]
+                if value is MISSING:
+                    try:
+                        value = impl(node, *values)
+                    except Exception as exc:
+                        value = exc
+                    if effect:
+                        memo.put_effect(node.param("fn"), values, value, self.run)  # type: ignore[union-attr]
                 self._finish(node, value, ready)
 
     def _finish(self, node: Node, value: Any, ready: list[int]) -> None:

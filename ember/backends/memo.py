@@ -17,14 +17,17 @@ MISSING = object()
 
 
 class Memo:
-    __slots__ = ("det", "sampled", "hits", "used", "effects")
+    __slots__ = ("det", "sampled", "hits", "used", "effects", "runs")
 
     def __init__(self) -> None:
         self.det: dict[str, Any] = {}
         self.sampled: dict[str, list[Any]] = {}
         self.hits = 0
         self.used: set[tuple[str, int]] = set()
-        self.effects: list[list[Any]] = []  # [fn, argument values, result, taken]
+        # [fn, argument values, result, taken by the check run, the graph run that ran
+        # it, the latest graph run that reused it]
+        self.effects: list[list[Any]] = []
+        self.runs = 0  # graph runs of this call (a plan's rounds)
 
     def __len__(self) -> int:
         return len(self.det) + sum(len(v) for v in self.sampled.values())
@@ -67,9 +70,19 @@ class Memo:
         samples = self.sampled.get(request.key, ())
         return samples[occurrence] if occurrence < len(samples) else MISSING
 
-    def put_effect(self, fn: Any, values: list[Any], result: Any) -> None:
+    def put_effect(self, fn: Any, values: list[Any], result: Any, run: int = 0) -> None:
         """An effectful `ember.op` the graph ran, so the check run does not run it again."""
-        self.effects.append([fn, values, result, False])
+        self.effects.append([fn, values, result, False, run, run])
+
+    def ran_effect(self, fn: Any, values: list[Any], run: int) -> Any:
+        """The result of ``fn`` on equal arguments run by an earlier graph run of this
+        call and not yet reused by graph run ``run`` (a later round's graph holds the
+        effects before its break again: they ran already), else MISSING."""
+        for entry in self.effects:
+            if entry[4] < run and entry[5] != run and entry[0] is fn and _equal(entry[1], values):
+                entry[5] = run
+                return entry[2]
+        return MISSING
 
     def take_effect(self, fn: Any, values: list[Any]) -> Any:
         """The result of the first not yet taken run of ``fn`` on equal arguments."""
