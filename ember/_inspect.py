@@ -13,7 +13,8 @@ from typing import Any, Callable
 from ._jit import Jitted, trace_inputs
 from .ir.graph import Graph
 from .ir.printing import format_graph, pass_effects, to_dot, to_mermaid
-from .ir.trace import StopTrace, Suspend, TraceState, tracing
+from .ir.locations import exception_site
+from .ir.trace import Break, StopTrace, Suspend, TraceState, tracing
 
 __all__ = ["inspect", "InspectReport", "trace_graph"]
 
@@ -128,10 +129,13 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
         except StopTrace as exc:
             complete, note = False, f"tracing stopped: {exc}"
         except Exception as exc:
+            waiting = any(n.op == "llm" for n in state.nodes)
             then = ("runs the calls recorded before it, then traces on with their answers"
-                    if any(n.op == "llm" for n in state.nodes) else "runs such code on real "
-                    "values")
+                    if waiting else "runs such code on real values")
             complete, note = False, f"tracing stopped: {type(exc).__name__}: {exc} (jit {then})"
+            if waiting:  # (a break, as jit counts it: listed with the others)
+                state.breaks.append(Break(exception_site(exc), f"{type(exc).__name__} on an "
+                                          f"unfinished answer: {exc}", False))
         graph = state.graph(result)
     if not complete:
         graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
@@ -146,10 +150,29 @@ def inspect(fn: Callable, *example_args: Any, **example_kwargs: Any) -> InspectR
 
     if isinstance(fn, Mapped):
         return _inspect_map(fn, example_args, example_kwargs)
+    _check_arguments(fn, example_args, example_kwargs)
     graph, state, complete, note = trace_graph(fn, example_args, example_kwargs)
     optimized, passes = run_passes(graph, verify=True, inputs=state_inputs(state))
     name = getattr(getattr(fn, "fn", fn), "__qualname__", repr(fn))
     return InspectReport(name, graph, optimized, passes, list(state.breaks), complete, note)
+
+
+def _check_arguments(fn: Callable, args: tuple, kwargs: dict) -> None:
+    """Example arguments that do not fit the function are the caller's mistake, not a
+    graph break: a TypeError naming the signature."""
+    import inspect as pyinspect
+
+    target = getattr(fn, "fn", fn)
+    try:
+        signature = pyinspect.signature(target)
+    except (TypeError, ValueError):  # a builtin or C callable: nothing to check
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        name = getattr(target, "__qualname__", repr(target))
+        raise TypeError(f"inspect: the example arguments do not fit {name}{signature}: "
+                        f"{exc}") from None
 
 
 def _inspect_map(mapped: Any, args: tuple, kwargs: dict) -> InspectReport:
@@ -159,6 +182,9 @@ def _inspect_map(mapped: Any, args: tuple, kwargs: dict) -> InspectReport:
     from .passes.vmap import batch_graph, check_batched, map_estimate
 
     elements = _split(args, mapped.in_axes, mapped.name)
+    if not elements:
+        raise ValueError(f"inspect(vmap({mapped.name}), ...) needs at least one element to "
+                         "trace; the lists given are empty")
     report = inspect(mapped.jitted.fn, *elements[0], **kwargs)
     report.name = f"vmap({report.name})"
     mask = _leaf_mask(elements[0], _axes(args, mapped.in_axes), kwargs)

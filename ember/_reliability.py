@@ -63,8 +63,9 @@ def retry(fn: Callable | None = None, *, max_attempts: int = 3, initial_delay: f
     Retried: throttling 429s (never before their ``Retry-After``), 5xx, timeouts,
     dropped connections, malformed bodies, and `ParseError` raised inside ``fn`` (which
     re-runs ``fn`` at once, for a new sample). Never retried: 400/401/403/404, context
-    length, quota exhaustion. Backoff: ``initial_delay * multiplier**k`` seconds, capped
-    at ``max_delay``, with full jitter. The final error lists the attempts.
+    length, quota exhaustion. Backoff before retry k (k = 1, 2, ...): ``initial_delay *
+    multiplier**(k-1)`` seconds, capped at ``max_delay``; with ``jitter``, a uniform draw
+    between half of that and all of it. The final error lists the attempts.
     """
     policy = RetryPolicy(max_attempts, initial_delay, max_delay, multiplier, jitter)
     if fn is None:

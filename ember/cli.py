@@ -23,8 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a small program eagerly and with jit, offline")
-    demo.add_argument("--latency", type=float, default=0.15,
-                      help="simulated model latency in seconds (default 0.15)")
+    demo.add_argument("--latency", type=float,
+                      default=float(os.environ.get("EMBER_SIM_LATENCY") or 0.15),
+                      help="simulated model latency in seconds (default: EMBER_SIM_LATENCY, "
+                      "else 0.15)")
     demo.add_argument("--docs", type=int, default=3, help="number of documents (default 3)")
 
     insp = sub.add_parser("inspect", help="show a function's graph before and after the passes")
@@ -102,7 +104,11 @@ def _parse_arg(text: str) -> Any:
 def _inspect_command(ns: argparse.Namespace) -> int:
     from ._inspect import inspect
 
-    report = inspect(_load(ns.target), *[_parse_arg(a) for a in ns.args])
+    try:
+        report = inspect(_load(ns.target), *[_parse_arg(a) for a in ns.args])
+    except (TypeError, ValueError) as exc:  # arguments that do not fit the function
+        print(f"ember inspect: {exc}", file=sys.stderr)
+        return 2
     if ns.format == "svg":
         try:
             data: bytes | str = report.svg(ns.view)

@@ -78,6 +78,9 @@ class ConfigurationError(EmberError):
 
 
 class MissingAPIKeyError(ConfigurationError):
+    """No API key is set for a provider; the message names the environment variable to
+    set (e.g. ``OPENAI_API_KEY``) and the offline alternative, the 'sim' model."""
+
     def __init__(self, provider: str, env_var: str) -> None:
         super().__init__(
             f"No API key for provider {provider!r}. Set the environment variable {env_var} "

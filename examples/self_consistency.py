@@ -2,8 +2,8 @@
 
 The k calls are *sampled* (temperature > 0), so they are distinct draws: `jit`
 never merges them (that would silently break the vote); instead the fuse pass
-sends them as one request with ``n=k`` where the provider supports it (OpenAI-
-compatible servers and `sim` do), billing the prompt once. The vote is a plain
+sends them as one request with ``n=k`` where the provider supports it (`openai`,
+`vllm` and `sim` do), billing the prompt once. The vote is a plain
 Python function marked `@ember.op`, so it is a node in the graph, not a break.
 
     python examples/self_consistency.py

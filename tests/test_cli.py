@@ -163,6 +163,22 @@ def test_inspect_json_arguments(program, capsys):
     assert traced.count("= llm[") == 4  # the argument was parsed as a JSON list
 
 
+def test_inspect_with_arguments_that_do_not_fit_is_an_error(program, capsys):
+    """It printed an empty graph, a TypeError as a 'graph break' and '0 requests', and
+    exited 0."""
+    assert cli.main(["inspect", f"{program}:analyze"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit analyze(text)" in err and "missing a required argument: 'text'" in err
+    assert cli.main(["inspect", f"{program}:analyze", "a", "b"]) == 2
+
+
+def test_demo_latency_defaults_to_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("EMBER_SIM_LATENCY", "0.001")
+    # (read when the parser is built: the docs' `EMBER_SIM_LATENCY=0.05 ember demo`)
+    assert cli.main(["demo", "--docs", "1"]) == 0
+    assert "with 1 ms latency" in capsys.readouterr().out
+
+
 def test_parse_arg():
     assert cli._parse_arg("42") == 42
     assert cli._parse_arg('{"a": [1, 2]}') == {"a": [1, 2]}

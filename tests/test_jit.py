@@ -1033,3 +1033,15 @@ def test_a_changing_prompt_before_a_break_and_a_failing_unplanned_call():
     for _ in range(2):  # fetched where it is read, the error is raised there, as eager
         with pytest.raises(ember.BadRequestError, match="BOOM"):
             jit(boom)("x")
+
+
+def test_inspect_lists_an_exception_on_a_placeholder_as_a_break():
+    def labels(q):
+        found = [models("sim", f"JSON label {i}: {q}", response_format="json").json()["answer"]
+                 for i in range(3)]
+        return " | ".join(found)  # TypeError while planning: JSON fields are not str yet
+
+    report = ember.inspect(labels, "x")
+    assert [b.reason.split(":")[0] for b in report.breaks] == ["TypeError on an unfinished answer"]
+    with pytest.raises(ValueError, match="needs at least one element"):
+        ember.inspect(ember.vmap(labels), [])

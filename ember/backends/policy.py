@@ -29,7 +29,8 @@ _rng = random.Random()
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; ``Retry-After`` is a floor, never shortened."""
+    """Exponential backoff, jittered between half the delay and all of it;
+    ``Retry-After`` is a floor, never shortened."""
 
     max_attempts: int = 3
     initial_delay: float = 0.5
