@@ -30,6 +30,9 @@ class InspectReport:
     note: str | None = None
     batched: Graph | None = None  # vmap: the batched graph of the whole map
     map_estimate: Any = None  # vmap: the static estimate of the whole map
+    # the trace read values that steered it (an ember.cache hit, a known answer): the
+    # graph holds for these arguments only, so a map plans every element on its own
+    guarded: bool = False
 
     @property
     def estimate(self) -> Any:
@@ -81,6 +84,10 @@ class InspectReport:
         if self.batched is not None:
             lines += ["batched graph (vmap):", format_graph(self.batched),
                       str(self.batched.meta["vmap"]), ""]
+        elif self.map_estimate is not None:  # (guarded: nothing hoisted)
+            lines += ["vmap: the trace read values that steered it (an ember.cache hit, a "
+                      "known answer): every element plans its own graph, nothing is made "
+                      "once for all", ""]
         if self.breaks:
             lines.append("graph breaks:")
             for b in self.breaks:
@@ -154,7 +161,8 @@ def inspect(fn: Callable, *example_args: Any, **example_kwargs: Any) -> InspectR
     graph, state, complete, note = trace_graph(fn, example_args, example_kwargs)
     optimized, passes = run_passes(graph, verify=True, inputs=state_inputs(state))
     name = getattr(getattr(fn, "fn", fn), "__qualname__", repr(fn))
-    return InspectReport(name, graph, optimized, passes, list(state.breaks), complete, note)
+    return InspectReport(name, graph, optimized, passes, list(state.breaks), complete, note,
+                         guarded=state.guarded)
 
 
 def _check_arguments(fn: Callable, args: tuple, kwargs: dict) -> None:
@@ -189,9 +197,10 @@ def _inspect_map(mapped: Any, args: tuple, kwargs: dict) -> InspectReport:
     report.name = f"vmap({report.name})"
     mask = _leaf_mask(elements[0], _axes(args, mapped.in_axes), kwargs)
     if report.complete and len(mask) == len(report.graph.inputs):
-        report.batched = check_batched(batch_graph(report.graph, mask, len(elements))[0])
+        if not report.guarded:  # (else nothing is hoisted: each element plans its own)
+            report.batched = check_batched(batch_graph(report.graph, mask, len(elements))[0])
         report.map_estimate = map_estimate(report.graph, mask, len(elements),
-                                           mapped.batch_size,
+                                           mapped.batch_size, hoist=not report.guarded,
                                            elements=[_leaves_of(e, kwargs) for e in elements])
     return report
 

@@ -120,8 +120,13 @@ def _inspect_command(ns: argparse.Namespace) -> int:
                 "mermaid": lambda r: r.mermaid(ns.view) + "\n"}[ns.format](report)
     if ns.output:
         mode = "wb" if isinstance(data, bytes) else "w"
-        with open(ns.output, mode) as fh:
-            fh.write(data)
+        try:
+            with open(ns.output, mode) as fh:
+                fh.write(data)
+        except OSError as exc:
+            print(f"ember inspect: cannot write {ns.output}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 2
     elif isinstance(data, bytes):
         sys.stdout.buffer.write(data)
     else:

@@ -345,3 +345,21 @@ def test_interrupted_vmap_pays_only_for_unfinished(cache_home):
     rerun = subprocess.run([sys.executable, "-c", script, "0"], env=env, capture_output=True,
                            text=True, timeout=60, check=True)
     assert int(rerun.stdout.split()[-1]) == 40 - done
+
+
+def test_inspect_of_a_map_over_cache_hits_hoists_nothing(tmp_path):
+    """A cache hit is a constant in the first element's trace, so a call fed by it
+    looked the same for every element: the map estimate made it once (1 request for
+    the 5 the map makes)."""
+    summarize = cache(lambda t: ember.models("sim", f"Summarize: {t}").text, path=str(tmp_path))
+
+    def pipeline(t):
+        return ember.models("sim", f"Title for {summarize(t)}").text
+
+    xs = [f"d{i}" for i in range(5)]
+    [pipeline(x) for x in xs]  # every summary cached
+    report = ember.inspect(ember.vmap(pipeline), xs)
+    mapped = ember.vmap(pipeline)
+    mapped(xs)
+    assert report.map_estimate.requests == mapped.last_run.requests == 5
+    assert report.batched is None and "every element plans its own graph" in str(report)

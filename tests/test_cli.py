@@ -170,6 +170,9 @@ def test_inspect_with_arguments_that_do_not_fit_is_an_error(program, capsys):
     err = capsys.readouterr().err
     assert "do not fit analyze(text)" in err and "missing a required argument: 'text'" in err
     assert cli.main(["inspect", f"{program}:analyze", "a", "b"]) == 2
+    capsys.readouterr()
+    assert cli.main(["inspect", f"{program}:analyze", "x", "-o", "/no/such/dir/g.txt"]) == 2
+    assert "cannot write /no/such/dir/g.txt: No such file or directory" in capsys.readouterr().err
 
 
 def test_demo_latency_defaults_to_the_environment(monkeypatch, capsys):

@@ -193,9 +193,11 @@ MAP_SAMPLE = 1_000  # elements whose own estimates a map's estimate averages
 
 def map_estimate(graph: Graph, mapped: Sequence[bool], size: int, window: int | None,
                  inputs: Sequence[Any] | None = None,
-                 elements: Sequence[Sequence[Any]] | None = None) -> Estimate:
-    """The static estimate of a whole map: the hoisted calls once, the rest ``size``
-    times; the critical path takes ``ceil(size / window)`` lanes one after another.
+                 elements: Sequence[Sequence[Any]] | None = None,
+                 hoist: bool = True) -> Estimate:
+    """The static estimate of a whole map: the hoisted calls once (none without
+    ``hoist``), the rest ``size`` times; the critical path takes ``ceil(size / window)``
+    lanes one after another.
     Tokens and cost are each element's own with ``elements`` (every element's input
     values, in the graph's input order; a sample of at most `MAP_SAMPLE`, scaled, for
     longer maps), else ``inputs``' for every element."""
@@ -203,7 +205,7 @@ def map_estimate(graph: Graph, mapped: Sequence[bool], size: int, window: int | 
     if len(examples) > MAP_SAMPLE:  # (random, not evenly spaced: periodic data aliases)
         picked = random.Random(len(examples)).sample(range(len(examples)), MAP_SAMPLE)
         examples = [examples[i] for i in sorted(picked)]
-    keep = set(hoisted_nodes(graph, mapped))
+    keep = set(hoisted_nodes(graph, mapped)) if hoist else set()
     hoisted = estimate(Graph(list(graph.inputs), [n for i, n in enumerate(graph.nodes)
                                                   if i in keep], []), inputs=examples[0])
     each = [estimate(graph, inputs=example) for example in examples]
