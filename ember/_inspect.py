@@ -169,7 +169,10 @@ def _check_arguments(fn: Callable, args: tuple, kwargs: dict) -> None:
     """Example arguments that do not fit the function are the caller's mistake, not a
     graph break: a TypeError naming the signature."""
     import inspect as pyinspect
+    import types
 
+    if isinstance(fn, types.MethodType):  # (a jitted method, bound: self comes first)
+        fn, args = fn.__func__, (fn.__self__, *args)
     target = getattr(fn, "fn", fn)
     try:
         signature = pyinspect.signature(target)
