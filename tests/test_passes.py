@@ -573,3 +573,17 @@ def test_check_batched_rejects_a_wrong_batching():
                           first.loc)
     with pytest.raises(GraphError, match="disagree on the batch size"):
         check_batched(sizes)
+
+
+def test_the_printed_estimate_reads_its_low_end_as_typical_not_as_a_floor():
+    """Printed as "160 - 640 (worst case)", the range read as bounds, and short answers
+    (JSON labels) came in under its low end."""
+    import ember
+    from ember import models
+
+    def two(x):
+        return models("sim", "Judge: " + models("sim", x).text).text
+
+    text = str(ember.inspect(two, "hi").estimate)
+    assert "output tokens  ~64 typical, up to 256" in text
+    assert " - " not in text

@@ -76,7 +76,9 @@ class Estimate:
 
     def __str__(self) -> str:
         def rng(lo: float, hi: float, fmt: str = "{:,}") -> str:
-            return fmt.format(hi) if lo == hi else f"{fmt.format(lo)} - {fmt.format(hi)}"
+            # (the low end is typical, not a floor: short answers come in under it)
+            return fmt.format(hi) if lo == hi else \
+                f"~{fmt.format(lo)} typical, up to {fmt.format(hi)}"
 
         if self.cost_min is None or self.cost_max is None:
             cost = "unknown (no price for " + ", ".join(self.unpriced) + ")"
@@ -86,8 +88,7 @@ class Estimate:
             f"{plural(self.requests, 'request')} ({plural(self.calls, 'llm call')}, "
             f"{plural(self.completions, 'completion')})",
             f"  input tokens   {rng(self.input_tokens_min, self.input_tokens)}",
-            f"  output tokens  {rng(self.output_tokens_min, self.output_tokens_max)}"
-            " (worst case)",
+            f"  output tokens  {rng(self.output_tokens_min, self.output_tokens_max)}",
             f"  cost           {cost}",
             f"  critical path  {self.critical_path_seconds:.2f} s"
             + (" (worst case: every answer as long as allowed)"
