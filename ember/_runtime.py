@@ -11,6 +11,8 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextvars
+import os
+import sys
 import threading
 from typing import Any, Coroutine, TypeVar
 
@@ -23,12 +25,13 @@ _lock = threading.Lock()
 
 
 def loop() -> asyncio.AbstractEventLoop:
-    """The background loop, started on first use."""
+    """The background loop, started on first use (and again if it stopped: after
+    Ember's exit handler, a later call gets a new one)."""
     global _loop, _thread
-    if _loop is not None:
+    if _loop is not None and _thread is not None and _thread.is_alive():
         return _loop
     with _lock:
-        if _loop is None:
+        if _loop is None or _thread is None or not _thread.is_alive():
             new = asyncio.new_event_loop()
             ready = threading.Event()
 
@@ -95,11 +98,26 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
             "A blocking Ember call was made from inside Ember's own event loop; "
             "use the async form (await ember.amodels(...)) in async code.")
     fut = submit(coro)
+    thread = _thread
     try:
-        return fut.result()
+        while True:
+            try:
+                return fut.result(timeout=_WATCH_SECONDS)
+            except TimeoutError:
+                if fut.done():
+                    raise  # (the call's own TimeoutError)
+                if thread is None or not thread.is_alive():  # never to be answered
+                    fut.cancel()
+                    raise RuntimeError(
+                        "Ember's event loop thread stopped while this call waited for it "
+                        "(the interpreter is shutting down?); the call was not completed."
+                    ) from None
     except KeyboardInterrupt:
         fut.cancel()
         raise
+
+
+_WATCH_SECONDS = 1.0  # a waiting call checks this often that the loop thread still runs
 
 
 async def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -115,6 +133,7 @@ async def run_async(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _shutdown() -> None:
+    global _loop, _thread
     if _loop is not None and _loop.is_running():
         from . import providers
 
@@ -129,7 +148,34 @@ def _shutdown() -> None:
             asyncio.run_coroutine_threadsafe(close_all(), _loop).result(timeout=2)
         except Exception:  # pragma: no cover
             pass
-        _loop.call_soon_threadsafe(_loop.stop)
+        stopping, thread = _loop, _thread
+        with _lock:  # (a call made after this, by a later exit handler, gets a new loop)
+            providers._instances.clear()
+            _loop = _thread = None
+        stopping.call_soon_threadsafe(stopping.stop)
+        if thread is not None:
+            thread.join(timeout=2)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child inherits this state but not the loop's thread (calls hung): it
+    starts afresh, with its own loop, clients and admission state. Configured limits
+    and prices stay."""
+    global _loop, _thread, _lock
+    _loop = _thread = None
+    _lock = threading.Lock()
+    dispatch = sys.modules.get("ember.backends.dispatch")
+    if dispatch is not None:
+        dispatch._inflight.clear()
+    limits = sys.modules.get("ember.backends.limits")
+    if limits is not None:
+        limits.limiter._states.clear()
+    providers = sys.modules.get("ember.providers")
+    if providers is not None:
+        providers._instances.clear()  # (their clients belong to the parent's loop)
+        providers._lock = threading.Lock()
 
 
 atexit.register(_shutdown)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

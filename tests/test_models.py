@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import subprocess
 import threading
 import traceback
 
@@ -531,7 +532,7 @@ def test_ctrl_c_while_waiting_cancels_the_call(monkeypatch):
     class Future:
         cancelled = False
 
-        def result(self):
+        def result(self, timeout=None):
             raise KeyboardInterrupt
 
         def cancel(self):
@@ -641,10 +642,12 @@ def test_shutdown_closes_provider_clients_and_stops_the_loop(monkeypatch):
     thread = threading.Thread(target=new.run_forever, daemon=True)
     thread.start()
     monkeypatch.setattr(_runtime, "_loop", new)
+    monkeypatch.setattr(_runtime, "_thread", thread)
     monkeypatch.setattr(providers, "_instances", {"x": Closable()})
     _runtime._shutdown()
     thread.join(5)
     assert not thread.is_alive() and closed == [True]
+    assert _runtime._loop is None  # (a later call starts a new loop)
     new.close()
     monkeypatch.setattr(_runtime, "_loop", None)
     _runtime._shutdown()  # nothing to do without a loop
@@ -686,3 +689,53 @@ def test_batch_error_keeps_finished_results():
     assert "The 2 finished results are kept" in msg
     assert err.succeeded == {0: "a", 2: "c"}
     assert err.results[1] is boom and set(err.errors) == {1, 3}
+
+
+def _run_script(code: str) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "PYTHONPATH": root})
+
+
+def test_a_forked_child_makes_calls_of_its_own():
+    """After os.fork() (gunicorn --preload, a multiprocessing fork pool) every call in
+    the child hung: it had the parent's loop but not the thread that ran it."""
+    done = _run_script(
+        "import os, ember\n"
+        "print('parent', bool(ember.models('sim', 'hi').text))\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    print('child', bool(ember.models('sim', 'in the child').text), flush=True)\n"
+        "    os._exit(0)\n"
+        "print('exit', os.waitpid(pid, 0)[1])\n")
+    assert done.stdout.split("\n")[:3] == ["parent True", "child True", "exit 0"], done.stderr
+
+
+def test_a_call_from_a_later_exit_handler_works():
+    """A call made by an exit handler that runs after Ember's own hung forever."""
+    done = _run_script(
+        "import atexit\n"
+        "def report():\n"
+        "    import ember\n"
+        "    print('at exit', bool(ember.models('sim', 'summary').text))\n"
+        "atexit.register(report)\n"
+        "import ember\n"
+        "print('main', bool(ember.models('sim', 'hi').text))\n")
+    assert done.returncode == 0 and done.stdout.split() == ["main", "True", "at", "exit", "True"]
+
+
+def test_a_call_whose_loop_thread_dies_raises_instead_of_hanging(monkeypatch):
+    from ember import _runtime
+
+    monkeypatch.setattr(_runtime, "_WATCH_SECONDS", 0.05)
+
+    async def stop_the_loop() -> None:
+        asyncio.get_running_loop().stop()  # (its thread ends; this call is never answered)
+        await asyncio.sleep(3600)
+
+    with pytest.raises(RuntimeError, match="event loop thread stopped"):
+        _runtime.run_sync(stop_the_loop())
+    assert ember.models("sim", "a new loop").text  # the next call starts one
