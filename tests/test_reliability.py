@@ -377,3 +377,63 @@ def test_an_unknown_option_lists_the_options_and_known_ones_still_work():
         ember.retry(colour="red")
     assert ember.retry(max_attempts=2)(lambda: "ran")() == "ran"
     assert "max_attempts" in str(inspect.signature(ember.retry))  # help() shows the options
+
+
+# ---- coalesced requests: every caller keeps its own limits ------------------------------
+def test_a_shared_request_gives_each_caller_its_own_time_limit_and_cancellation():
+    """Identical requests in flight are sent once; the owner's ember.timeout, or its
+    cancellation, reached the callers sharing it (a caller with no time limit got
+    'did not finish within the time limit')."""
+    sim.configure(latency=0.3)
+    results = {}
+
+    def hasty():
+        try:
+            ember.timeout(lambda: ember.models("sim", "same question"), 0.1)()
+        except ember.TimeoutError as exc:
+            results["hasty"] = exc
+
+    def patient():
+        results["patient"] = ember.models("sim", "same question").text
+
+    first = threading.Thread(target=hasty)
+    first.start()
+    time.sleep(0.03)
+    second = threading.Thread(target=patient)
+    second.start()
+    first.join(), second.join()
+    assert isinstance(results["hasty"], ember.TimeoutError)
+    assert results["patient"] == ember.models("sim", "same question").text
+
+    async def cancel_the_owner():
+        owner = asyncio.create_task(ember.amodels("sim", "shared"))
+        await asyncio.sleep(0.03)
+        sharer = asyncio.create_task(ember.amodels("sim", "shared"))
+        await asyncio.sleep(0.03)
+        owner.cancel()
+        return (await sharer).text
+
+    assert asyncio.run(cancel_the_owner()) == ember.models("sim", "shared").text
+
+
+def test_a_shared_rejection_is_every_callers():
+    sent = []
+
+    async def rejects(request):
+        sent.append(request)
+        await asyncio.sleep(0.1)
+        raise ember.BadRequestError("refused", provider="picky", status=400)
+
+    providers.register("picky", rejects)
+    try:
+        async def both():
+            return await asyncio.gather(
+                *(ember.amodels("picky/m", "refused prompt", temperature=0) for _ in range(2)),
+                return_exceptions=True)
+
+        errors = asyncio.run(both())
+        assert all(isinstance(e, ember.BadRequestError) for e in errors)
+        assert len(sent) == 1  # a 400 is the same for everyone: sent once
+    finally:
+        providers._custom.pop("picky", None)
+        providers._instances.pop("picky", None)

@@ -194,12 +194,18 @@ async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
     deadline = deadline_of(options)
     if request.deterministic(provider.default_temperature):
         key = (request.key, request.n)
-        fut = _inflight.get(key)
-        if fut is not None:  # an identical request is on its way: share its answer
+        while (fut := _inflight.get(key)) is not None:
+            # an identical request is on its way: share its answer, or an error any
+            # caller would get; one its owner's time limit, retry policy or
+            # cancellation caused is not this caller's: then it sends its own
             try:
                 responses = await _within(asyncio.shield(fut), deadline, request.model_id)
-            except EmberError as exc:
-                raise exc.where(request.model_id, location)
+            except BaseException as exc:
+                if not fut.done() or not fut.cancelled() and _shared(fut.exception()):
+                    if isinstance(exc, EmberError):
+                        raise exc.where(request.model_id, location)
+                    raise
+                continue
             now = time.monotonic()
             record(CallRecord(request.model_id, now, now, request.n, coalesced=True,
                               cost=0.0, location=location))
@@ -210,8 +216,11 @@ async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
             responses = await _send(provider, request, options, priority, location, deadline)
         except BaseException as exc:
             if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: sharers re-raise it themselves
+                if isinstance(exc, asyncio.CancelledError):
+                    fut.cancel()
+                else:
+                    fut.set_exception(exc)
+                    fut.exception()  # mark retrieved: sharers re-raise it themselves
             raise
         else:
             fut.set_result(responses)
@@ -219,6 +228,14 @@ async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
         finally:
             _inflight.pop(key, None)
     return await _send(provider, request, options, priority, location, deadline)
+
+
+def _shared(exc: BaseException | None) -> bool:
+    """Is a coalesced request's error every sharer's? A rejection (400, 401, 404,
+    context length, quota) is; a transient failure the owner's retry policy gave up on,
+    or its time limit, is not (the sharer's own policy and limit decide)."""
+    return isinstance(exc, EmberError) and not exc.transient \
+        and not isinstance(exc, TimeoutError)
 
 
 async def _send(provider: Any, request: Request, options: CallOptions, priority: float,
