@@ -556,3 +556,27 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_rate(openai_server, model
     assert r.usage.input_tokens == 100_000  # tokens are as reported; the cost is discounted
     assert r.cost == pytest.approx((10_000 * price.input + 90_000 * rate * price.input
                                     + 100 * price.output) / 1e6)
+
+
+def test_the_sdk_is_imported_off_embers_loop(openai_server):
+    """Imported on the loop, the SDK's first use (about a second) held up every other
+    call and timer: a 10 ms sim call took 1.2 s meanwhile."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = (
+        "import sys, threading, ember\n"
+        "assert 'openai' not in sys.modules\n"
+        "where = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'openai': where.append(threading.current_thread().name)\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "print(ember.models('openai/gpt-4o-mini', 'hi').text, where)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    text, threads = done.stdout.split(" [")
+    assert text == "echo: hi" and "ember-loop" not in threads and threads != "]\n"

@@ -57,7 +57,7 @@ from ..errors import (
 from ..errors import ConnectionError as EmberConnectionError
 from ..errors import TimeoutError as EmberTimeoutError
 from . import prices
-from .transport import aiohttp_client
+from .transport import aiohttp_client, http_transport
 from .base import Provider
 
 __all__ = ["SDKProvider", "ClientPool", "scrub", "safe_url", "header_dict", "reset_hint",
@@ -272,6 +272,8 @@ class SDKProvider(Provider):
         if request.n > 1 and not self.supports_n:
             singles = await gather_all(self.complete(request.with_n(1)) for _ in range(request.n))
             return [r for rs in singles for r in rs]
+        if self.sdk not in sys.modules:  # (~1-3 s on first use: on the loop, every
+            await asyncio.to_thread(_import_sdk, self.sdk)  # other call would wait)
         params = self.params(request)
         client = self.client()
         start = time.perf_counter()
@@ -448,6 +450,15 @@ class SDKProvider(Provider):
                     f"{self.title} is throttling requests for model {model!r} (HTTP 429); retry "
                     f"after {retry_after:.2f}s. ember.retry waits and retries automatically.",
                     retry_after)
+
+
+def _import_sdk(name: str) -> None:
+    """Import an SDK, and its aiohttp transport when that is the one chosen."""
+    import importlib
+
+    importlib.import_module(name)
+    if http_transport() == "aiohttp":
+        importlib.import_module("aiohttp")
 
 
 def _is(exc: BaseException, module: Any, name: str) -> bool:
