@@ -394,7 +394,9 @@ class Jitted:
                 complete, result = False, None
             except TraceError:
                 raise
-            except StopTrace:  # the check run executes the rest
+            except StopTrace as stop:  # the check run executes the rest
+                if getattr(stop, "misread", False):  # next time, await what was misread
+                    _await_misread(entry, state)
                 for b in state.breaks:
                     breaks.setdefault((b.loc, b.reason), b)
                 entry.breaks = list(breaks.values())
@@ -532,6 +534,23 @@ def _tighten(entry: CompiledEntry, plans: list[tuple[TraceState, Graph]],
     if entry.strict and not was_strict:
         log.info("jit: the plan missed a call at %s; from now on this signature is planned "
                  "strictly (every answer awaited where it is read)", missed or "?")
+
+
+def _await_misread(entry: CompiledEntry, state: TraceState) -> None:
+    """Untraced code changed a placeholder on its way into a prompt: the texts it read
+    (read, and taken in by no recorded op) are awaited where read from then on, as
+    after a plan the check run found wrong; else the next trace could plan with a
+    placeholder that code happens not to change, and send a wrong prompt."""
+    if entry.strict is True:
+        return
+    fresh = unconsumed_reads(state) - entry.strict_at
+    if not fresh:
+        return
+    if entry.lessons >= 3:
+        entry.strict = True
+    else:
+        entry.strict_at = entry.strict_at | fresh
+        entry.lessons += 1
 
 
 def _stop_planning(entry: CompiledEntry, why: str) -> None:

@@ -188,7 +188,9 @@ def _refuse_mangled(state: Any, text: Any, loc: str | None) -> None:
         state.breaks.append(Break(loc, "an unfinished answer's text went through code the "
                                   "trace cannot see (json.dumps, str.upper, %-formatting) "
                                   "into this prompt: the rest runs on real values", False))
-        raise StopTrace("a model answer's placeholder changed by untraced code")
+        stop = StopTrace("a model answer's placeholder changed by untraced code")
+        stop.misread = True  # type: ignore[attr-defined]  # (jit awaits those reads)
+        raise stop
 
 
 def _prompt_atom(state: Any, prompt: Any, loc: str | None) -> Any:
