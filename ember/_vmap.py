@@ -3,8 +3,9 @@
 Each element runs as a jitted program (plan / run / check, see ember/_jit.py) and
 all elements share one compiled-graph cache: a function without data-dependent
 Python is traced once and every element replays the optimized graph. Elements are
-interleaved on Ember's event loop — their Python steps run in the caller's thread
-(microseconds), their model calls overlap — and a new element starts the moment one
+interleaved on Ember's event loop — their Python steps run on its thread (microseconds;
+a mapped function must not block there: no time.sleep or asyncio.run inside, use an
+async function), their model calls overlap — and a new element starts the moment one
 finishes (never lock-step chunks). Identical deterministic requests across elements
 are sent once (in-flight coalescing). A failing element never loses the others.
 """
@@ -26,7 +27,7 @@ from ._runtime import run_sync
 from .backends.local import execute
 from .backends.memo import Memo
 from .backends.record import Recorder, recorder_var
-from .errors import BatchError
+from .errors import BatchError, TraceError
 from .ir.graph import Graph
 from .ir.trace import current_trace
 from .passes.vmap import hoisted_nodes
@@ -196,7 +197,7 @@ class Mapped:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         elements = _split(args, self.in_axes, self.name)
         if current_trace() is not None or check_var.get() is not None:
-            return [self.jitted.fn(*e, **kwargs) for e in elements]  # nested: inline
+            return self._inline(elements, kwargs)
         backend = self.backend if self.backend is not None else backend_var.get()
         if backend is not None and backend != "local":
             from .backends.ray import resolve
@@ -210,6 +211,38 @@ class Mapped:
         # short and never block (a missing answer becomes a fetch step), so stepping
         # them there saves a thread hop per element.
         return run_sync(self._run(elements, kwargs, hoisting, _drive_on_loop))
+
+    def _inline(self, elements: list[tuple], kwargs: dict) -> Any:
+        """Inside a jitted function (or another vmap): the elements' calls join its
+        graph, which runs them together (``batch_size`` does not bound them there:
+        `configure_limits` does). Failures are a vmap's: `BatchError`, or in place."""
+        fn = self.jitted.fn
+
+        def fail(i: int, exc: Exception, results: list, errors: dict) -> None:
+            if isinstance(exc, TraceError):  # (fullgraph=True: the caller's error)
+                raise exc
+            results.append(exc)
+            errors[i] = exc
+
+        if self.jitted.is_async:
+            async def each() -> list[Any]:
+                results: list[Any] = []
+                errors: dict[int, BaseException] = {}
+                for i, e in enumerate(elements):
+                    try:
+                        results.append(await fn(*e, **kwargs))
+                    except Exception as exc:
+                        fail(i, exc, results, errors)
+                return self._finish(results, errors)
+            return each()
+        results: list[Any] = []
+        errors: dict[int, BaseException] = {}
+        for i, e in enumerate(elements):
+            try:
+                results.append(fn(*e, **kwargs))
+            except Exception as exc:
+                fail(i, exc, results, errors)
+        return self._finish(results, errors)
 
     def _finish(self, results: list[Any], errors: dict[int, BaseException]) -> list[Any]:
         self.results = results

@@ -291,3 +291,37 @@ def test_inspect_shows_the_batched_graph_and_the_whole_maps_estimate():
     branching = ember.inspect(vmap(decide), ["a", "b"])
     assert not branching.complete
     assert branching.batched is None and branching.map_estimate is None
+
+
+def test_a_vmap_inside_jit_keeps_its_failure_options_and_async_form():
+    """Nested in a jitted function, a vmap became a plain list comprehension: a failing
+    element raised its own error (return_exceptions and BatchError were dropped), and
+    `await vmap(async_fn)(xs)` raised "object list can't be used in 'await'"."""
+    sim.configure(fail_on="BAD")
+    kinds = vmap(lambda p: models("sim", f"Say {p}").text, return_exceptions=True)
+    strict = vmap(lambda p: models("sim", f"Say {p}").text)
+
+    def outer(x):
+        caught = None
+        try:
+            strict([f"{x} fine", f"{x} BAD"])
+        except ember.BatchError as exc:
+            caught = sorted(exc.errors)
+        return [type(r).__name__ for r in kinds([f"{x} one", f"{x} BAD"])], caught
+
+    assert jit(outer)("a") == outer("a") == (["str", "BadRequestError"], [1])
+    assert vmap(outer)(["a", "b"]) == [outer("a"), outer("b")]
+
+    async def say(p):
+        return (await ember.amodels("sim", f"Say {p}")).text
+
+    say_all = vmap(say)
+
+    async def joined(x):
+        return " | ".join(await say_all([f"{x} one", f"{x} two"]))
+
+    async def main():
+        return await joined("a"), await jit(joined)("a"), await vmap(joined)(["a"])
+
+    eager, jitted, mapped = asyncio.run(main())
+    assert jitted == eager and mapped == [eager]
