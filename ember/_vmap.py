@@ -53,6 +53,10 @@ def _split(args: tuple, in_axes: Any, name: str) -> list[tuple]:
             raise ValueError(f"vmap({name}): in_axes entries must be 0 or None, got {ax!r}.")
     mapped = [i for i, ax in enumerate(axes) if ax == 0]
     if not mapped:
+        if not args:  # (keyword arguments are broadcast: never mapped)
+            raise ValueError(f"vmap({name}): no positional argument to map over. Keyword "
+                             "arguments are passed to every element as they are; pass the "
+                             f"list positionally: vmap({name})(items).")
         raise ValueError(f"vmap({name}): no argument is mapped (all in_axes are None).")
     lengths = {}
     for i in mapped:

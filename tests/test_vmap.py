@@ -55,6 +55,8 @@ def test_bad_axes_and_lengths_are_clear():
         vmap(analyze)("just a string")
     with pytest.raises(ValueError, match="no argument is mapped"):
         vmap(analyze, in_axes=None)(["x"])
+    with pytest.raises(ValueError, match=r"pass the list positionally: vmap\(analyze\)"):
+        vmap(analyze)(text=["x", "y"])  # (keywords are broadcast, never mapped)
     with pytest.raises(ValueError, match="0 or None"):
         vmap(analyze, in_axes=1)(["x"])
     with pytest.raises(ValueError, match="batch_size"):
