@@ -20,12 +20,12 @@ The check run costs microseconds of Python; it makes soundness a property of the
 design rather than of the tracer's coverage. Side effects written inline in the
 function therefore run on every call, as in eager Python (plus once per trace); an
 effectful `ember.op` runs exactly once per call (the check run reuses the graph's run).
+A call is a generator of steps; `ember._drivers` runs them from sync or async code.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import dataclasses
 import functools
@@ -36,25 +36,24 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generator
 
+from ._drivers import Step, drive_async, drive_sync
 from ._keywords import hint_keywords
 from ._models import CheckRun, NeedAnswers, check_var
 from ._report import RunReport
 from ._response import Response
-from ._runtime import on_loop, run_async, run_sync
 from .backends.local import execute, node_request
 from .backends.memo import MISSING, Memo
-from .backends.record import CallRecord, Recorder, record, recorder_var
+from .backends.record import Recorder, recorder_var
 from .backends.policy import current_options
 from .errors import TraceError
 from .ir.graph import Graph, Lit, Var
 from .passes import run_passes
 from .ir.locations import exception_site
 from .ir.suspects import answers_feeding, unconsumed_reads
-from .ir.trace import (UNKNOWN, Break, StopTrace, Suspend, TraceState, current_trace,
-                       tracing, trace_var)
+from .ir.trace import UNKNOWN, Break, StopTrace, Suspend, TraceState, current_trace
 
 __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
-           "trace_inputs", "advance"]
+           "trace_inputs"]
 
 log = logging.getLogger("ember")
 
@@ -234,7 +233,6 @@ def _pending_leaves(value: Any, out: list[Response]) -> list[Response]:
 
 
 # ---- the driver ------------------------------------------------------------------------
-Step = tuple[str, Any]
 RunGraph = Callable[[Graph, list, Memo], Awaitable[dict]]
 
 
@@ -284,14 +282,14 @@ class Jitted:
             return self._call_async(args, kwargs)
         rec, token, start = _start_recording()
         try:
-            return _drive_sync(self._program(args, kwargs))
+            return drive_sync(self._program(args, kwargs))
         finally:
             self.last_run = _finish_recording(rec, token, start, self)
 
     async def _call_async(self, args: tuple, kwargs: dict) -> Any:
         rec, token, start = _start_recording()
         try:
-            return await _drive_async(self._program(args, kwargs))
+            return await drive_async(self._program(args, kwargs))
         finally:
             self.last_run = _finish_recording(rec, token, start, self)
 
@@ -585,118 +583,6 @@ async def _settle(pending: list[Response]) -> None:
     for r, done in zip(pending, results, strict=True):
         r._thunk = lambda done=done: done
         r._force()
-
-
-def advance(program: Generator[Step, Any, Any], value: Any = None,
-            error: BaseException | None = None) -> tuple[str, Any]:
-    """Step a program, running its Python steps inline, until it needs the backend
-    (returns ("run", coroutine)) or finishes (returns ("done", result))."""
-    while True:
-        try:
-            kind, payload = program.throw(error) if error is not None else program.send(value)
-        except StopIteration as stop:
-            return "done", stop.value
-        if kind == "run":
-            return kind, payload
-        value, error = None, None
-        if kind == "trace":
-            fn, state, targs, tkwargs = payload
-            try:
-                with tracing(state):
-                    value = fn(*targs, **tkwargs)
-            except BaseException as exc:  # handed back to the program
-                error = exc
-        else:  # "check": the answer; its exceptions are the caller's
-            fn, check, args, kwargs = payload
-            if on_loop():
-                if not check.suspendable:  # it may block: in a thread of its own
-                    return "run", _check_in_thread(fn, check, args, kwargs)
-            else:
-                check.suspendable = False  # this thread may block where it reads
-            token = check_var.set(check)
-            try:
-                value = fn(*args, **kwargs)
-                _record_all(check.hits)
-            except NeedAnswers as exc:
-                error = exc
-            except BaseException:
-                program.close()
-                raise
-            finally:
-                check_var.reset(token)
-
-
-_check_threads: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-async def _check_in_thread(fn: Callable, check: CheckRun, args: tuple, kwargs: dict) -> Any:
-    """A blocking check run, from Ember's loop (vmap): in a worker thread, in this
-    task's context."""
-    global _check_threads
-    if _check_threads is None:  # (as many as vmap's default window: none waits for one)
-        _check_threads = concurrent.futures.ThreadPoolExecutor(64, "ember-check")
-    ctx = contextvars.copy_context()
-
-    def run() -> Any:
-        check_var.set(check)  # (in ctx, a copy: the task's own context is untouched)
-        value = fn(*args, **kwargs)
-        _record_all(check.hits)
-        return value
-
-    return await asyncio.get_running_loop().run_in_executor(_check_threads, ctx.run, run)
-
-
-def _record_all(calls: list[CallRecord]) -> None:
-    for call in calls:
-        record(call)
-
-
-def _drive_sync(program: Generator[Step, Any, Any]) -> Any:
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        kind, payload = advance(program, value, error)
-        if kind == "done":
-            return payload
-        value, error = None, None
-        try:
-            value = run_sync(payload)
-        except BaseException as exc:
-            error = exc
-
-
-async def _drive_async(program: Generator[Step, Any, Any]) -> Any:
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            kind, payload = program.throw(error) if error is not None else program.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            if kind == "run":
-                value = await run_async(payload)
-            elif kind == "trace":
-                fn, state, targs, tkwargs = payload
-                token = trace_var.set(state)
-                try:
-                    value = await fn(*targs, **tkwargs)
-                finally:
-                    trace_var.reset(token)
-            else:
-                fn, check, args, kwargs = payload
-                token = check_var.set(check)
-                try:
-                    value = await fn(*args, **kwargs)
-                    _record_all(check.hits)
-                finally:
-                    check_var.reset(token)
-        except BaseException as exc:
-            if kind == "check" and not isinstance(exc, NeedAnswers):
-                program.close()
-                raise
-            error = exc
 
 
 @hint_keywords({"full_graph": "fullgraph", "strict": "fullgraph", "check": "verify",

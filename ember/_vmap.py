@@ -20,7 +20,8 @@ from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Sequence
 
 from ._keywords import hint_keywords
-from ._jit import Jitted, _drive_async, advance, trace_inputs
+from ._drivers import advance, drive_async
+from ._jit import Jitted, trace_inputs
 from ._models import check_var
 from ._report import RunReport
 from ._runtime import run_sync
@@ -210,7 +211,7 @@ class Mapped:
             return (cluster.amap if self.jitted.is_async else cluster.map)(self, elements, kwargs)
         hoisting = _Hoisting(_axes(args, self.in_axes), kwargs)
         if self.jitted.is_async:  # an async function: awaited on the caller's loop
-            return self._run(elements, kwargs, hoisting, _drive_async)
+            return self._run(elements, kwargs, hoisting, drive_async)
         # Everything runs on Ember's loop: an element's Python steps (trace, check) are
         # short and never block (a missing answer becomes a fetch step), so stepping
         # them there saves a thread hop per element.

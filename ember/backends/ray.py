@@ -36,7 +36,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 from .. import errors, providers
-from .._jit import Jitted, _drive_async
+from .._drivers import drive_async
+from .._jit import Jitted
 from .._report import RunReport
 from .._runtime import run_async, run_sync
 from . import limits
@@ -262,7 +263,7 @@ async def run_element(jitted: Jitted, args: tuple, kwargs: dict) -> tuple[bool, 
     token = recorder_var.set([rec])
     try:
         if jitted.is_async:
-            value: Any = await _drive_async(jitted._program(args, kwargs))
+            value: Any = await drive_async(jitted._program(args, kwargs))
         else:
             value = await run_async(_drive_on_loop(jitted._program(args, kwargs)))
         ok = True
