@@ -143,6 +143,9 @@ def _shutdown() -> None:
                     await inst.aclose()
                 except Exception:  # pragma: no cover - best effort at exit
                     pass
+            sdk = sys.modules.get("ember.providers.sdk")  # (clients a reset() retired)
+            if sdk is not None and sdk.closing:
+                await asyncio.gather(*sdk.closing, return_exceptions=True)
 
         try:
             asyncio.run_coroutine_threadsafe(close_all(), _loop).result(timeout=2)

@@ -540,6 +540,35 @@ def test_reset_closes_the_old_clients_on_embers_loop(openai_server):
     assert ember.models("openai/gpt-4o-mini", "again").text
 
 
+def test_reset_while_a_call_is_in_flight_lets_it_finish_on_its_client(openai_server):
+    """reset() closed the client under a call in flight: the call failed, was sent again
+    (the server got the prompt twice), and the old client was left unclosed."""
+    import threading
+    import time
+
+    import ember
+
+    ember.models("openai/gpt-4o-mini", "warm-up")
+    old = providers.get("openai")
+    clients = [c for table in old._pool._by_loop.values() for c in table.values()]
+    openai_server.latency = 0.4
+    out = {}
+    call = threading.Thread(target=lambda: out.update(
+        text=ember.models("openai/gpt-4o-mini", "expensive question").text))
+    call.start()
+    time.sleep(0.15)
+    providers.reset()  # returns at once: the busy client closes when its call ends
+    assert not any(c.is_closed() for c in clients)
+    call.join()
+    assert out["text"] == "echo: expensive question"
+    prompts = [r.body["messages"][-1]["content"] for r in openai_server.requests]
+    assert prompts.count("expensive question") == 1
+    deadline = time.monotonic() + 5
+    while not all(c.is_closed() for c in clients) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(c.is_closed() for c in clients)
+
+
 @pytest.mark.parametrize("model, rate", [("gpt-4o-mini", 0.5), ("gpt-4.1", 0.25),
                                          ("o3", 0.25), ("o3-mini", 0.5), ("gpt-5-mini", 0.1)])
 def test_cached_prompt_tokens_are_priced_at_the_cached_rate(openai_server, model, rate):

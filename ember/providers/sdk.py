@@ -195,6 +195,9 @@ class ClientPool:
 # ---------------------------------------------------------------------- SDKProvider
 
 
+closing: set[asyncio.Task] = set()  # retired providers' clients, closing once idle
+
+
 class SDKProvider(Provider):
     """A provider that speaks HTTP through an official SDK client.
 
@@ -213,6 +216,8 @@ class SDKProvider(Provider):
     def __init__(self, *, timeout: float | None = None) -> None:
         self.timeout = timeout  # seconds per HTTP request; None = the SDK's default
         self._pool = ClientPool(self.make_client)
+        self._busy = 0  # requests on their way through this instance's clients
+        self._retired = False  # replaced by `providers.reset()`
 
     # -- configuration, read at call time
 
@@ -230,6 +235,21 @@ class SDKProvider(Provider):
         return self._pool.get(self.base_url(), self.api_key())
 
     async def aclose(self) -> None:
+        """Close the clients; those carrying requests close once the requests end
+        (`providers.reset()` while calls are in flight: closing their client under
+        them made them fail and be sent again). A later attempt on this instance goes
+        to the provider's current one."""
+        self._retired = True
+        if self._busy:
+            task = asyncio.get_running_loop().create_task(self._close_when_idle())
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+            return
+        await self._pool.aclose()
+
+    async def _close_when_idle(self) -> None:
+        while self._busy:
+            await asyncio.sleep(0.05)
         await self._pool.aclose()
 
     # -- subclass hooks
@@ -272,11 +292,16 @@ class SDKProvider(Provider):
         if request.n > 1 and not self.supports_n:
             singles = await gather_all(self.complete(request.with_n(1)) for _ in range(request.n))
             return [r for rs in singles for r in rs]
+        if self._retired:  # (a retry of a call made before providers.reset())
+            from . import get
+
+            return await get(self.name).complete(request)
         if self.sdk not in sys.modules:  # (~1-3 s on first use: on the loop, every
             await asyncio.to_thread(_import_sdk, self.sdk)  # other call would wait)
         params = self.params(request)
         client = self.client()
         start = time.perf_counter()
+        self._busy += 1
         try:
             raw, content = await self.send(client, params)
         except Exception as exc:
@@ -284,6 +309,8 @@ class SDKProvider(Provider):
             if mapped is None:
                 raise
             raise mapped from None
+        finally:
+            self._busy -= 1
         latency = time.perf_counter() - start
         headers = header_dict(raw.headers)
         if self.on_headers is not None:
