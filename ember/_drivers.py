@@ -19,7 +19,7 @@ from ._runtime import on_loop, run_async, run_sync
 from .backends.record import CallRecord, record
 from .ir.trace import trace_var, tracing
 
-__all__ = ["advance", "drive_sync", "drive_async", "Step"]
+__all__ = ["advance", "drive_sync", "drive_async", "drive_on_loop", "Step"]
 
 Step = tuple[str, Any]
 
@@ -134,3 +134,18 @@ async def drive_async(program: Generator[Step, Any, Any]) -> Any:
                 program.close()
                 raise
             error = exc
+
+
+async def drive_on_loop(program: Generator[Step, Any, Any]) -> Any:
+    """`drive_sync` for a program stepped on Ember's own loop (vmap's elements): its
+    "run" steps are awaited there instead of blocked on."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        kind, payload = advance(program, value, error)
+        if kind == "done":
+            return payload
+        try:
+            value, error = await payload, None
+        except Exception as exc:
+            value, error = None, exc

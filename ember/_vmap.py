@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Sequence
 
 from ._keywords import hint_keywords
-from ._drivers import advance, drive_async
+from ._drivers import drive_async, drive_on_loop
 from ._jit import Jitted, trace_inputs
 from ._models import check_var
 from ._report import RunReport
@@ -215,7 +215,7 @@ class Mapped:
         # Everything runs on Ember's loop: an element's Python steps (trace, check) are
         # short and never block (a missing answer becomes a fetch step), so stepping
         # them there saves a thread hop per element.
-        return run_sync(self._run(elements, kwargs, hoisting, _drive_on_loop))
+        return run_sync(self._run(elements, kwargs, hoisting, drive_on_loop))
 
     def _inline(self, elements: list[tuple], kwargs: dict) -> Any:
         """Inside a jitted function (or another vmap): the elements' calls join its
@@ -320,19 +320,6 @@ async def _windowed(n: int, window: int, one: Callable[[int], Awaitable[None]]) 
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-async def _drive_on_loop(program: Any) -> Any:
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        kind, payload = advance(program, value, error)
-        if kind == "done":
-            return payload
-        try:
-            value, error = await payload, None
-        except Exception as exc:
-            value, error = None, exc
 
 
 @hint_keywords({"concurrency": "batch_size", "max_concurrency": "batch_size",

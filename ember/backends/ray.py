@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 from .. import errors, providers
-from .._drivers import drive_async
+from .._drivers import drive_async, drive_on_loop
 from .._jit import Jitted
 from .._report import RunReport
 from .._runtime import run_async, run_sync
@@ -257,15 +257,13 @@ class LimiterCore:
 async def run_element(jitted: Jitted, args: tuple, kwargs: dict) -> tuple[bool, Any, list]:
     """One element, as the local vmap runs it: (ok, result or packed error, records in
     wall-clock time)."""
-    from .._vmap import _drive_on_loop
-
     rec = Recorder()
     token = recorder_var.set([rec])
     try:
         if jitted.is_async:
             value: Any = await drive_async(jitted._program(args, kwargs))
         else:
-            value = await run_async(_drive_on_loop(jitted._program(args, kwargs)))
+            value = await run_async(drive_on_loop(jitted._program(args, kwargs)))
         ok = True
     except Exception as exc:
         ok, value = False, _portable_error(exc)
