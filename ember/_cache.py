@@ -8,7 +8,9 @@ processes) at ``$EMBER_CACHE_DIR/cache.sqlite3``, else under the user cache dire
 (``~/.cache/ember`` on Linux, ``~/Library/Caches/ember`` on macOS,
 ``%LOCALAPPDATA%\\ember\\Cache`` on Windows); the directory is made 0700 and the files
 0600. The key is an xxhash of the function's identity (module, qualified name and a
-fingerprint of its code, so editing the function starts afresh) and its arguments.
+fingerprint of its code, so editing the function starts afresh), what it captured (see
+`captured`; state the function changes itself is learned and left out) and its
+arguments.
 Arguments are only hashed, never stored. Values are JSON, never pickle: str, numbers,
 bool, None, lists, tuples, dicts, `Response` (via `Response.to_dict`, with a type
 tag) and pydantic models (``model_dump(mode="json")`` and the class's import path: read
@@ -95,6 +97,8 @@ class CacheStore:
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, "
                              "fn TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL)")
+                conn.execute("CREATE TABLE IF NOT EXISTS volatile (fn TEXT NOT NULL, "
+                             "path TEXT NOT NULL, PRIMARY KEY (fn, path))")
                 break
             except sqlite3.OperationalError:
                 time.sleep(0.05)
@@ -117,11 +121,20 @@ class CacheStore:
         self._conn().execute("INSERT OR REPLACE INTO results (key, fn, value, created) "
                              "VALUES (?, ?, ?, ?)", (key, fn, value, time.time()))
 
-    def clear(self, fn: str | None = None) -> int:
-        conn = self._conn()
-        cur = conn.execute("DELETE FROM results" + (" WHERE fn = ?" if fn else ""),
-                           (fn,) if fn else ())
-        return cur.rowcount
+    def volatile(self, fn: str) -> frozenset[tuple]:
+        """The captured state ``fn`` was seen to change (see `_Cached.volatile`)."""
+        rows = self._conn().execute("SELECT path FROM volatile WHERE fn = ?", (fn,))
+        return frozenset(tuple(json.loads(row[0])) for row in rows)
+
+    def add_volatile(self, fn: str, paths: set[tuple]) -> frozenset[tuple]:
+        self._conn().executemany("INSERT OR IGNORE INTO volatile (fn, path) VALUES (?, ?)",
+                                 [(fn, json.dumps(list(p))) for p in paths])
+        return self.volatile(fn)
+
+    def clear(self, *fns: str) -> int:
+        """Delete the rows of the functions named (``fn`` column), or every row."""
+        where = f" WHERE fn IN ({', '.join('?' * len(fns))})" if fns else ""
+        return self._conn().execute("DELETE FROM results" + where, fns).rowcount
 
 
 _stores: dict[str, CacheStore] = {}
@@ -141,6 +154,20 @@ def _store(path: str | None) -> CacheStore:
 
 
 # ---- keys and values ----------------------------------------------------------------------
+_told: set[str] = set()  # cache files already warned about
+
+
+def _unusable(store: CacheStore, exc: Exception) -> None:
+    """A cache file that cannot be read or written (damaged, not SQLite, no
+    permission): the call runs uncached, with one warning per file saying what to do."""
+    if store.path not in _told:
+        _told.add(store.path)
+        warnings.warn(f"ember.cache: cannot use the cache file {store.path} "
+                      f"({type(exc).__name__}: {exc}); calls run uncached. Delete or move the "
+                      "file, or point ember.cache(path=...) or EMBER_CACHE_DIR elsewhere.",
+                      stacklevel=4)
+
+
 class Unsupported(TypeError):
     """A value `cache` cannot key or store as JSON."""
 
@@ -176,33 +203,107 @@ def inspect_unwrap(fn: Callable) -> Callable:
     return fn
 
 
-def closure(fn: Callable) -> Any:
-    """What a function captured (closure cells, a partial's arguments), read at call time:
-    ``[cache(lambda x: models(m, x)) for m in names]`` are different functions."""
+def captured(fn: Callable, at: tuple = ()) -> list[tuple[tuple, Any]]:
+    """What a function captured, read at call time, as (path, key form) parts: closure
+    cells, defaults, a partial's arguments, a bound method's object and a callable
+    object's attributes (one part each). ``[cache(lambda x: models(m, x)) for m in
+    names]`` are different functions, and so are ``cache(agent_a.ask)`` and
+    ``cache(agent_b.ask)`` when the agents' attributes differ."""
     fn = inspect_unwrap(getattr(fn, "fn", fn))
     if isinstance(fn, functools.partial):
-        return [identity(fn.func), closure(fn.func), _loose(list(fn.args)),
-                _loose(fn.keywords)]
-    values = list(getattr(fn, "__defaults__", None) or ())
-    values += sorted((getattr(fn, "__kwdefaults__", None) or {}).items())
-    for cell in getattr(fn, "__closure__", None) or ():
+        return [(at + ("func",), identity(fn.func)), *captured(fn.func, at + ("func",)),
+                *[(at + ("arg", i), _loose(v)) for i, v in enumerate(fn.args)],
+                *[(at + ("kw", k), _loose(v)) for k, v in sorted(fn.keywords.items())]]
+    if isinstance(fn, types.MethodType):  # a bound method: its object is part of it
+        return [*captured(fn.__func__, at + ("func",)), *_parts(fn.__self__, at + ("self",))]
+    if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
+        call = getattr(type(fn), "__call__", None)  # a callable object
+        return [(at + ("call",), identity(call) if call is not None else None),
+                *_parts(fn, at + ("self",))]
+    parts: list[tuple[tuple, Any]] = []
+    for i, v in enumerate(getattr(fn, "__defaults__", None) or ()):
+        parts += _parts(v, at + ("default", i))
+    for k, v in sorted((getattr(fn, "__kwdefaults__", None) or {}).items()):
+        parts += _parts(v, at + ("default", k))
+    names = getattr(getattr(fn, "__code__", None), "co_freevars", ())
+    for name, cell in zip(names, getattr(fn, "__closure__", None) or ()):
         try:
-            values.append(cell.cell_contents)
+            value = cell.cell_contents
         except ValueError:  # an empty cell
-            values.append(None)
-    return [_loose(v) for v in values]
+            value = None
+        parts += _parts(value, at + ("cell", name))
+    return parts
 
 
-def _loose(value: Any) -> Any:
-    """Immutable values as themselves, functions by identity, anything else (a list
-    used as an accumulator, a client) by its type only, so it does not change keys."""
-    if value is None or type(value) in (bool, int, float, str):
+def _parts(value: Any, at: tuple) -> list[tuple[tuple, Any]]:
+    """One captured value's parts: a plain object's attributes apart (so an agent's
+    changing counter can be left out of its key while its model name stays in)."""
+    state = getattr(value, "__dict__", None)
+    if (type(state) is not dict or isinstance(value, (type, types.ModuleType))
+            or hasattr(value, "__code__") or _content(value) is not None):
+        return [(at, _loose(value))]
+    return [(at, ["object", type(value).__qualname__]),
+            *[(at + (k,), _loose(v)) for k, v in sorted(state.items())]]
+
+
+def closure(fn: Callable) -> list[Any]:
+    """`captured`, as a plain list (a nested function's part of a key)."""
+    return [[list(path), form] for path, form in captured(fn)]
+
+
+_DEPTH = 6  # captured containers are keyed this deep; below, by type
+
+
+def _loose(value: Any, depth: int = 0) -> Any:
+    """A captured value's part of a key: what may change a result. Scalars as
+    themselves, functions by identity, containers (lists, dicts, sets, dataclasses,
+    pydantic models) by their content, other objects by their type and their plain
+    attributes, a module or class by name. Whatever has no such form (a lock, a
+    client) counts by type only."""
+    kind = type(value)
+    if value is None or kind in (bool, int, float, str):
         return value
-    if type(value) is tuple:
-        return ["tuple", [_loose(v) for v in value]]
-    if hasattr(value, "__code__") or isinstance(value, functools.partial):
+    if depth >= _DEPTH:
+        return ["deep", kind.__qualname__]
+    deeper = depth + 1
+    if kind in (list, tuple):
+        return [kind.__name__, [_loose(v, deeper) for v in value]]
+    if kind in (set, frozenset):
+        return [kind.__name__, sorted([_loose(v, deeper) for v in value], key=_sort_key)]
+    if kind is dict:
+        items = [[_loose(k, deeper), _loose(v, deeper)] for k, v in value.items()]
+        return ["dict", sorted(items, key=_sort_key)]
+    if hasattr(value, "__code__") or isinstance(value, (functools.partial, types.MethodType)):
         return ["fn", identity(value), closure(value)]
-    return ["object", type(value).__qualname__]
+    if isinstance(value, (type, types.ModuleType)):
+        return [kind.__name__, getattr(value, "__module__", ""), value.__qualname__
+                if isinstance(value, type) else value.__name__]
+    content = _content(value)
+    if content is not None:
+        return ["value", content]
+    state = getattr(value, "__dict__", None)
+    if type(state) is not dict:
+        return ["object", kind.__qualname__]
+    return ["object", kind.__qualname__, sorted(
+        (k, _loose(v, deeper)) for k, v in state.items() if type(v) in _PLAIN or v is None)]
+
+
+_PLAIN = (bool, int, float, str, tuple, list, dict, set, frozenset)
+
+
+def _content(value: Any) -> Any:
+    """The canonical form of an enum, dataclass or pydantic model, else None."""
+    if not (isinstance(value, enum.Enum) or hasattr(value, "model_dump")
+            or (dataclasses.is_dataclass(value) and not isinstance(value, type))):
+        return None
+    try:
+        return canonical(value)
+    except Exception:  # (Unsupported, or a field that raises): by type and attributes
+        return None
+
+
+def _sort_key(item: Any) -> str:
+    return json.dumps(item, sort_keys=True, default=repr)
 
 
 def canonical(value: Any) -> Any:
@@ -293,6 +394,18 @@ def decode(value: Any) -> Any:
 
 
 # ---- the wrapper ------------------------------------------------------------------------
+_GONE = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Key:
+    """A call's key, and what it was made of (`_Cached.save` may re-make it)."""
+
+    hex: str
+    inputs: list[Any]
+    parts: list[tuple[tuple, Any]]
+
+
 class _Cached:
     """What `cache` wraps a function in."""
 
@@ -300,21 +413,46 @@ class _Cached:
         self.fn, self.ttl, self.path = fn, ttl, path
         self.ident = identity(fn)
         self.warned: set[str] = set()
+        self._volatile: frozenset[tuple] | None = None
 
     def store(self) -> CacheStore:
         return _store(self.path)
 
-    def key(self, args: tuple, kwargs: dict) -> str | None:
+    def key(self, args: tuple, kwargs: dict) -> _Key | None:
         try:
-            blob = json.dumps([_VERSION, self.ident, closure(self.fn), canonical(list(args)),
-                               canonical(kwargs)], sort_keys=True)
+            inputs = [canonical(list(args)), canonical(kwargs)]
         except Unsupported as exc:
             self._warn(f"an argument of type {exc}")
             return None
+        parts = captured(self.fn)
+        return _Key(self._hash(inputs, parts), inputs, parts)
+
+    def _hash(self, inputs: list[Any], parts: list[tuple[tuple, Any]]) -> str:
+        volatile = self.volatile()
+        held = [[list(path), form] for path, form in parts if path not in volatile]
+        blob = json.dumps([_VERSION, self.ident, held, *inputs], sort_keys=True)
         return xxhash.xxh3_128_hexdigest(blob.encode())
 
-    def lookup(self, key: str) -> Any:
-        text = self.store().get(key, self.ttl)
+    def volatile(self) -> frozenset[tuple]:
+        """The captured state this function changes when it runs (an accumulator, a
+        counter): not an input, so not part of its keys. Learned from its calls and kept
+        in the cache file, so a new process hits at once."""
+        if self._volatile is None:
+            store = self.store()
+            try:
+                self._volatile = store.volatile(self.ident)
+            except Exception as exc:
+                _unusable(store, exc)
+                self._volatile = frozenset()
+        return self._volatile
+
+    def lookup(self, key: _Key) -> Any:
+        store = self.store()
+        try:
+            text = store.get(key.hex, self.ttl)
+        except Exception as exc:  # sqlite3.Error, OSError: a damaged or unwritable file
+            _unusable(store, exc)
+            return UNKNOWN
         if text is None:
             return UNKNOWN
         try:
@@ -322,13 +460,24 @@ class _Cached:
         except Exception:  # (_Unreadable, or a model class that changed): a miss
             return UNKNOWN
 
-    def save(self, key: str, result: Any) -> None:
+    def save(self, key: _Key, result: Any) -> None:
+        """Store ``result`` under ``key``; captured state the call changed joins
+        `volatile`, and the entry goes under the key without it (the next call's)."""
         try:
             text = json.dumps(encode(result))
         except Unsupported as exc:
             self._warn(f"a result of type {exc}")
             return
-        self.store().put(key, self.ident.partition("@")[0], text)
+        store = self.store()
+        try:
+            before, after = dict(key.parts), dict(captured(self.fn))
+            changed = {path for path in before.keys() | after.keys()
+                       if before.get(path, _GONE) != after.get(path, _GONE)}
+            if not changed <= self.volatile():
+                self._volatile = store.add_volatile(self.ident, changed)
+            store.put(self._hash(key.inputs, key.parts), self.ident, text)
+        except Exception as exc:
+            _unusable(store, exc)
 
     def _warn(self, what: str) -> None:
         if what not in self.warned:
@@ -372,11 +521,14 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
     (or its directory); default under the user cache dir, ``EMBER_CACHE_DIR`` overrides.
     The wrapper's ``cache_clear()`` deletes this function's entries.
     """
-    if ttl is not None and not ttl > 0:
+    from ._reliability import _is_number, is_async
+
+    if ttl is not None and not (_is_number(ttl) and ttl > 0):
         raise ValueError(f"cache() ttl must be positive seconds or None, got {ttl!r}")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"cache() path must be a file or folder path, got {path!r}")
     if fn is None:
         return lambda f: cache(f, ttl=ttl, path=path)
-    from ._reliability import _is_number, is_async
 
     if not callable(fn):
         hint = (f"; to keep results {fn} seconds: cache(fn, ttl={fn}) or @cache(ttl={fn})"
@@ -415,7 +567,8 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
                 c.save(key, result)
             return result
         wrapper = cached
-    wrapper.cache_clear = lambda: c.store().clear(c.ident.partition("@")[0])
+    # its rows: this code's (rows an earlier Ember stored hold the name alone)
+    wrapper.cache_clear = lambda: c.store().clear(c.ident, c.ident.partition("@")[0])
     return wrapper
 
 
@@ -439,7 +592,7 @@ def _count_hit(c: _Cached) -> None:
         record(hit)
 
 
-def _trace_key(c: _Cached, args: tuple, kwargs: dict) -> str | None:
+def _trace_key(c: _Cached, args: tuple, kwargs: dict) -> _Key | None:
     state = current_trace()
     if state is not None:
         args, kwargs = c.concrete_args(state, args, kwargs)

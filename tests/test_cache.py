@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 
@@ -158,6 +159,89 @@ def test_closures_are_part_of_the_identity():
         captured.append(cache((lambda k: lambda x: f"{k}:{x}")(k)))
     assert [f("x") for f in makers] == ["a:x", "b:x"]
     assert [f("x") for f in captured] == ["a:x", "b:x"]
+
+
+class _Agent:
+    def __init__(self, model, style=""):
+        self.model, self.style = model, style
+        self.lock = threading.Lock()  # (no plain form: keyed by type)
+        self.calls = 0  # changed by every call: learned to be no part of the key
+
+    def ask(self, q):
+        self.calls += 1
+        return ember.models(self.model, self.style + q).text
+
+
+class _Prefixer:
+    def __init__(self, prefix):
+        self.prefix = prefix
+
+    def __call__(self, q):
+        return f"{self.prefix}: {q}"
+
+
+def test_captured_state_is_part_of_the_key():
+    """Functions that differ only in what they hold never share entries: bound methods
+    of different objects, callable objects, closures over different containers."""
+    gpt, claude = _Agent("sim/gpt"), _Agent("sim/claude")
+    assert cache(gpt.ask)("hi") == gpt.ask("hi")
+    assert cache(claude.ask)("hi") == claude.ask("hi") != gpt.ask("hi")
+    assert cache(_Agent("sim/gpt", "Be brief. ").ask)("hi") == _Agent("sim/gpt",
+                                                                      "Be brief. ").ask("hi")
+    assert [cache(_Prefixer(p))("hi") for p in ("EN", "FR")] == ["EN: hi", "FR: hi"]
+
+    def make(config):
+        return cache(lambda q: ember.models(config["model"], q).text)
+
+    assert make({"model": "sim/a"})("hi") == ember.models("sim/a", "hi").text
+    assert make({"model": "sim/b"})("hi") == ember.models("sim/b", "hi").text
+    assert make({"model": "sim/a", "extra": [1, {2, 3}]})("hi") == ember.models("sim/a",
+                                                                                 "hi").text
+    # the same state hits: keys do not depend on object identity
+    before = sim.stats().requests
+    assert cache(_Agent("sim/claude").ask)("hi") == claude.ask("hi")
+    assert make({"model": "sim/b"})("hi") == ember.models("sim/b", "hi").text
+    assert sim.stats().requests == before + 2  # the two uncached oracle calls only
+    # the counter each call changes is learned (and kept in the file) to be no input
+    asker = cache(_Agent("sim/x").ask)
+    before = sim.stats().requests
+    assert asker("q") == asker("q") == cache(_Agent("sim/x").ask)("q")
+    assert sim.stats().requests == before + 1
+    # a cycle is keyed too (down to a depth, then by type)
+    loop: list = []
+    loop.append(loop)
+    assert cache(lambda q, held=loop: q.upper())("x") == "X"
+
+
+def test_cache_clear_leaves_other_functions_of_one_name():
+    one = cache(lambda q: "one " + q)
+    two = cache(lambda q: "two " + q)  # (both are <lambda> of this test)
+    one("x"), two("x")
+    assert one.cache_clear() == 1 and two.cache_clear() == 1
+
+
+def test_a_damaged_cache_file_runs_calls_uncached_with_one_warning(tmp_path):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    (folder / "cache.sqlite3").write_bytes(b"\x00garbage" * 512)
+    f = cache(analyze, path=str(folder))
+    with pytest.warns(UserWarning, match=r"cannot use the cache file .*cache.sqlite3 .*"
+                      r"DatabaseError.*Delete or move the file"):
+        first = f("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per file
+        assert f("x").text == first.text == analyze("x").text
+
+
+def test_bad_options_fail_when_decorating():
+    with pytest.raises(TypeError, match="path must be a file or folder path, got 123"):
+        cache(analyze, path=123)
+    with pytest.raises(ValueError, match="ttl must be positive seconds or None, got '3600'"):
+        cache(analyze, ttl="3600")
+    with pytest.raises(TypeError, match="initial_delay must be a number of seconds, got '0.5'"):
+        ember.retry(analyze, initial_delay="0.5")
+    with pytest.raises(TypeError, match="max_delay must be a number of seconds, got None"):
+        ember.retry(analyze, max_delay=None)
 
 
 def test_async_functions():

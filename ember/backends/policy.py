@@ -41,8 +41,16 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.max_attempts, int) or self.max_attempts < 1:
             raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
+        for name in ("initial_delay", "max_delay", "multiplier"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+                raise TypeError(f"{name} must be a number of seconds, got {value!r}"
+                                if name != "multiplier" else
+                                f"multiplier must be a number >= 1, got {value!r}")
         if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
-            raise ValueError("delays must be >= 0 and multiplier >= 1")
+            raise ValueError("delays must be >= 0 and multiplier >= 1, got initial_delay="
+                             f"{self.initial_delay!r}, max_delay={self.max_delay!r}, "
+                             f"multiplier={self.multiplier!r}")
 
     def retryable(self, exc: BaseException) -> bool:
         """Transient errors: 429 throttling, 5xx, timeouts, dropped connections, malformed
