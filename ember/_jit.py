@@ -50,7 +50,8 @@ from .ir.graph import Graph, Lit, Var
 from .passes import run_passes
 from .ir.locations import exception_site
 from .ir.suspects import answers_feeding, unconsumed_reads
-from .ir.trace import UNKNOWN, Break, StopTrace, Suspend, TraceState, current_trace
+from .ir.trace import (UNKNOWN, Break, StopTrace, Suspend, TraceState, current_trace,
+                       holds_stale, stale_placeholder)
 
 __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
            "trace_inputs"]
@@ -348,6 +349,9 @@ class Jitted:
         if check.blocked_at:  # (the check run fetched calls the plan missed, blocking)
             unplanned = unplanned or check.blocked_at
             run_info.unplanned_seconds += check.fetch_seconds
+        if holds_stale(result):
+            raise stale_placeholder(f"in what {getattr(self.fn, '__qualname__', 'it')} "
+                                    "returned")
         pending = _pending_leaves(result, [])
         if pending:  # answers returned unread that the plan did not make: it missed them
             unplanned = unplanned or check.first_miss or "?"

@@ -9,6 +9,8 @@ from typing import Any
 import xxhash
 
 from .errors import ConfigurationError
+from .ir.trace import PROCESS_MARK as _MARK
+from .ir.trace import stale_placeholder
 
 __all__ = ["Request", "parse_model_id", "build_request", "make_request", "normalize_params",
            "KNOWN_PARAMS"]
@@ -239,6 +241,11 @@ def make_request(provider: str, model: str, prompt: Any, system: Any,
     messages = _messages(prompt)
     if hasattr(system, "_thunk") and hasattr(system, "text"):
         system = system.text
+    for _, content in messages:
+        if _MARK in content:
+            raise stale_placeholder("in a prompt")
+    if system is not None and _MARK in system:
+        raise stale_placeholder("in a system prompt")
     if messages[0][0] == "system":
         system = messages[0][1] if system is None else system + "\n" + messages[0][1]
         messages = messages[1:]

@@ -187,6 +187,44 @@ def test_leak_detection_makes_the_signature_strict(caplog):
     assert len([r for r in caplog.records if "planned strictly" in r.getMessage()]) == 1
 
 
+def test_an_answer_kept_by_state_while_tracing_is_refused_not_sent():
+    """State the function fills while jit traces it (an lru_cache on a helper, a lazily
+    set attribute, a history list) catches placeholders: a TraceError naming the fix,
+    never a placeholder sent to the provider or returned (before: both, silently)."""
+    import functools
+
+    @functools.lru_cache(maxsize=None)
+    def rubric(subject):
+        return models("sim", f"Write a grading rubric for {subject}").text
+
+    def grade(essay):
+        return models("sim", f"{rubric('math')}\nGrade: {essay}").text
+
+    class Agent:
+        persona = None
+
+        def persona_text(self):
+            if self.persona is None:
+                self.persona = models("sim", "Describe a persona").text
+            return self.persona
+
+    history: list[str] = []
+
+    def chat(user):
+        answer = models("sim", "\n".join([*history, f"User: {user}"]))
+        history.append(f"User: {user}\nBot: {answer.text}")
+        return answer.text
+
+    for fast, arg in ((jit(grade), "essay one"), (jit(Agent.persona_text), Agent()),
+                      (jit(chat), "hi")):
+        sim.reset_stats()
+        with pytest.raises(ember.TraceError, match="placeholder.*lru_cache.*outside"):
+            fast(arg)
+        assert not any("\x02" in p for p in sim.stats().prompts)
+    with pytest.raises(ember.TraceError, match="placeholder"):  # eager, later: the same
+        grade("essay two")
+
+
 def test_parse_error_inside_function_behaves_as_eager():
     def careful(x: str):
         r = models("sim", f"Tell me about {x}")

@@ -38,7 +38,8 @@ from .types import AnyT, ResponseT, Str, Type
 __all__ = [
     "TraceState", "Traced", "TracedStr", "TracedResponse", "TracedValue", "Suspend",
     "StopTrace", "UNKNOWN", "current_trace", "trace_var", "user_location", "has_traced",
-    "MAX_TRACE_NODES", "MarkedText", "wrap",
+    "MAX_TRACE_NODES", "MarkedText", "wrap", "PROCESS_MARK", "stale_placeholder",
+    "holds_stale",
 ]
 
 UNKNOWN = object()
@@ -50,8 +51,12 @@ _new = object.__new__
 _next_id = _ids.__next__
 # a trace's marker nonce: a per-process secret and a counter (one urandom per process,
 # not one system call per trace)
-_nonces = map(f"{os.urandom(6).hex()}{{:x}}".format, itertools.count())
+_SECRET = os.urandom(6).hex()
+_nonces = map(f"{_SECRET}{{:x}}".format, itertools.count())
 _next_nonce = _nonces.__next__
+# how every marker of this process begins: one in text the Python holds after its
+# trace ended is a placeholder that state kept (see `stale_placeholder`)
+PROCESS_MARK = _MARK_OPEN + _SECRET
 # a marker's tail "<index>" CLOSE, and the index of such a tail's digits, for the first
 # indexes of any trace (grown on first use): formatting an int into the marker and
 # parsing it back cost about a sixth of a prompt's trace
@@ -73,6 +78,36 @@ def _leaked() -> TraceError:
         "another jitted function, or in a thread that does not carry the trace's context "
         "(asyncio.to_thread does; a bare thread pool does not). Return the value from "
         "the jitted function and use what the call returns.")
+
+
+def stale_placeholder(where: str) -> TraceError:
+    """A placeholder from a finished trace, found ``where`` (in a prompt, in what a
+    jitted function returned): state the function keeps caught it while jit traced."""
+    return TraceError(
+        f"A placeholder for a model's answer was found {where}: it was made while jit "
+        "traced a function (answers are placeholders then) and kept in state that "
+        "outlives the trace: functools.lru_cache or a memo dict on a helper that calls "
+        "models(), an attribute set inside the function (lazy initialisation), a list it "
+        "appends answers to (a chat history). jit runs the Python once on placeholders to "
+        "plan the calls, so such state must not be filled inside a jitted function: "
+        "fill it outside (pass it in, return what to add), or use ember.cache instead of "
+        "functools.lru_cache (it is jit-aware). Clear what holds the placeholder "
+        "(e.g. helper.cache_clear()) before calling again.")
+
+
+def holds_stale(value: Any, depth: int = 0) -> bool:
+    """Whether a returned value holds a placeholder (strings, through lists, tuples,
+    sets and dicts)."""
+    if isinstance(value, str):
+        return PROCESS_MARK in value
+    if depth > 8:
+        return False
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(holds_stale(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return any(holds_stale(k, depth + 1) or holds_stale(v, depth + 1)
+                   for k, v in value.items())
+    return False
 
 
 def current_trace() -> TraceState | None:
