@@ -134,6 +134,9 @@ def test_headers_teach_limits_and_an_empty_bucket_waits(fault_server):
     first, second = arrivals(fault_server)
     assert second - first >= 0.4  # the server said: none left for 400 ms
     assert configure_limits("openai", rpm=60).rpm == 60  # a user cap below the server's
+    # removing your cap leaves the server's in force (it removed the server's too)
+    assert configure_limits("openai", rpm=None).rpm == 120
+    assert limiter.limits("openai").rpm == 120
 
 
 def test_a_429_pauses_the_whole_provider(fault_server):
@@ -152,6 +155,8 @@ def test_a_429_pauses_the_whole_provider(fault_server):
     assert recs[0].status == 429
     assert all(r.arrived >= throttled_at + 0.4 for r in recs[1:])  # nobody went early
     assert len(recs) == 6
+    # the limits in force show the concurrency the 429 cut (they showed the setting)
+    assert configure_limits("openai").concurrency < limiter.limits("openai").concurrency
 
 
 def run_90(fault_server, mode: str) -> tuple[list, float]:

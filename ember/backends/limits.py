@@ -18,6 +18,7 @@ server's. Limits the server states replace the provider's defaults.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -211,10 +212,10 @@ def effective(name: str) -> Limits:
 
     def pick(key: str, default: Any) -> Any:
         base = learned[key] * window / 60.0 if key in learned else default
-        if key in user:
-            cap = user[key]
-            return cap if base is None or cap is None else min(cap, base)
-        return base
+        cap = user.get(key)
+        if cap is None:  # no cap of yours (never set, or removed with None)
+            return base
+        return cap if base is None else min(cap, base)
 
     return Limits(name, pick("rpm", inst.default_rpm), pick("tpm", inst.default_tpm),
                   int(user.get("concurrency", inst.default_concurrency)), window)
@@ -357,4 +358,8 @@ def configure_limits(provider: str, *, rpm: float | None = _UNSET, tpm: float | 
             raise ValueError(f"window must be positive seconds, got {window!r}")
         conf["window"] = float(window)
     limiter._reconfigure(name)
-    return effective(name)
+    limits = effective(name)
+    st = limiter._states.get(name)
+    if st is not None and int(st.cap) < limits.concurrency:  # cut by 429s, growing back
+        limits = dataclasses.replace(limits, concurrency=max(1, int(st.cap)))
+    return limits
