@@ -77,7 +77,8 @@ def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -
     """Call every function on the same input; return the list of results, or
     ``reduce(results)``. Called outside `jit`, the members run concurrently (the
     ensemble compiles itself); inside a jitted function it traces transparently. With
-    an ``async def`` among them the ensemble is async, its members awaited together."""
+    an ``async def`` among them (or as ``reduce``) the ensemble is async, its members
+    awaited together and an async ``reduce`` awaited."""
     if not fns:
         raise TypeError("ensemble() needs at least one function")
     for fn in (*fns, *([reduce] if reduce is not None else [])):
@@ -86,10 +87,10 @@ def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -
 
     from ._jit import jit
 
-    if any(is_async(fn) for fn in fns):
+    if any(is_async(fn) for fn in fns) or (reduce is not None and is_async(reduce)):
         async def members(*args: Any, **kwargs: Any) -> Any:
             results = list(await asyncio.gather(*[_awaited(fn(*args, **kwargs)) for fn in fns]))
-            return reduce(results) if reduce is not None else results
+            return await _awaited(reduce(results)) if reduce is not None else results
 
         compiled = jit(members)
 

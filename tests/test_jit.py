@@ -774,6 +774,14 @@ def test_compose_async_functions():
     assert asyncio.run(ember.chain(a, b, c)("x")) == in_turn
     assert asyncio.run(ember.vmap(both)(["x", "y"]))[0] == together
 
+    async def judge(answers):  # an async reduce is awaited (it was returned unawaited)
+        return (await ember.amodels("sim", "Best of: " + " | ".join(answers))).text
+
+    judged = asyncio.run(judge(together[:2]))
+    assert asyncio.run(ember.ensemble(a, b, reduce=judge)("x")) == judged
+    sync_members = ember.ensemble(c, c, reduce=judge)  # async through its reduce alone
+    assert asyncio.run(sync_members("x")) == asyncio.run(judge([c("x"), c("x")]))
+
 
 def test_a_list_of_answers_in_an_fstring_is_formatted_like_eager():
     # f"{ideas}" formats the list with repr() of each answer: the graph must build the
