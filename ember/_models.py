@@ -17,7 +17,7 @@ from ._response import Response
 from ._runtime import run_async, run_sync
 from .backends.dispatch import send
 from .backends.memo import MISSING, Memo
-from .backends.policy import current_options, options_var
+from .backends.policy import current_options, options_var, rerun_var
 from .ir.graph import Lit
 from .ir.trace import (Break, MarkedText, StopTrace, TracedResponse, current_trace,
                        has_traced, trace_var, user_location)
@@ -220,6 +220,8 @@ class CheckRun:
     def __init__(self, memo: Memo, suspendable: bool = True) -> None:
         self.memo = memo
         self.occurrences: dict[str, int] = {}
+        # deterministic key -> [repeats sent again so far, whether its last read failed]
+        self.repeats: dict[str, list] = {}
         self.first_miss: str | None = None
         self.pending: list[Response] = []
         self.hits: list[Any] = []  # ember.cache hits, recorded once the run completes
@@ -239,7 +241,7 @@ class CheckRun:
         for f, result in zip(fetches, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # (a cancellation)
-            slots.append(self.memo.put(f.request, result, f.det))
+            slots.append(self.memo.put(f.request, result, f.det, f.again))
         return slots
 
     def call(self, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
@@ -254,9 +256,18 @@ class CheckRun:
             if not det:
                 self.occurrences[single.key] = occ + 1
             value = self.memo.get(single, det, occ)
+            again = None
+            if det:  # made again after it failed, or by ember.retry: sent again, as eager
+                seen = self.repeats.get(single.key)
+                if seen is None:
+                    self.repeats[single.key] = [0, isinstance(value, BaseException)]
+                elif seen[1] or rerun_var.get():
+                    again = seen[0]
+                    value = self.memo.get_again(single, again)
+                    seen[:] = [again + 1, isinstance(value, BaseException)]
             if value is MISSING:
                 self.first_miss = self.first_miss or loc
-                value = Response.pending(_Fetch(single, loc, det, self))
+                value = Response.pending(_Fetch(single, loc, det, self, again))
                 self.pending.append(value)
             elif isinstance(value, BaseException):
                 if hasattr(value, "where"):
@@ -274,10 +285,12 @@ class NeedAnswers(BaseException):
 class _Fetch:
     """A deferred request: sent when a pending response is first read."""
 
-    __slots__ = ("request", "loc", "det", "check", "result", "error", "options")
+    __slots__ = ("request", "loc", "det", "check", "result", "error", "options", "again")
 
-    def __init__(self, request: Request, loc: str | None, det: bool, check: CheckRun) -> None:
+    def __init__(self, request: Request, loc: str | None, det: bool, check: CheckRun,
+                 again: int | None = None) -> None:
         self.request, self.loc, self.det, self.check = request, loc, det, check
+        self.again = again  # the repeat of a failed deterministic request it answers
         self.result: Response | None = None
         self.error: Exception | None = None
         self.options = current_options()  # the retry / timeout scope of the call site

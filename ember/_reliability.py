@@ -30,7 +30,7 @@ from ._keywords import hint_keywords
 from ._models import check_var
 from .backends.dispatch import describe_error
 from .backends.policy import (CallOptions, RetryPolicy, current_options, deadlines_var,
-                              new_region, options_var)
+                              new_region, options_var, rerun_var)
 from .errors import EmberError, ParseError, TimeoutError
 from .ir.trace import current_trace
 
@@ -91,10 +91,14 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
                     return await fn(*args, **kwargs)
                 history: list[str] = []
                 while True:
+                    again = rerun_var.set(rerun_var.get() + 1) if history else None
                     try:
                         return await fn(*args, **kwargs)
                     except EmberError as exc:
                         wait = _after_failure(fn, policy, exc, history)
+                    finally:
+                        if again is not None:
+                            rerun_var.reset(again)
                     if wait:
                         await asyncio.sleep(wait)
             finally:
@@ -109,10 +113,14 @@ def _retrying(fn: Callable, policy: RetryPolicy) -> Callable:
                 return fn(*args, **kwargs)
             history: list[str] = []
             while True:
+                again = rerun_var.set(rerun_var.get() + 1) if history else None
                 try:
                     return fn(*args, **kwargs)
                 except EmberError as exc:
                     wait = _after_failure(fn, policy, exc, history)
+                finally:
+                    if again is not None:
+                        rerun_var.reset(again)
                 if wait:
                     time.sleep(wait)
         finally:
@@ -184,8 +192,10 @@ def _limited(fn: Callable, seconds: float) -> Callable:
         options_var.reset(otoken)
 
     def expired(exc: EmberError, deadline: float | None) -> EmberError:
-        # this region is over: an outer retry may run it again with a new clock
-        if deadline is not None and time.monotonic() >= deadline - 0.01:
+        # this region is over: an outer retry may run it again with a new clock (its
+        # clock, or, in a jitted call's check run, the graph run's, which the error names)
+        if (deadline is not None and time.monotonic() >= deadline - 0.01
+                or region in getattr(exc, "regions", ())):
             exc.final = False  # type: ignore[attr-defined]
         return exc
 

@@ -160,6 +160,20 @@ def test_parse_error_retry_under_jit_fetches_a_fresh_sample(flip):
     assert flip.calls == 2  # the failed sample, then one new one: nothing else re-sent
 
 
+def test_a_deterministic_call_retried_under_jit_and_vmap_is_sent_again(flip):
+    """ember.retry runs its function again, and eager Python sends a temperature-0
+    call again then; the check run used to answer it from the memo (the same prose,
+    three 'attempts', one request, a ParseError where eager got JSON)."""
+    def ask(x):
+        return ember.models("flip/m", f"JSON for {x}", temperature=0).json()
+
+    for run in (ember.jit(retry(ask)), lambda x: ember.vmap(retry(ask))([x])[0]):
+        flip.calls = 0
+        assert run("e") == {"ok": True}
+        assert flip.calls == 2
+
+
+
 def test_retry_around_jit(flip):
     assert retry(ember.jit(ask_json))("d") == {"ok": True}
     assert flip.calls == 2
@@ -295,6 +309,22 @@ def test_retry_of_timeout_runs_a_new_region(fault_server):
 
     assert retry(timeout(flaky, seconds=0.3), initial_delay=0.01)("f").text == "echo: f"
     assert len(seen) == 2
+
+
+def test_retry_of_timeout_runs_a_new_region_under_jit_and_vmap(fault_server):
+    """The check run replays the graph run's time-out: ember.retry runs the region
+    again, as eager does (it gave up at once: the check run's own clock had not run
+    out, so the error stayed final)."""
+    def ask(q):
+        return call(f"Q: {q}", temperature=0).text
+
+    robust = retry(timeout(ask, seconds=0.3), initial_delay=0.01)
+    call("warm-up")
+    for run in (ember.jit(robust), lambda x: ember.vmap(robust)([x])[0]):
+        fault_server.requests.clear()
+        fault_server.script(Fault("slow", delay=1.0))  # only the first request is slow
+        assert run("x") == "echo: Q: x"
+        assert len(fault_server.requests) == 2
 
 
 def test_timeout_inside_retry_is_not_retried(fault_server):

@@ -24,7 +24,7 @@ from ..errors import (BadRequestError, ContextLengthError, EmberError,
                       ResponseFormatError, TimeoutError)
 from ..providers.prices import context_window, cost_of
 from .limits import limiter
-from .policy import CallOptions, RetryPolicy, current_options, deadline_of
+from .policy import CallOptions, RetryPolicy, binding_regions, current_options, deadline_of
 from .record import CallRecord, record
 
 __all__ = ["send", "send_batch", "send_as_batch", "estimate_prompt_tokens", "describe_error",
@@ -166,6 +166,10 @@ async def send(request: Request, *, options: CallOptions | None = None,
         return [r for rs in singles for r in rs]
     try:
         return await _send_coalesced(provider, request, options, priority, location)
+    except TimeoutError as exc:
+        if getattr(exc, "final", False) and options.timeouts:  # its time limit's: name it
+            exc.regions = binding_regions(options)  # type: ignore[attr-defined]
+        raise
     except ResponseFormatError as exc:
         if not getattr(exc, "fewer_choices", False):
             raise

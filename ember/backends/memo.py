@@ -2,7 +2,9 @@
 
 Deterministic requests are served by key; sampled ones by key and occurrence, in
 the order the program made them, so the i-th identical sampled call gets the i-th
-sample and no answer is used twice.
+sample and no answer is used twice. A deterministic request that failed and is made
+again (by `ember.retry`, or the program's own except clause) is sent again, as eager
+Python would: its i-th repeat has a slot of its own (`get_again`).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from .._request import Request
 __all__ = ["Memo", "MISSING"]
 
 MISSING = object()
+_AGAIN = "again:"  # the slots of repeats, apart from the keys' own
 
 
 class Memo:
-    __slots__ = ("det", "sampled", "hits", "used", "effects", "runs")
+    __slots__ = ("det", "sampled", "again", "hits", "used", "effects", "runs")
 
     def __init__(self) -> None:
         self.det: dict[str, Any] = {}
         self.sampled: dict[str, list[Any]] = {}
+        self.again: dict[tuple[str, int], Any] = {}  # (key, i): the i-th repeat of a failure
         self.hits = 0
         self.used: set[tuple[str, int]] = set()
         # [fn, argument values, result, taken by the check run, the graph run that ran
@@ -30,11 +34,16 @@ class Memo:
         self.runs = 0  # graph runs of this call (a plan's rounds)
 
     def __len__(self) -> int:
-        return len(self.det) + sum(len(v) for v in self.sampled.values())
+        return len(self.det) + sum(len(v) for v in self.sampled.values()) + len(self.again)
 
-    def put(self, request: Request, result: Any, deterministic: bool) -> tuple[str, int]:
-        """Store a Response or an exception; returns its slot (key, occurrence)."""
+    def put(self, request: Request, result: Any, deterministic: bool,
+            again: int | None = None) -> tuple[str, int]:
+        """Store a Response or an exception; returns its slot (key, occurrence). With
+        ``again``: the answer to that repeat of a failed deterministic request."""
         key = request.key
+        if again is not None:
+            self.again[key, again] = result
+            return _AGAIN + key, again
         if deterministic:
             self.det[key] = result
             return key, 0
@@ -61,6 +70,14 @@ class Memo:
         if value is not MISSING:
             self.hits += 1
             self.used.add((key, occurrence))
+        return value
+
+    def get_again(self, request: Request, i: int) -> Any:
+        """The answer to the i-th repeat of a failed deterministic request, or MISSING."""
+        value = self.again.get((request.key, i), MISSING)
+        if value is not MISSING:
+            self.hits += 1
+            self.used.add((_AGAIN + request.key, i))
         return value
 
     def peek(self, request: Request, deterministic: bool, occurrence: int) -> Any:
@@ -97,6 +114,7 @@ class Memo:
         total = sum(1 for k in self.det if (k, 0) not in self.used)
         total += sum(1 for k, v in self.sampled.items() for i in range(len(v))
                      if (k, i) not in self.used)
+        total += sum(1 for k, i in self.again if (_AGAIN + k, i) not in self.used)
         return total
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import EmberError, QuotaExceededError
 
 __all__ = ["RetryPolicy", "CallOptions", "DEFAULT_RETRY", "current_options", "options_var",
-           "deadlines_var", "new_region", "deadline_of"]
+           "deadlines_var", "new_region", "deadline_of", "rerun_var", "binding_regions"]
 
 _rng = random.Random()
 
@@ -107,6 +107,9 @@ options_var: ContextVar[CallOptions] = ContextVar("ember_call_options", default=
 # region id -> time.monotonic() deadline. Shared (mutated) by every task of one
 # execution; a new execution or an eager `timeout` call installs its own copy.
 deadlines_var: ContextVar[dict[int, float] | None] = ContextVar("ember_deadlines", default=None)
+# > 0 while `ember.retry` runs a function again: its calls are made again, as eager
+# Python makes them (a jitted call's check run sends them anew, not from its memo)
+rerun_var: ContextVar[int] = ContextVar("ember_rerun", default=0)
 _regions = itertools.count(1)
 
 
@@ -135,3 +138,14 @@ def deadline_of(options: CallOptions, now: float | None = None) -> float | None:
             d = table[region] = now + seconds
         deadline = d if deadline is None else min(deadline, d)
     return deadline
+
+
+def binding_regions(options: CallOptions) -> frozenset[int]:
+    """The regions whose deadline is the call's (the earliest of its regions'): those a
+    time-out of the call ends."""
+    table = deadlines_var.get() or {}
+    due = [(table[r], r) for r, _ in options.timeouts if r in table]
+    if not due:
+        return frozenset()
+    first = min(d for d, _ in due)
+    return frozenset(r for d, r in due if d <= first)
