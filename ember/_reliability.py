@@ -176,10 +176,17 @@ def _limited(fn: Callable, seconds: float) -> Callable:
     def enter() -> tuple[Any, Any, float | None]:
         """Scope the options; start the clock unless tracing. (tokens, deadline)"""
         opts = current_options()
+        state = current_trace()
         if all(r != region for r, _ in opts.timeouts):
-            opts = opts.with_(timeouts=opts.timeouts + ((region, seconds),))
+            entries = opts.entries + (-1,) * (len(opts.timeouts) - len(opts.entries))
+            if state is not None:  # the k-th call of this wrapper in the trace
+                counts = state.timeout_entries
+                k = counts[region] = counts.get(region, -1) + 1
+                entries += (k,)
+            opts = opts.with_(timeouts=opts.timeouts + ((region, seconds),),
+                              entries=entries if state is not None else opts.entries)
         otoken = options_var.set(opts)
-        if current_trace() is not None:
+        if state is not None:
             return otoken, None, None
         table = dict(deadlines_var.get() or {})
         deadline = time.monotonic() + seconds

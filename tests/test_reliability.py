@@ -299,6 +299,45 @@ def test_replayed_graph_starts_its_clock_per_call():
     assert sim.stats().requests == 2
 
 
+def test_each_call_of_a_timeout_wrapper_has_its_own_clock_under_jit():
+    """step(step(x)): each step within its limit, as eagerly (the two calls of the
+    wrapper shared one clock in the graph, and the second timed out)."""
+    sim.configure(latency=0.3)
+
+    @timeout(seconds=0.5)
+    def step(text):
+        return ember.models("sim", f"Refine: {text}").text
+
+    def twice(text):
+        return step(step(text))
+
+    fast = ember.jit(twice)
+    assert fast("draft") == twice("draft")
+    assert fast("draft") == twice("draft")  # (replayed: the same)
+
+
+def test_a_graph_break_does_not_restart_the_clock():
+    """A timeout around a function with a graph break bounds the whole call, as eagerly
+    (each round of the plan started a new clock: 0.6 s passed against a 0.5 s limit)."""
+    sim.configure(latency=0.3)
+
+    @timeout(seconds=0.5)
+    def two_steps(text):
+        first = ember.models("sim", f"Draft: {text}")
+        if len(first.text) > 0:  # a break: the second call waits for the first answer
+            return ember.models("sim", f"Refine: {first.text}").text
+        return ""
+
+    with pytest.raises(ember.TimeoutError):
+        two_steps("x")
+    fast = ember.jit(two_steps)
+    for _ in range(2):
+        start = time.monotonic()
+        with pytest.raises(ember.TimeoutError):
+            fast("x")
+        assert time.monotonic() - start < 0.58
+
+
 def test_retry_of_timeout_runs_a_new_region(fault_server):
     fault_server.stall = 5.0
     seen = []

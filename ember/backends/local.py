@@ -186,8 +186,16 @@ async def execute(graph: Graph, inputs: list[Any], memo: Memo | None = None,
                   known: dict[int, Any] | None = None) -> dict[int, Any]:
     """Run a graph; returns var id -> value (exceptions in place of failed values).
     Nodes whose outputs are ``known`` (var id -> value) are not run."""
-    # time limits start per execution, when a region's first call starts
-    token = deadlines_var.set(dict(deadlines_var.get() or {}))
+    # a time limit starts when its region's first call starts; one jitted call's rounds
+    # and graphs share their clocks (its memo keeps them): a graph break does not restart
+    # them
+    if memo is None:
+        table = dict(deadlines_var.get() or {})
+    else:
+        if memo.deadlines is None:
+            memo.deadlines = dict(deadlines_var.get() or {})
+        table = memo.deadlines
+    token = deadlines_var.set(table)
     try:
         return await _execute(graph, inputs, memo, known)
     finally:

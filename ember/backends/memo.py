@@ -20,7 +20,7 @@ _AGAIN = "again:"  # the slots of repeats, apart from the keys' own
 
 
 class Memo:
-    __slots__ = ("det", "sampled", "again", "hits", "used", "effects", "runs")
+    __slots__ = ("det", "sampled", "again", "hits", "used", "effects", "runs", "deadlines")
 
     def __init__(self) -> None:
         self.det: dict[str, Any] = {}
@@ -32,6 +32,7 @@ class Memo:
         # it, the latest graph run that reused it]
         self.effects: list[list[Any]] = []
         self.runs = 0  # graph runs of this call (a plan's rounds)
+        self.deadlines: dict[Any, float] | None = None  # its time limits' clocks
 
     def __len__(self) -> int:
         return len(self.det) + sum(len(v) for v in self.sampled.values()) + len(self.again)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from typing import Any
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
@@ -82,6 +83,10 @@ class CallOptions:
 
     retry: RetryPolicy = DEFAULT_RETRY
     timeouts: tuple[tuple[int, float], ...] = ()  # (region id, seconds), outermost first
+    # which call of each region's wrapper this is, in a traced function (-1: not
+    # traced): two calls of one `timeout` wrapper have a clock each. Not compared: the
+    # passes merge and fuse calls of different ones (they start together)
+    entries: tuple[int, ...] = field(default=(), compare=False)
     _hash: int = field(default=0, init=False, repr=False, compare=False)
 
     def __hash__(self) -> int:
@@ -104,9 +109,10 @@ class CallOptions:
 
 
 options_var: ContextVar[CallOptions] = ContextVar("ember_call_options", default=CallOptions())
-# region id -> time.monotonic() deadline. Shared (mutated) by every task of one
-# execution; a new execution or an eager `timeout` call installs its own copy.
-deadlines_var: ContextVar[dict[int, float] | None] = ContextVar("ember_deadlines", default=None)
+# region id (or (region id, entry) in a traced graph) -> time.monotonic() deadline.
+# Shared (mutated) by every task of one jitted call, across its plan's rounds; an eager
+# `timeout` call installs its own copy.
+deadlines_var: ContextVar[dict[Any, float] | None] = ContextVar("ember_deadlines", default=None)
 # > 0 while `ember.retry` runs a function again: its calls are made again, as eager
 # Python makes them (a jitted call's check run sends them anew, not from its memo)
 rerun_var: ContextVar[int] = ContextVar("ember_rerun", default=0)
@@ -132,10 +138,12 @@ def deadline_of(options: CallOptions, now: float | None = None) -> float | None:
     if table is None:
         table = {}
     deadline = None
-    for region, seconds in options.timeouts:
-        d = table.get(region)
+    entries = options.entries
+    for i, (region, seconds) in enumerate(options.timeouts):
+        key: Any = region if i >= len(entries) or entries[i] < 0 else (region, entries[i])
+        d = table.get(key)
         if d is None:
-            d = table[region] = now + seconds
+            d = table[key] = now + seconds
         deadline = d if deadline is None else min(deadline, d)
     return deadline
 
@@ -144,7 +152,10 @@ def binding_regions(options: CallOptions) -> frozenset[int]:
     """The regions whose deadline is the call's (the earliest of its regions'): those a
     time-out of the call ends."""
     table = deadlines_var.get() or {}
-    due = [(table[r], r) for r, _ in options.timeouts if r in table]
+    entries = options.entries
+    keys = [(r, r if i >= len(entries) or entries[i] < 0 else (r, entries[i]))
+            for i, (r, _) in enumerate(options.timeouts)]
+    due = [(table[k], r) for r, k in keys if k in table]
     if not due:
         return frozenset()
     first = min(d for d, _ in due)

@@ -177,6 +177,7 @@ class TraceState:
         self.strict = strict
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
+        self.timeout_entries: dict[int, int] = {}  # ember.timeout region -> calls so far
         # Local ops are evaluated on demand (`value_of`): most traced values are never
         # read, and computing every prompt while tracing cost a fifth of the trace.
         self._producer: dict[int, Node] = {}  # var id -> node, indexed on demand
