@@ -338,6 +338,29 @@ def test_a_graph_break_does_not_restart_the_clock():
         assert time.monotonic() - start < 0.58
 
 
+def test_a_server_that_refuses_n_gets_a_request_per_sample(fault_server, caplog):
+    """An OpenAI-compatible server that refuses n > 1 with a 400 (Groq's wording):
+    jit's fused samples failed where eager worked."""
+    def refuse_n(rec):
+        if isinstance(rec.body, dict) and (rec.body.get("n") or 1) > 1:
+            return Fault("bad_request", message="'n' : number must be at most 1")
+        return None
+
+    def ideas(topic):
+        return [call(f"An idea about {topic}", temperature=1.0).text for _ in range(3)]
+
+    fault_server.script(Fault("bad_request"))  # another 400: the caller's, not re-sent
+    with pytest.raises(BadRequestError):
+        call("x", temperature=1.0, n=2)
+    assert len(fault_server.requests) == 1
+    fault_server.requests.clear()
+    fault_server.hook = refuse_n
+    with caplog.at_level("WARNING", logger="ember"):
+        assert ember.jit(ideas)("cats") == ideas("cats")
+    assert "refused n=3" in caplog.text
+    assert [r.status for r in fault_server.requests] == [400] + [200] * 6
+
+
 def test_retry_of_timeout_runs_a_new_region(fault_server):
     fault_server.stall = 5.0
     seen = []

@@ -13,6 +13,7 @@ function for it (attempts never multiply).
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 import time
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
@@ -178,6 +179,25 @@ async def send(request: Request, *, options: CallOptions | None = None,
         log.warning("%s returned fewer answers than n=%d; from now on Ember sends one "
                     "request per sample to it", request.provider, request.n)
         return await send(request, options=options, priority=priority, location=location)
+    except BadRequestError as exc:
+        if request.n == 1 or not provider.supports_n or not _rejects_n(str(exc)):
+            raise
+        # an OpenAI-compatible server that refuses n > 1 (Groq's: "'n' : number must be
+        # at most 1"), which jit's sample fusion may have asked for
+        provider.supports_n = False
+        log.warning("%s refused n=%d; from now on Ember sends one request per sample to "
+                    "it", request.provider, request.n)
+        return await send(request, options=options, priority=priority, location=location)
+
+
+# a 400's wording when it is about the `n` parameter: 'n' quoted, or n followed by a
+# constraint ("n must be 1", "n > 1 is not supported", "parameter n")
+_N_REFUSED = re.compile(r"""(['"`]n['"`]|\bn\s*(must|should|can\s*not|cannot|is|>|=|only)\b"""
+                        r"""|\bn\s*[>=]|parameter\s+n\b|\bn\s+parameter)""", re.IGNORECASE)
+
+
+def _rejects_n(message: str) -> bool:
+    return _N_REFUSED.search(message) is not None
 
 
 async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
