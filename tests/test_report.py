@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from servers import openai_server  # noqa: F401
+from servers import anthropic_server, openai_server  # noqa: F401
 
 import ember
 from ember import jit, models, vmap
@@ -224,3 +224,25 @@ def test_concurrent_calls_each_report_their_own_run():
     assert reports[1].requests == 1 and reports[4].requests == 4
     assert reports[1].measured_bound_seconds == pytest.approx(0.05, abs=0.03)
     assert reports[4].measured_bound_seconds == pytest.approx(0.2, abs=0.06)
+
+
+def test_samples_sent_beside_one_that_failed_are_reported(anthropic_server):
+    """On a provider without n, n samples are n requests: when one fails for good the
+    others, already sent, finish and are reported (they were cancelled and missing:
+    the report said 1 request, the server had 3)."""
+    anthropic_server.latency = 0.2
+    first = [True]
+
+    def hook(rec):
+        if first[0]:
+            first[0] = False
+            return "bad_request"
+        return None
+
+    anthropic_server.hook = hook
+    with ember.record() as run:
+        with pytest.raises(ember.BadRequestError):
+            models("anthropic/claude-haiku-4-5", "Name a colour", n=3, temperature=1.0)
+    report = run.report()
+    assert [r.status for r in anthropic_server.requests] == [400, 200, 200]
+    assert (report.requests, report.failures, report.completions) == (3, 1, 2)

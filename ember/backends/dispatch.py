@@ -201,16 +201,15 @@ def _rejects_n(message: str) -> bool:
 
 
 async def gather_all(aws: Iterable[Awaitable[T]]) -> list[T]:
-    """``asyncio.gather`` that cancels the others when one fails (Python 3.10 has no
-    TaskGroup)."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
+    """Every result, or the first error (in order) once all have settled: requests
+    already sent finish and are reported (cancelling them when one failed left the
+    provider billing requests the run report never showed). Cancelling the caller
+    cancels them all."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)  # type: ignore[arg-type]
 
 
 async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
