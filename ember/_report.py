@@ -111,7 +111,7 @@ class RunReport:
 
     @property
     def mean_concurrency(self) -> float:
-        busy = sum(c.end - c.start for c in self._sent())
+        busy = sum(b - a for c in self._sent() for a, b in c.in_flight())
         return busy / self.wall_seconds if self.wall_seconds > 0 else 0.0
 
     def _sent(self) -> list[CallRecord]:
@@ -200,7 +200,9 @@ class RunReport:
 
 
 def _peak(calls: list[CallRecord]) -> int:
-    events = sorted([(c.start, 1) for c in calls] + [(c.end, -1) for c in calls])
+    """Most calls in flight at once (a retried call's backoff waits excluded)."""
+    spans = [span for c in calls for span in c.in_flight()]
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
     peak = level = 0
     for _, step in events:
         level += step

@@ -246,3 +246,40 @@ def test_samples_sent_beside_one_that_failed_are_reported(anthropic_server):
     report = run.report()
     assert [r.status for r in anthropic_server.requests] == [400, 200, 200]
     assert (report.requests, report.failures, report.completions) == (3, 1, 2)
+
+
+def test_backoff_between_attempts_is_not_counted_as_in_flight():
+    """A retried call's span covers its backoff; the peak counts its attempts only (it
+    counted every call sleeping between attempts: 40 'in flight' under a limit of 4)."""
+    import asyncio
+
+    from ember import providers
+    from ember.backends.limits import configure_limits, limiter
+    from ember.errors import ServerError
+
+    seen: set[str] = set()
+
+    async def flaky(request):
+        await asyncio.sleep(0.02)
+        prompt = request.messages[-1][1]
+        if prompt not in seen:
+            seen.add(prompt)
+            raise ServerError("503, once per prompt", provider="flaky", status=503)
+        return "ok"
+
+    providers.register("flaky", flaky)
+    limiter.reset()
+    try:
+        configure_limits("flaky", concurrency=2)
+        ask = ember.retry(lambda i: models("flaky/m", f"q {i}", temperature=0).text,
+                          initial_delay=0.3, jitter=False)
+        mapped = ember.vmap(ask)
+        assert mapped(list(range(8))) == ["ok"] * 8
+        run = mapped.last_run
+        assert run.requests == 8 and run.retries == 8
+        assert run.peak_concurrency == 2
+        assert all(len(c.flights) == 2 for c in run.calls)
+    finally:
+        providers._custom.pop("flaky", None)
+        providers.reset()
+        limiter.reset()

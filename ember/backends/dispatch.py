@@ -130,7 +130,7 @@ def _give_up(exc: EmberError, history: list[str]) -> None:
                          "; ".join(f"{i}) {h}" for i, h in enumerate(history, 1)))
 
 
-async def _admitted(provider: Any, tokens: int, priority: float, waited: list[float],
+async def _admitted(provider: Any, tokens: int, priority: float, waited: list[Any],
                     call: Callable[[], Awaitable[list]], used: Callable[[list], int]) -> list:
     """One attempt: wait for admission, make the call, settle with the limiter."""
     ticket = await limiter.acquire(provider, tokens, priority)
@@ -141,11 +141,13 @@ async def _admitted(provider: Any, tokens: int, priority: float, waited: list[fl
         result = await call()
     except Exception as exc:
         limiter.release(ticket, None, exc)
+        waited[2].append((ticket.admitted, time.monotonic()))
         raise
     except BaseException:  # cancelled (deadline or caller): the tokens count as spent
         limiter.release(ticket, None)
         raise
     limiter.release(ticket, used(result))
+    waited[2].append((ticket.admitted, time.monotonic()))
     return result
 
 
@@ -267,7 +269,8 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
         tokens = _reservation(request)
     except EmberError as exc:
         raise exc.where(request.model_id, location)
-    waited = [0.0, 0.0]  # seconds waiting for admission; when first admitted
+    # seconds waiting for admission; when first admitted; each attempt's flight
+    waited: list[Any] = [0.0, 0.0, []]
     start = time.monotonic()
     label = request.model_id
 
@@ -281,16 +284,22 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
     except EmberError as exc:
         record(CallRecord(request.model_id, waited[1] or start, time.monotonic(), request.n,
                           attempts=getattr(exc, "attempts", 1), error=type(exc).__name__,
-                          cost=0.0, location=location, throttle_wait=waited[0]))
+                          cost=0.0, location=location, throttle_wait=waited[0],
+                          flights=_flights(waited)))
         raise exc.where(request.model_id, location)
     end = time.monotonic()
     usage_in = sum(r.usage.input_tokens for r in responses)
     usage_out = sum(r.usage.output_tokens for r in responses)
     cost = _fill_costs(request, responses)
     record(CallRecord(request.model_id, waited[1] or start, end, request.n, usage_in,
-                      usage_out, cost,
-                      attempts=attempts, location=location, throttle_wait=waited[0]))
+                      usage_out, cost, attempts=attempts, location=location,
+                      throttle_wait=waited[0], flights=_flights(waited)))
     return responses
+
+
+def _flights(waited: list[Any]) -> tuple[tuple[float, float], ...]:
+    """A retried call's attempts in flight (one attempt: its start and end say it)."""
+    return tuple(waited[2]) if len(waited[2]) > 1 else ()
 
 
 def _fill_costs(request: Request, responses: list[Response]) -> float | None:
@@ -322,7 +331,7 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
     deadline = deadline_of(options)
     locations = locations or [None] * len(requests)
     tokens = sum(_reservation(r) for r in requests)
-    waited = [0.0, 0.0]
+    waited: list[Any] = [0.0, 0.0, []]
     label = requests[0].model_id
     start = time.monotonic()
 
@@ -340,7 +349,8 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
                               requests[k].n, attempts=getattr(exc, "attempts", 1) if k == 0
                               else 1, error=type(exc).__name__, cost=0.0,
                               location=locations[k], batched=k > 0,
-                              throttle_wait=waited[0] if k == 0 else 0.0))
+                              throttle_wait=waited[0] if k == 0 else 0.0,
+                              flights=_flights(waited)))
 
     try:
         batches, attempts = await _retrying(attempt, options.retry, deadline, label)
@@ -364,6 +374,6 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
         # (the round trip's attempts and admission wait are counted once, on its first)
         record(CallRecord(req.model_id, waited[1] or start, end, req.n, usage[0], usage[1], cost,
                           attempts=attempts if k == 0 else 1, location=loc, batched=k > 0,
-                          throttle_wait=waited[0] if k == 0 else 0.0))
+                          throttle_wait=waited[0] if k == 0 else 0.0, flights=_flights(waited)))
         out.append(responses[0])
     return out

@@ -26,6 +26,12 @@ class CallRecord:
     location: str | None = None
     throttle_wait: float = 0.0
     batched: bool = False  # a later element of a batch that went as one request
+    # a retried call's attempts, (admitted, ended) each: the times it was in flight
+    # (start..end also covers its backoff waits)
+    flights: tuple[tuple[float, float], ...] = ()
+
+    def in_flight(self) -> tuple[tuple[float, float], ...]:
+        return self.flights or ((self.start, self.end),)
 
 
 @dataclass
