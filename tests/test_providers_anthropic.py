@@ -195,6 +195,24 @@ def test_missing_key_names_the_variable(anthropic_server, monkeypatch):
     assert not anthropic_server.requests
 
 
+def test_a_key_with_a_newline_is_stripped_or_refused(anthropic_server, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY + "\n")
+    complete(AnthropicProvider(), req())
+    sent = anthropic_server.requests[0].headers  # (x-api-key, or a bearer token)
+    assert (sent.get("x-api-key") or sent["authorization"].removeprefix("Bearer ")) == ANTHROPIC_KEY
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY + "\nmore")
+    err = fail(AnthropicProvider(), req())
+    assert type(err) is errors.ConfigurationError and "ANTHROPIC_API_KEY" in str(err)
+    assert ANTHROPIC_KEY not in str(err) and len(anthropic_server.requests) == 1
+
+
+def test_a_malformed_base_url_is_a_configuration_error(anthropic_server, monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "127.0.0.1:8000")
+    err = fail(AnthropicProvider(), req())
+    assert type(err) is errors.ConfigurationError and "ANTHROPIC_BASE_URL=" in str(err)
+    assert "no scheme" in str(err) and "https://api.anthropic.com" in str(err)
+
+
 def test_wrong_key_is_rejected_and_not_shown(anthropic_server):
     anthropic_server.api_key = "sk-ant-the-right-one-123456"
     err = fail(AnthropicProvider(), req())

@@ -73,6 +73,36 @@ def test_local_requires_its_base_url(monkeypatch, value):
     assert "export EMBER_LOCAL_BASE_URL=" in str(info.value)
 
 
+@pytest.mark.parametrize("var,value,model", [
+    ("EMBER_LOCAL_BASE_URL", "user:hunter2@gpu-box:8000/v1", local),
+    ("EMBER_LOCAL_BASE_URL", "http://gpu-box:80OO/v1?api-key=qsecret", local),
+    ("OLLAMA_HOST", "http://user:hunter2@gpu-box:11434x", ollama),
+])
+def test_bad_urls_are_shown_without_credentials(monkeypatch, var, value, model):
+    monkeypatch.setenv(var, value)
+    with pytest.raises(errors.ConfigurationError, match=var) as info:
+        complete(model(), req(model.__name__))
+    assert "gpu-box" in str(info.value)
+    assert "hunter2" not in str(info.value) and "qsecret" not in str(info.value)
+
+
+def test_upper_case_schemes_and_surrounding_whitespace_are_accepted(monkeypatch):
+    monkeypatch.setenv("EMBER_LOCAL_BASE_URL", " HTTPS://gpu-box/v1/\n")
+    assert local().base_url() == "https://gpu-box/v1"
+    monkeypatch.setenv("OLLAMA_HOST", "HTTP://gpu-box")
+    assert ollama().base_url() == "http://gpu-box:11434/v1"
+
+
+def test_a_local_key_with_a_newline_is_stripped(local_server, monkeypatch):
+    monkeypatch.setenv("EMBER_LOCAL_API_KEY", "local-secret\n")
+    complete(local(), req())
+    assert local_server.requests[0].headers["authorization"] == "Bearer local-secret"
+    monkeypatch.setenv("EMBER_LOCAL_API_KEY", "local\tsecret")
+    with pytest.raises(errors.ConfigurationError, match="EMBER_LOCAL_API_KEY") as info:
+        complete(local(), req())
+    assert "local\tsecret" not in str(info.value) and len(local_server.requests) == 1
+
+
 def test_local_real_request(local_server):
     [r] = complete(local(), req(model="meta-llama/Llama-3.1-8B", temperature=0.3))
     rec = local_server.requests[0]

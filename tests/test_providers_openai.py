@@ -364,6 +364,65 @@ def test_missing_key_names_the_variable(openai_server, monkeypatch):
     assert "OPENAI_API_KEY" in str(err) and not openai_server.requests
 
 
+def test_a_key_read_from_a_file_loses_its_newline(openai_server, monkeypatch, transport):
+    monkeypatch.setenv("OPENAI_API_KEY", f"  {OPENAI_KEY}\r\n")
+    [r] = complete(OpenAIProvider(), req())
+    assert r.text == "echo: hello"
+    assert openai_server.requests[0].headers["authorization"] == f"Bearer {OPENAI_KEY}"
+
+
+@pytest.mark.parametrize("key", [f"{OPENAI_KEY}\nsecond-line", f"{OPENAI_KEY} x", "sk-\x07abc",
+                                 "sk-\u201cabc\u201d"])
+def test_a_key_with_inner_whitespace_or_control_characters_is_a_configuration_error(
+        openai_server, monkeypatch, key):
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ConfigurationError and not err.transient
+    assert "OPENAI_API_KEY" in str(err) and "HTTP header" in str(err)
+    assert key.strip() not in str(err) and OPENAI_KEY not in str(err) and "sk-" not in str(err)
+    assert not openai_server.requests  # refused before sending
+
+
+@pytest.mark.parametrize("url,problem", [
+    ("localhost:8000/v1", "no scheme"),
+    ("http://127.0.0.1:80OO/v1", "port"),
+    ("http://127.0.0.1:99999/v1", "port"),
+    ("ftp://127.0.0.1/v1", "scheme is 'ftp'"),
+    ("http:///v1", "no host"),
+    ("http://127.0.0.1:8000/v 1", "whitespace"),
+])
+def test_a_malformed_base_url_is_a_configuration_error(openai_server, monkeypatch, url, problem):
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ConfigurationError and not err.transient
+    assert "OPENAI_BASE_URL=" in str(err) and problem in str(err)
+    assert "export OPENAI_BASE_URL=https://api.openai.com/v1" in str(err)
+
+
+def test_the_base_urls_whitespace_and_scheme_case_do_not_matter(openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", " " + openai_server.url.replace("http:", "HTTP:") + "\n")
+    [r] = complete(OpenAIProvider(), req())
+    assert r.text == "echo: hello" and len(openai_server.requests) == 1
+    monkeypatch.setenv("OPENAI_BASE_URL", " ")  # blank: the default, not a URL " "
+    assert str(OpenAIProvider().client().base_url) == "https://api.openai.com/v1/"
+
+
+def test_a_malformed_base_url_is_shown_without_credentials(openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "user:hunter2@127.0.0.1:8000/v1?api-key=qsecret")
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ConfigurationError and "'127.0.0.1:8000/v1'" in str(err)
+    assert "hunter2" not in str(err) and "qsecret" not in str(err)
+
+
+def test_base_url_credentials_echoed_by_the_server_are_scrubbed(openai_server, monkeypatch):
+    # the fake's 404 echoes the path it got, where the SDK put the URL's query
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url + "?api-key=qsecret-987&v=2")
+    err = fail(OpenAIProvider(), req())
+    assert "qsecret-987" in openai_server.requests[0].path
+    assert type(err) is errors.ModelNotFoundError and "api-key=***" in str(err)
+    assert "qsecret-987" not in str(err) and "qsecret-987" not in repr(err)
+
+
 def test_model_id_without_model(openai_server):
     err = fail(OpenAIProvider(), build_request("openai", "", "hi", {}))
     assert isinstance(err, errors.ConfigurationError) and "openai/gpt-4o-mini" in str(err)
@@ -507,6 +566,12 @@ def test_scrub_and_safe_url():
     text = f"key {key} and sk-abcdefghijklmnop and Bearer abc.def, x-api-key: zzz"
     assert scrub(text, key, None) == "key *** and sk-*** and Bearer ***, x-api-key: ***"
     assert safe_url("https://u:p@host:8443/v1?token=t") == "https://host:8443/v1"
+    assert safe_url("u:p@host:80OO/v1?token=t#x") == "host:80OO/v1"  # malformed too
+    assert safe_url("http://u:p@[::1]:8000?k=v") == "http://[::1]:8000"
+    from ember.providers.sdk import url_secrets
+
+    assert sorted(url_secrets("https://u:p%40ss@host/v1?api-key=a%2Fb&x=")) == \
+        ["a%2Fb", "a/b", "p%40ss", "p@ss"]
     assert safe_url(None) == ""
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 from .openai import OpenAIProvider
+from .sdk import check_url, clean_key
 
 __all__ = ["OpenAICompatibleProvider", "ollama", "vllm", "llamacpp", "local"]
 
@@ -50,38 +51,29 @@ class OpenAICompatibleProvider(OpenAIProvider):
         return self._url()
 
     def api_key(self) -> str:
-        return (os.environ.get(self.key_env) if self.key_env else None) or _NO_KEY
+        key = os.environ.get(self.key_env, "") if self.key_env else ""
+        return (clean_key(key, self.key_env) if key else "") or _NO_KEY  # type: ignore[arg-type]
 
 
 def _ollama_url() -> str:
     host = os.environ.get("OLLAMA_HOST", "").strip()
     if not host:
         return "http://localhost:11434/v1"
-    url = host if "://" in host else "http://" + host
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        parts, port = None, None
-    if parts is None or not parts.hostname or parts.scheme not in ("http", "https"):
-        raise ConfigurationError(
-            f"OLLAMA_HOST={host!r} is not a host:port or URL; use e.g. "
-            "'localhost:11434' or 'http://gpu-box:11434'.")
-    netloc = parts.netloc if port or parts.scheme == "https" else parts.netloc + ":11434"
+    parts = urlsplit(check_url(host, "OLLAMA_HOST", "gpu-box:11434", default_scheme="http"))
+    netloc = parts.netloc if parts.port or parts.scheme == "https" else parts.netloc + ":11434"
     path = parts.path.rstrip("/")
     return urlunsplit((parts.scheme, netloc, path if path.endswith("/v1") else path + "/v1", "", ""))
 
 
 def _local_url() -> str:
     url = os.environ.get("EMBER_LOCAL_BASE_URL", "").strip()
-    if not url.startswith(("http://", "https://")):
-        got = f" (it is {url!r})" if url else ""
+    if not url:
         raise ConfigurationError(
             "Provider 'local' needs the URL of your OpenAI-compatible server: set "
-            f"EMBER_LOCAL_BASE_URL{got}, e.g. `export EMBER_LOCAL_BASE_URL="
+            "EMBER_LOCAL_BASE_URL, e.g. `export EMBER_LOCAL_BASE_URL="
             "http://localhost:8000/v1`. For Ollama, vLLM or llama.cpp on their default "
             "ports use 'ollama/...', 'vllm/...' or 'llamacpp/...' instead.")
-    return url.rstrip("/")
+    return check_url(url, "EMBER_LOCAL_BASE_URL", "http://localhost:8000/v1").rstrip("/")
 
 
 def ollama() -> OpenAICompatibleProvider:

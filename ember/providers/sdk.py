@@ -19,7 +19,7 @@ of HTTP failures to Ember's errors:
 HTTP date); a 429 without either falls back to the ``x-ratelimit-reset-*`` /
 ``anthropic-ratelimit-*-reset`` headers. Every error carries the response headers;
 successful responses hand theirs to ``provider.on_headers`` when it is set. No error
-message ever contains the API key.
+message ever contains the API key, nor the base URL's user info or query values.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import sys
 import time
 import weakref
 from typing import Any, Callable, Mapping, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from .._request import Request
 from ..backends.dispatch import gather_all
@@ -60,8 +60,8 @@ from . import prices
 from .transport import aiohttp_client, http_transport
 from .base import Provider
 
-__all__ = ["SDKProvider", "ClientPool", "scrub", "safe_url", "header_dict", "reset_hint",
-           "error_fields"]
+__all__ = ["SDKProvider", "ClientPool", "scrub", "safe_url", "url_secrets", "check_url",
+           "clean_key", "header_dict", "reset_hint", "error_fields"]
 
 T = TypeVar("T")
 
@@ -72,6 +72,8 @@ _CONTEXT_RE = re.compile(
     r"context[_ ]length|context window|maximum context|prompt is too long|too many (input )?tokens"
     r"|exceeds? (the )?context|context (limit|size)|exceed_context_size"
 )
+# what an HTTP header or URL cannot carry: whitespace, control and non-ASCII characters
+_NOT_VISIBLE_RE = re.compile(r"[^\x21-\x7e]")
 # quota wording only: OpenAI's throttling 429s also mention "billing" (to raise limits)
 _QUOTA_RE = re.compile(
     r"insufficient_quota|exceeded your current quota|quota exceeded|billing_hard_limit"
@@ -97,13 +99,81 @@ def _shorten(text: str, limit: int = _DETAIL_LIMIT) -> str:
 
 
 def safe_url(url: str | None) -> str:
-    """A URL without user info or query (they may hold credentials)."""
+    """A URL without user info or query (they may hold credentials). Malformed URLs
+    too (no scheme, a bad port): they are shown in configuration errors."""
     if not url:
         return ""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    path = re.split(r"[?#]", path, maxsplit=1)[0]
+    host = re.split(r"[?#]", authority.rpartition("@")[2], maxsplit=1)[0]
+    return f"{scheme}{sep}{host}{slash}{path}"
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """The parts of a URL that may be credentials (user info, query values), as
+    written and decoded: `scrub` takes them out of server text."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        # (a user name alone may be a token; next to a password it is just a name)
+        found = [parts.password or parts.username]
+    except ValueError:
+        return []
+    found += [pair.partition("=")[2] for pair in parts.query.split("&")]
+    return [s for f in found if f for s in {f, unquote(f)}]
+
+
+@functools.lru_cache(maxsize=32)
+def check_url(value: str, env: str, example: str, default_scheme: str | None = None) -> str:
+    """``value``, read from the variable ``env``, as an http(s) URL: surrounding
+    whitespace dropped, the scheme lower-cased (``default_scheme`` is added to a bare
+    host:port). Anything else is a ConfigurationError naming ``env`` and showing
+    ``example`` (the value is shown without credentials)."""
+    url = value.strip()
+    if default_scheme and "://" not in url:
+        url = f"{default_scheme}://{url}"
+    scheme, sep, rest = url.partition("://")
+    problem = None
+    if _NOT_VISIBLE_RE.search(url):
+        problem = "it contains whitespace, control or non-ASCII characters"
+    elif not sep:
+        problem = "it has no scheme"
+    elif scheme.lower() not in ("http", "https"):
+        problem = f"its scheme is {scheme!r}, not http or https"
+    else:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError as exc:
+            problem = "its port is not a number from 1 to 65535" if "port" in str(exc).lower() \
+                else "its host is malformed"
+        else:
+            if not parts.hostname:
+                problem = "it has no host"
+    if problem:
+        what = "host:port or URL" if default_scheme else "http:// or https:// URL"
+        raise ConfigurationError(
+            f"{env}={safe_url(value.strip())!r} is not a valid {what}: {problem}. Set it "
+            f"to one like `export {env}={example}`.")
+    return scheme.lower() + sep + rest
+
+
+def clean_key(value: str, env: str) -> str:
+    """An API key read from ``env`` without surrounding whitespace (a key read from a
+    file ends with a newline). One that still holds whitespace, control or non-ASCII
+    characters cannot travel in an HTTP header: a ConfigurationError naming ``env``
+    (never showing the key)."""
+    key = value.strip()
+    if _NOT_VISIBLE_RE.search(key):
+        raise ConfigurationError(
+            f"{env} holds whitespace, control or non-ASCII characters inside the key, which "
+            f"cannot be sent in an HTTP header. Set {env} to the key alone (check for a "
+            "second line or a stray quote where it was copied or read from).")
+    return key
 
 
 def header_dict(headers: Any) -> dict[str, str]:
@@ -223,12 +293,17 @@ class SDKProvider(Provider):
 
     def api_key(self) -> str:
         key = os.environ.get(self.key_env, "") if self.key_env else ""
+        key = clean_key(key, self.key_env) if key else ""  # (key_env is set when key is)
         if not key:
             raise MissingAPIKeyError(self.name, self.key_env or "API key")
         return key
 
     def base_url(self) -> str | None:
-        return (os.environ.get(self.base_url_env) if self.base_url_env else None) or None
+        value = os.environ.get(self.base_url_env, "") if self.base_url_env else ""
+        if not value.strip():
+            return None
+        return check_url(value, self.base_url_env, self.default_base_url  # type: ignore[arg-type]
+                         or "http://localhost:8000/v1")
 
     def client(self) -> Any:
         """The pooled SDK client for the current event loop and configuration."""
@@ -263,6 +338,8 @@ class SDKProvider(Provider):
         kwargs: dict[str, Any] = {"api_key": api_key, "max_retries": 0}
         if base_url:
             kwargs["base_url"] = base_url
+        elif self.base_url_env and self.default_base_url and self.base_url_env in os.environ:
+            kwargs["base_url"] = self.default_base_url  # (set but blank: the SDK would use it)
         if self.timeout is not None:
             kwargs["timeout"] = self.timeout
         # aiohttp refuses a URL with credentials next to the SDK's auth header
@@ -332,7 +409,7 @@ class SDKProvider(Provider):
             content = content.decode("utf-8", "replace")
         elif not isinstance(content, str):
             content = json.dumps(content, default=str)
-        snippet = _shorten(scrub(content, self._key_or_none()), 200)
+        snippet = _shorten(scrub(content, *self._secrets()), 200)
         return ResponseFormatError(
             f"{self.title} sent a malformed answer for model {request.model_id!r}: {what}. "
             f"Body starts: {snippet!r}. This is usually transient (ember.retry retries it); "
@@ -355,6 +432,15 @@ class SDKProvider(Provider):
             return self.api_key()
         except EmberError:
             return None
+
+    def _secrets(self) -> list[str | None]:
+        """What `scrub` takes out of server text: the API key and the base URL's user
+        info and query values (a server may echo the URL it was sent)."""
+        try:
+            url = self.base_url()
+        except EmberError:
+            url = None
+        return [self._key_or_none(), *url_secrets(url)]
 
     def _where(self) -> str:
         return safe_url(self.base_url() or self.default_base_url) or "the default endpoint"
@@ -390,7 +476,7 @@ class SDKProvider(Provider):
         if _is(exc, sdk, "APIStatusError"):
             headers = header_dict(exc.response.headers)  # type: ignore[attr-defined]
             message, code = error_fields(exc.body, exc.message)  # type: ignore[attr-defined]
-            detail = _shorten(scrub(message, self._key_or_none()))
+            detail = _shorten(scrub(message, *self._secrets()))
             return self.status_error(exc.status_code, headers, detail, code, request)  # type: ignore[attr-defined]
         if _is(exc, sdk, "APIError"):  # e.g. the SDK's response validation
             return self.format_error(request, "the SDK could not read it", str(exc), {})
@@ -413,7 +499,7 @@ class SDKProvider(Provider):
                 break
             root = nxt
         text = f"{type(root).__name__}: {root}" if str(root) else type(root).__name__
-        return _shorten(scrub(text, self._key_or_none()), 200).rstrip(".")
+        return _shorten(scrub(text, *self._secrets()), 200).rstrip(".")
 
     def status_error(self, status: int, headers: dict[str, str], detail: str, code: str,
                      request: Request) -> ProviderError:
