@@ -144,7 +144,8 @@ class BadRequestError(ProviderError):
 
 
 class ContextLengthError(BadRequestError):
-    """The prompt does not fit the model's context window: not retried."""
+    """The prompt does not fit the model's context window (or is larger than the
+    account's per-minute token limit, OpenAI's 429 "Request too large"): not retried."""
 
 
 class RateLimitError(ProviderError):

@@ -7,6 +7,7 @@ import builtins
 import gc
 import json
 import socket
+import time
 
 import pytest
 from servers import OPENAI_KEY, FakeOpenAI, Fault, complete, complete_all, openai_server  # noqa: F401
@@ -220,6 +221,27 @@ def test_rate_limit_retry_after_http_date(openai_server):
     openai_server.script(Fault("rate_limit", retry_after=5, retry_after_date=True))
     err = fail(OpenAIProvider(), req())
     assert isinstance(err, errors.RateLimitError) and 3 <= err.retry_after <= 5
+
+
+def test_a_request_larger_than_the_tokens_per_minute_limit_is_not_throttling(openai_server):
+    too_large = ("Request too large for gpt-4o-mini in organization org-x on tokens per min "
+                 "(TPM): Limit 30000, Requested 36278. The input or output tokens must be "
+                 "reduced in order to run successfully.")
+    openai_server.script(Fault("rate_limit", retry_after=1, message=too_large))
+    err = fail(OpenAIProvider(), req())
+    assert type(err) is errors.ContextLengthError and not err.transient
+    assert err.status == 429 and err.retry_after is None
+    assert "per-minute token limit" in str(err) and "lower max_tokens" in str(err)
+    # through models(): one request, no retries, no pause of the provider (the
+    # headers, as OpenAI's, show the request window not exhausted)
+    openai_server.script(Fault("rate_limit", retry_after=1, message=too_large,
+                               headers=openai_server.limit_headers()))
+    with pytest.raises(errors.ContextLengthError):
+        models("gpt-4o-mini", "big")
+    assert len(openai_server.requests) == 2
+    start = time.perf_counter()
+    assert models("gpt-4o-mini", "small").text == "echo: small"
+    assert time.perf_counter() - start < 0.5
 
 
 def test_429_without_any_retry_hint_is_quota(openai_server):

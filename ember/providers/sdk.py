@@ -6,6 +6,7 @@ of HTTP failures to Ember's errors:
     401 / 403                       AuthenticationError
     404                             ModelNotFoundError
     400 "context length"            ContextLengthError
+    429 "Request too large"         ContextLengthError  (over the tokens-per-minute limit)
     400 / 413 / 422 / other 4xx     BadRequestError
     429 insufficient_quota          QuotaExceededError  (also 402, 400 "credit balance")
     429 without any retry hint      QuotaExceededError  (a spend cap, not throttling)
@@ -535,6 +536,14 @@ class SDKProvider(Provider):
                         f"{label} says the quota, credit or spend limit of your account is used "
                         f"up (HTTP {status}, model {model!r}). Check billing and usage limits; "
                         "retrying will not help.", None)
+        if status == 429 and "request too large" in text:
+            # OpenAI's "Request too large ... tokens per min (TPM)": bigger than a whole
+            # minute's budget, so waiting cannot help (and must not pause the provider)
+            return make(ContextLengthError,
+                        f"The request for model {model!r} asks for more tokens than the "
+                        f"account's per-minute token limit allows (HTTP 429), so it cannot "
+                        "succeed however long you wait. Shorten the prompt or lower max_tokens "
+                        "(or raise the limit); retrying will not help.", None)
         if status == 429:
             return self._throttled(make, retry_after, headers, model)
         if status in (400, 413) and _CONTEXT_RE.search(text):
