@@ -115,7 +115,7 @@ def _resolve(state: Any, model: Any, params: dict[str, Any], key: Any) -> _Call:
     provider, name, inst = canonical_model(model)
     if has_traced(params, state):
         raise StopTrace("a traced value in model parameters")
-    _, frozen, n = normalize_params(params)
+    _, frozen, n = normalize_params(params, provider)
     probe = Request(provider, name, (("user", ""),), None, frozen)
     call = _Call(provider, inst, f"{provider}/{name}" if name else provider, frozen, n,
                  probe.deterministic(inst.default_temperature))

@@ -256,11 +256,42 @@ def make_request(provider: str, model: str, prompt: Any, system: Any,
 
 def build_request(provider: str, model: str, prompt: Any, params: dict[str, Any]) -> Request:
     """Normalize a `models()` call into a `Request`; raise a clear error on bad input."""
-    return make_request(provider, model, prompt, *normalize_params(params))
+    return make_request(provider, model, prompt, *normalize_params(params, provider))
 
 
-def normalize_params(params: dict[str, Any]) -> tuple[Any, tuple[tuple[str, Any], ...], int]:
-    """(system, frozen params, n) from `models()` keyword arguments."""
+# client settings, not request parameters: passed through, they would be sent in the
+# JSON body (a key in clear) and listed by ember.inspect, and do nothing
+_CLIENT_SETTINGS = ("api_key", "extra_headers")
+
+
+def _refuse_client_settings(params: dict[str, Any], provider: str | None) -> None:
+    given = [k for k in _CLIENT_SETTINGS if k in params]
+    if not given:
+        return
+    from . import providers
+
+    if provider in providers._custom:  # the user's own provider reads what it is given
+        return
+    if given[0] == "api_key":
+        key_env = getattr(providers.get(provider), "key_env", None) if provider else None
+        hint = (f"Set the environment variable {key_env} instead (`export {key_env}=...`)"
+                if key_env else f"Provider {provider!r} takes no key" if provider
+                else "Set the provider's environment variable instead (e.g. OPENAI_API_KEY)")
+        raise ConfigurationError(
+            "models() does not take api_key=: a key is not a request parameter (it would be "
+            f"sent in the request body). {hint}; to pass a key in code, register your own "
+            "provider with ember.providers.register().")
+    raise ConfigurationError(
+        "models() does not take extra_headers=: headers are not request parameters (they "
+        "would be sent in the request body). To send custom headers, register your own "
+        "provider with ember.providers.register().")
+
+
+def normalize_params(params: dict[str, Any], provider: str | None = None
+                     ) -> tuple[Any, tuple[tuple[str, Any], ...], int]:
+    """(system, frozen params, n) from `models()` keyword arguments (for ``provider``,
+    which decides whether client settings like ``api_key`` are refused)."""
+    _refuse_client_settings(params, provider)
     params = dict(params)
     system = params.pop("system", None)
     if system is not None and not isinstance(system, str) and not hasattr(system, "_thunk"):

@@ -476,6 +476,44 @@ def test_api_key_never_appears_in_auth_errors(openai_server, anthropic_server):
     assert ANTHROPIC_KEY not in "".join(traceback.format_exception(info.value))
 
 
+@pytest.mark.parametrize("model,env", [("gpt-4o-mini", "OPENAI_API_KEY"),
+                                       ("anthropic/claude-haiku-4-5", "ANTHROPIC_API_KEY"),
+                                       ("local/m", "EMBER_LOCAL_API_KEY"), ("sim", None)])
+def test_an_api_key_parameter_is_refused_and_never_shown(openai_server, model, env):
+    secret = "sk-in-code-0123456789-SECRET"
+
+    def ask(q):
+        return ember.models(model, q, api_key=secret).text
+
+    for run in (lambda: ask("hi"), lambda: ember.jit(ask)("hi")):
+        with pytest.raises(errors.ConfigurationError, match="does not take api_key=") as info:
+            run()
+        assert (env or "takes no key") in str(info.value)
+        assert "ember.providers.register" in str(info.value)
+        _secret_free(secret, info.value)
+    report = str(ember.inspect(ask, "hi"))  # (it reports where tracing stopped)
+    assert "does not take api_key=" in report and secret not in report
+    assert not openai_server.requests
+
+
+def test_extra_headers_are_refused_and_a_custom_provider_gets_both(openai_server):
+    with pytest.raises(errors.ConfigurationError, match="does not take extra_headers="):
+        ember.models("gpt-4o-mini", "hi", extra_headers={"x-key": "v"})
+    seen = []
+
+    async def mine(request):
+        seen.append((request.param("api_key"), request.param("extra_headers")))
+        return "ok"
+
+    ember.providers.register("mycorp", mine)
+    try:
+        assert ember.models("mycorp/m", "hi", api_key="k", extra_headers={"a": "b"}).text == "ok"
+    finally:
+        ember.providers._custom.pop("mycorp", None)
+        ember.providers.reset()
+    assert seen == [("k", {"a": "b"})] and not openai_server.requests
+
+
 def test_api_key_never_appears_in_requests_and_responses(openai_server):
     r = ember.models("gpt-4o-mini", "hi")
     req = build_request("openai", "gpt-4o-mini", "hi", {})
