@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,10 @@ _BARE_PREFIXES = (
     ("gpt-", "openai"), ("chatgpt-", "openai"), ("o1", "openai"), ("o3", "openai"),
     ("o4", "openai"), ("claude-", "anthropic"),
 )
+
+
+# a name that is not routable but looks like Anthropic's ("claud-3-5-sonnet")
+_CLAUDE_LIKE = re.compile(r"cla+ude?|sonnet|haiku|opus")
 
 
 def parse_model_id(model: str, known: tuple[str, ...]) -> tuple[str, str]:
@@ -57,9 +62,12 @@ def parse_model_id(model: str, known: tuple[str, ...]) -> tuple[str, str]:
     bare = _bare_provider(mid)
     if bare:
         return bare, mid
+    name = mid.lstrip("/:") or "gpt-4o-mini"  # ("/gpt-4o": no provider before the slash)
+    example = "anthropic" if _CLAUDE_LIKE.search(name.lower()) else "openai"
     raise ConfigurationError(
-        f"Cannot tell which provider serves {model!r}.{_suggest(mid, None)} Write it as "
-        f"'provider/model' (known providers: {', '.join(sorted(known))}), e.g. 'openai/{mid}'."
+        f"Cannot tell which provider serves {model!r}.{_suggest(name, None)} Write it as "
+        f"'provider/model' (known providers: {', '.join(sorted(known))}), e.g. "
+        f"'{example}/{name}'."
     )
 
 

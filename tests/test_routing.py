@@ -82,11 +82,21 @@ def test_bare_well_known_names(model, provider):
     assert parse_model_id(model, KNOWN) == (provider, model)
 
 
-@pytest.mark.parametrize("model", ["o10x", "o1x", "o30", "o4mini", "gpt4", "claude3"])
-def test_look_alikes_are_not_well_known_names(model):
+@pytest.mark.parametrize("model,example", [
+    ("o10x", "openai"), ("o1x", "openai"), ("o30", "openai"), ("o4mini", "openai"),
+    ("gpt4", "openai"), ("claude3", "anthropic"), ("claud-3-5-sonnet", "anthropic"),
+    ("Claude_Sonnet", "anthropic"), ("haiku-4-5", "anthropic"),
+])
+def test_look_alikes_are_not_well_known_names(model, example):
     with pytest.raises(errors.ConfigurationError, match="Cannot tell which provider") as info:
         parse_model_id(model, KNOWN)
-    assert f"'openai/{model}'" in str(info.value)
+    assert f"e.g. '{example}/{model}'" in str(info.value)
+
+
+def test_a_leading_slash_is_not_doubled_in_the_hint():
+    with pytest.raises(errors.ConfigurationError, match="Cannot tell which provider") as info:
+        parse_model_id("/gpt-4o", KNOWN)
+    assert "e.g. 'openai/gpt-4o'" in str(info.value) and "//" not in str(info.value)
 
 
 def test_empty_model_id():
