@@ -183,9 +183,12 @@ class BatchError(EmberError):
     def __init__(self, results: list[Any], errors: dict[int, BaseException]) -> None:
         first = min(errors)
         n = len(errors)
+        cause = f"{type(errors[first]).__name__}: {errors[first]}".rstrip().rstrip(":")
+        if not cause.endswith((".", "!", "?")):  # (most messages end with a period)
+            cause += "."
         super().__init__(
             f"{n} of {len(results)} elements failed; first failure at index {first}: "
-            f"{type(errors[first]).__name__}: {errors[first]}. The {len(results) - n} "
+            f"{cause} The {len(results) - n} "
             "finished results are kept in `.results` (failed elements hold their "
             "exception); pass `return_exceptions=True` to get them without raising."
         )

@@ -727,6 +727,11 @@ def test_batch_error_keeps_finished_results():
     assert "The 2 finished results are kept" in msg
     assert err.succeeded == {0: "a", 2: "c"}
     assert err.results[1] is boom and set(err.errors) == {1, 3}
+    # one period after the failure's own message, whether or not it ends with one
+    for cause in (ValueError("got NoneType."), ValueError("bad"), ValueError()):
+        msg = str(errors.BatchError([cause], {0: cause}))
+        assert ".." not in msg and ": ." not in msg
+        assert msg.count(". The 0 finished results") == 1
 
 
 def _run_script(code: str) -> subprocess.CompletedProcess:
