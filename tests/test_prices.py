@@ -111,6 +111,34 @@ def test_set_price_overrides_and_extends():
     assert cost_of("mycorp", "house", 2_000_000, 0) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("key", ["openai/gpt-4o", "gpt-4o"])
+def test_set_price_reaches_dated_snapshots(key):
+    set_price(key, input=100.0, output=100.0)
+    assert cost_of("openai", "gpt-4o-2024-08-06", 1_000_000, 0) == pytest.approx(100.0)
+    assert cost_of("openai", "gpt-4o-mini-2024-07-18", 1_000_000, 0) == pytest.approx(0.15)
+    set_price("mycorp/model-x", input=1.0, output=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cost_of("mycorp", "model-x-2025-01-01", 1_000_000, 0) == pytest.approx(1.0)
+    with pytest.warns(UserWarning):  # another provider's price is not this one's
+        assert price_for("anthropic", "model-x-2025-01-01") is None
+
+
+@pytest.mark.parametrize("key", ["gpt-4o", "openai/gpt-4o", "openai/gpt-4o-2024-08-06"])
+def test_set_price_keeps_the_known_context_window(key):
+    set_price(key, input=2.0, output=8.0)  # a negotiated price
+    assert context_window("openai", key.rpartition("/")[2]) == 128_000
+    set_price(key, input=2.0, output=8.0, context=64_000)
+    assert context_window("openai", key.rpartition("/")[2]) == 64_000
+
+
+def test_set_price_keeps_the_pre_send_context_check(openai_server):
+    set_price("gpt-4o", input=2.0, output=8.0)
+    with pytest.raises(ember.ContextLengthError):
+        ember.models("gpt-4o", "word " * 150_000)  # ~190k tokens > 128k
+    assert not openai_server.requests
+
+
 def test_set_price_override_reaches_responses():
     set_price("sim", input=1000.0, output=0.0)
     r = ember.models("sim", "price me")

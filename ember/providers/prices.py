@@ -65,10 +65,16 @@ def _lookup(provider: str, model: str) -> Price | None:
     for key in (f"{provider}/{model}", model):
         if key in _PRICES:
             return _PRICES[key]
-    # dated snapshots ("gpt-4o-mini-2024-07-18") take their family's price; other
-    # suffixes name other models ("o3-pro" is not priced like "o3")
-    best = max((k for k in _PRICES if model.startswith(k + "-")
-                and _SNAPSHOT.fullmatch(model[len(k) + 1:])), key=len, default=None)
+    # dated snapshots ("gpt-4o-mini-2024-07-18") take their family's price (the
+    # longest family; this provider's own price, as set_price("openai/gpt-4o") makes,
+    # before a bare one); other suffixes name other models ("o3-pro" is not "o3")
+    best, rank = None, (0, False)
+    for key in _PRICES:
+        owner, _, family = key.rpartition("/")
+        if owner in ("", provider) and model.startswith(family + "-") \
+                and _SNAPSHOT.fullmatch(model[len(family) + 1:]) \
+                and (len(family), bool(owner)) > rank:
+            best, rank = key, (len(family), bool(owner))
     return _PRICES[best] if best else None
 
 
@@ -112,10 +118,25 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
 
 def set_price(model: str, *, input: float, output: float, context: int | None = None) -> None:
-    """Set USD per 1M input/output tokens for a model id ('gpt-4o' or 'openai/gpt-4o')."""
+    """Set USD per 1M input/output tokens for a model id ('gpt-4o' or 'openai/gpt-4o').
+    Without ``context``, the model's known context window is kept."""
     if input < 0 or output < 0:
         raise ValueError("prices must be non-negative")
+    if context is None:
+        context = _known_context(model)
     _PRICES[model] = Price(float(input), float(output), context)
+
+
+def _known_context(model: str) -> int | None:
+    """The context window the table knows for a model id ('gpt-4o', 'openai/gpt-4o',
+    a snapshot), before `set_price` replaces its entry."""
+    if model in _PRICES:
+        return _PRICES[model].context
+    owner, _, name = model.rpartition("/")
+    if owner == "sim" or owner in _LOCAL:  # (sim's window is sim.configure's)
+        return None
+    price = _lookup(owner or _bare_provider(name) or "", name)
+    return price.context if price else None
 
 
 def cost_of(provider: str, model: str, input_tokens: int, output_tokens: int) -> float | None:
