@@ -7,6 +7,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
 from typing import Any, Sequence
@@ -23,11 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run a small program eagerly and with jit, offline")
-    demo.add_argument("--latency", type=float,
-                      default=float(os.environ.get("EMBER_SIM_LATENCY") or 0.15),
+    demo.add_argument("--latency", type=_seconds, default=None,
                       help="simulated model latency in seconds (default: EMBER_SIM_LATENCY, "
                       "else 0.15)")
-    demo.add_argument("--docs", type=int, default=3, help="number of documents (default 3)")
+    demo.add_argument("--docs", type=_positive, default=3, help="number of documents (default 3)")
 
     insp = sub.add_parser("inspect", help="show a function's graph before and after the passes")
     insp.add_argument("target", help="module:function, e.g. examples.quickstart:analyze")
@@ -41,9 +41,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.command == "demo":
         from ._demo import run_demo
+        from .errors import ConfigurationError
+        from .providers.sim import env_latency
 
+        if ns.latency is None:  # (read here: a bad value must not break other commands)
+            try:
+                ns.latency = env_latency(default=0.15)
+            except ConfigurationError as exc:
+                demo.error(f"{exc.message} Or pass --latency.")
         return run_demo(latency=ns.latency, docs=ns.docs)
     return _inspect_command(ns)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"expected a non-negative number of seconds such as 0.2, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def _load(target: str) -> Any:

@@ -177,9 +177,39 @@ def test_inspect_with_arguments_that_do_not_fit_is_an_error(program, capsys):
 
 def test_demo_latency_defaults_to_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("EMBER_SIM_LATENCY", "0.001")
-    # (read when the parser is built: the docs' `EMBER_SIM_LATENCY=0.05 ember demo`)
+    # (read when the demo runs: the docs' `EMBER_SIM_LATENCY=0.05 ember demo`)
     assert cli.main(["demo", "--docs", "1"]) == 0
     assert "with 1 ms latency" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["inspect", "--help"], ["demo", "--help"]])
+def test_a_malformed_sim_latency_does_not_break_help(monkeypatch, capsys, argv):
+    monkeypatch.setenv("EMBER_SIM_LATENCY", "200ms")
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 0 and "usage: ember" in capsys.readouterr().out
+
+
+def test_demo_with_a_malformed_sim_latency_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setenv("EMBER_SIM_LATENCY", "200ms")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "EMBER_SIM_LATENCY='200ms'" in err
+    assert "such as 0.2" in err and "--latency" in err
+    assert cli.main(["demo", "--latency", "0", "--docs", "1"]) == 0  # an explicit one wins
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--latency", "-1"], "--latency"), (["--latency", "nan"], "--latency"),
+    (["--latency", "fast"], "--latency"), (["--docs", "0"], "--docs"),
+    (["--docs", "-2"], "--docs"), (["--docs", "1.5"], "--docs"),
+])
+def test_demo_rejects_nonsense_arguments(capsys, args, option):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument {option}: expected a" in err
 
 
 def test_parse_arg():

@@ -241,6 +241,35 @@ def test_latency_from_the_environment():
     assert float(out.stdout) == pytest.approx(0.015)
 
 
+def test_a_malformed_latency_in_the_environment_names_the_variable():
+    code = ("import ember\n"
+            "try:\n"
+            "    ember.models('sim', 'hi')\n"
+            "except ember.ConfigurationError as exc:\n"
+            "    print(exc.message)\n"
+            "ember.providers.sim.configure(latency=0)  # a setting replaces the variable's\n"
+            "print(ember.models('sim', 'hi').latency)\n")
+    env = {**os.environ, "EMBER_SIM_LATENCY": "200ms"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr  # importing ember and sim did not fail
+    message, latency = out.stdout.strip().splitlines()
+    assert message.startswith("EMBER_SIM_LATENCY='200ms' is not a latency in seconds")
+    assert "such as 0.2" in message and float(latency) == 0
+
+
+@pytest.mark.parametrize("value,expected", [("", 0.5), (" 0.2 ", 0.2), ("0", 0.0),
+                                            ("200ms", None), ("-1", None), ("nan", None),
+                                            ("inf", None)])
+def test_env_latency(monkeypatch, value, expected):
+    monkeypatch.setenv("EMBER_SIM_LATENCY", value)
+    if expected is None:
+        with pytest.raises(errors.ConfigurationError, match="EMBER_SIM_LATENCY="):
+            sim.env_latency(default=0.5)
+    else:
+        assert sim.env_latency(default=0.5) == expected
+
+
 def test_concurrent_calls_overlap():
     sim.configure(latency=0.05)
 

@@ -29,7 +29,8 @@ import xxhash
 
 from .._request import Request
 from .._response import Response, Usage
-from ..errors import BadRequestError, ContextLengthError, RateLimitError, ServerError
+from ..errors import BadRequestError, ConfigurationError, ContextLengthError, RateLimitError, \
+    ServerError
 from .base import Provider
 from .prices import cost_of
 
@@ -71,7 +72,30 @@ class SimStats:
 MAX_PROMPTS = 10_000  # SimStats keeps the latest this many prompts, at most twice as many
 
 
-_config = SimConfig(latency=float(os.environ.get("EMBER_SIM_LATENCY", "0") or 0))
+def env_latency(default: float = 0.0) -> float:
+    """EMBER_SIM_LATENCY in seconds (``default`` when unset or empty); anything but a
+    non-negative number is a ConfigurationError naming the variable."""
+    text = os.environ.get("EMBER_SIM_LATENCY", "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise ConfigurationError(
+            f"EMBER_SIM_LATENCY={text!r} is not a latency in seconds: set it to a "
+            "non-negative number such as 0.2 (for 200 ms), or unset it.")
+    return value
+
+
+# a bad EMBER_SIM_LATENCY fails sim's requests (until configure(latency=...) sets one),
+# not the import of this module: `ember --help` and other providers still work
+try:
+    _config = SimConfig(latency=env_latency())
+    _env_error: str | None = None
+except ConfigurationError as exc:
+    _config, _env_error = SimConfig(), exc.message
 _stats = SimStats()
 
 
@@ -82,6 +106,8 @@ def configure(**options: Any) -> SimConfig:
             raise TypeError(f"sim has no option {key!r}; options: {', '.join(vars(_config))}")
     if "latency" in options:  # a bad distribution fails here, not inside a later call
         _sample_latency(options["latency"], random.Random(0))
+        global _env_error
+        _env_error = None  # (the setting replaces EMBER_SIM_LATENCY's)
     for key, value in options.items():
         setattr(_config, key, value)
     if "seed" in options:
@@ -132,6 +158,8 @@ class SimProvider(Provider):
         return await self._round_trip(requests)
 
     async def _round_trip(self, requests: list[Request]) -> list[list[Response]]:
+        if _env_error is not None:
+            raise ConfigurationError(_env_error)
         cfg, st = _config, _stats
         st.requests += 1
         st.in_flight += 1
