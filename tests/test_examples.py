@@ -161,6 +161,19 @@ def test_nav_pages_exist():
     assert pages and all((DOCS / p).exists() for p in pages), pages
 
 
+def test_docs_install_from_the_checkout_and_show_keyword_only_options():
+    from ember.backends.ray import INSTALL_HINT
+
+    texts = {p.name: p.read_text() for p in [*DOCS.glob("*.md"), ROOT / "README.md"]}
+    texts["ember.backends.ray.INSTALL_HINT"] = INSTALL_HINT
+    for name, text in texts.items():
+        # Ember is not on PyPI: its extras install from the checkout (pip install -e)
+        assert not re.search(r"pip install [\"']?ember\b", text), name
+        # vmap's options are keyword-only: a signature written out marks them with `*`
+        assert not re.search(r"vmap\(f, (?!\*)[^)]*=None\)", text), name
+    assert 'pip install -e ".[ray]"' in INSTALL_HINT
+
+
 FENCE = re.compile(r"(<!-- norun -->\s*\n)?^```python[^\n]*\n(.*?)^```", re.M | re.S)
 
 

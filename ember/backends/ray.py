@@ -50,7 +50,8 @@ log = logging.getLogger("ember")
 LIMITER_NAME, NAMESPACE = "ember-limiter", "ember"
 MAX_ATTEMPTS = 3  # actors an element may lose before it fails
 MAX_CONCURRENCY = 10_000  # elements / admissions an actor may hold at once
-INSTALL_HINT = 'The Ray backend needs Ray: pip install "ember[ray]"'
+INSTALL_HINT = ('The Ray backend needs Ray: pip install -e ".[ray]" in your Ember checkout '
+                '(or pip install "ray>=2.9").')
 
 
 def _ray() -> Any:
