@@ -383,7 +383,7 @@ def test_selection_and_configuration_errors(monkeypatch):
     assert isinstance(default, ember_ray.Cluster) and ember_ray.resolve("ray") is default
     ember_ray.Cluster().close()  # never started: nothing to do
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
-    with pytest.raises(ConfigurationError, match=r'pip install "ember\[ray\]"'):
+    with pytest.raises(ConfigurationError, match=r'pip install -e "\.\[ray\]"'):
         ember_ray.Cluster().start()
 
 
