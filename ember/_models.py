@@ -220,7 +220,7 @@ class CheckRun:
     def __init__(self, memo: Memo, suspendable: bool = True) -> None:
         self.memo = memo
         self.occurrences: dict[str, int] = {}
-        # deterministic key -> [repeats sent again so far, whether its last read failed]
+        # deterministic key -> [its reads after the first, whether its last read failed]
         self.repeats: dict[str, list] = {}
         self.first_miss: str | None = None
         self.pending: list[Response] = []
@@ -257,14 +257,17 @@ class CheckRun:
                 self.occurrences[single.key] = occ + 1
             value = self.memo.get(single, det, occ)
             again = None
-            if det:  # made again after it failed, or by ember.retry: sent again, as eager
-                seen = self.repeats.get(single.key)
+            if det:  # read again: a repeat the graph sent, else the same answer, unless
+                seen = self.repeats.get(single.key)  # it failed or ember.retry runs again
                 if seen is None:
                     self.repeats[single.key] = [0, isinstance(value, BaseException)]
-                elif seen[1] or rerun_var.get():
-                    again = seen[0]
-                    value = self.memo.get_again(single, again)
-                    seen[:] = [again + 1, isinstance(value, BaseException)]
+                else:
+                    extra = self.memo.get_again(single, seen[0])
+                    if extra is not MISSING:
+                        value = extra
+                    elif seen[1] or rerun_var.get():
+                        value, again = MISSING, seen[0]  # (sent again: eager would)
+                    seen[:] = [seen[0] + 1, isinstance(value, BaseException)]
             if value is MISSING:
                 self.first_miss = self.first_miss or loc
                 value = Response.pending(_Fetch(single, loc, det, self, again))

@@ -398,6 +398,43 @@ def test_timeout_inside_retry_is_not_retried(fault_server):
     assert len(fault_server.requests) == 1
 
 
+def test_a_call_that_cannot_be_sent_in_time_says_so(fault_server):
+    """A call whose provider a 429 paused past its time limit fails at once, saying it
+    was never sent and why (it waited out the limit, then said 'the request was
+    cancelled')."""
+    fault_server.script(Fault("rate_limit", retry_after=5))
+    with pytest.raises(ember.RateLimitError):
+        retry(lambda x: call(x), max_attempts=1)("first")
+    fault_server.requests.clear()
+    start = time.monotonic()
+    with pytest.raises(ember.TimeoutError, match=r"never sent(.|\n)*paused for another"):
+        timeout(lambda x: call(x), seconds=1.0)("second")
+    assert time.monotonic() - start < 0.3 and not fault_server.requests
+
+
+def test_a_call_that_waited_for_admission_past_its_limit_says_so(fault_server):
+    from ember.backends.limits import limiter
+
+    fault_server.stall = 1.0
+    ember.configure_limits("openai", concurrency=1)
+
+    held: list[BaseException] = []
+
+    def hold_the_slot():
+        try:
+            retry(call, max_attempts=1)("STALL")
+        except ember.errors.ConnectionError as exc:  # (the stalled server hangs up)
+            held.append(exc)
+
+    blocker = threading.Thread(target=hold_the_slot, daemon=True)
+    blocker.start()
+    assert eventually(lambda: getattr(limiter._states.get("openai"), "in_flight", 0) == 1)
+    with pytest.raises(ember.TimeoutError, match=r"never sent(.|\n)*waited 0\.[3-9]"):
+        timeout(lambda x: call(x), seconds=0.3)("queued")
+    blocker.join()
+    assert held
+
+
 def test_timeout_validates_arguments():
     with pytest.raises(ValueError):
         timeout(lambda: None, seconds=0)

@@ -72,9 +72,10 @@ def describe_error(exc: BaseException) -> str:
     return text
 
 
-def _deadline_error(request_label: str) -> TimeoutError:
+def _deadline_error(request_label: str, sent: bool = True) -> TimeoutError:
+    then = "the request was cancelled" if sent else "it was never sent"
     exc = TimeoutError(f"The call to {request_label} did not finish within the time limit "
-                       "set by ember.timeout; the request was cancelled.")
+                       f"set by ember.timeout; {then}.")
     exc.final = True  # type: ignore[attr-defined]  # retrying cannot beat a passed deadline
     return exc
 
@@ -275,6 +276,13 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
     label = request.model_id
 
     def attempt() -> Awaitable[list[Response]]:
+        if deadline is not None and limiter.paused_until(provider) >= deadline:
+            # a 429 paused the provider past the time limit: fail now, not at the limit
+            late = _deadline_error(label, sent=False)
+            late.notes.append(f"{provider.name} is paused for another "
+                              f"{limiter.paused_until(provider) - time.monotonic():.2f}s "
+                              "after an HTTP 429 (its Retry-After), past the time limit.")
+            return _raise(late)
         call = _admitted(provider, tokens, priority, waited,
                          lambda: provider.complete(request), _usage)
         return call if deadline is None else _within(call, deadline, label)
@@ -282,6 +290,11 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
     try:
         responses, attempts = await _retrying(attempt, options.retry, deadline, label)
     except EmberError as exc:
+        if isinstance(exc, TimeoutError) and not waited[1] and not exc.notes:
+            exc.message = _deadline_error(label, sent=False).message
+            exc.notes.append(f"It waited {time.monotonic() - start:.2f}s for admission to "
+                             f"{provider.name} (its concurrency or rate limits, or a pause "
+                             "after an HTTP 429).")
         record(CallRecord(request.model_id, waited[1] or start, time.monotonic(), request.n,
                           attempts=getattr(exc, "attempts", 1), error=type(exc).__name__,
                           cost=0.0, location=location, throttle_wait=waited[0],
@@ -295,6 +308,10 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
                       usage_out, cost, attempts=attempts, location=location,
                       throttle_wait=waited[0], flights=_flights(waited)))
     return responses
+
+
+async def _raise(exc: BaseException) -> Any:
+    raise exc
 
 
 def _flights(waited: list[Any]) -> tuple[tuple[float, float], ...]:

@@ -297,6 +297,11 @@ class Limiter:
         if st is not None:
             st.observe(parse_rate_headers(headers), time.monotonic())
 
+    def paused_until(self, provider: Any) -> float:
+        """Until when (time.monotonic()) a 429 paused the provider; 0.0 if it is not."""
+        st = self._states.get(provider.name)
+        return st.paused_until if st is not None and self.delegate is None else 0.0
+
     def limits(self, name: str) -> Limits:
         st = self._states.get(name)
         return st.limits if st is not None else effective(name)

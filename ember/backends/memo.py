@@ -2,9 +2,10 @@
 
 Deterministic requests are served by key; sampled ones by key and occurrence, in
 the order the program made them, so the i-th identical sampled call gets the i-th
-sample and no answer is used twice. A deterministic request that failed and is made
-again (by `ember.retry`, or the program's own except clause) is sent again, as eager
-Python would: its i-th repeat has a slot of its own (`get_again`).
+sample and no answer is used twice. A deterministic request answered more than once
+(the graph sent it twice, or the check run made it again after it failed or under
+`ember.retry`, as eager Python would) keeps every answer: its i-th repeat has a slot
+of its own (`get_again`).
 """
 
 from __future__ import annotations
@@ -46,8 +47,17 @@ class Memo:
             self.again[key, again] = result
             return _AGAIN + key, again
         if deterministic:
-            self.det[key] = result
-            return key, 0
+            held = self.det.get(key, MISSING)
+            if held is MISSING or held is result:
+                self.det[key] = result
+                return key, 0
+            # sent again (calls the passes kept apart: another retry scope, n > 1): a
+            # repeat the check run may take (see `get_again`)
+            i = 0
+            while (key, i) in self.again:
+                i += 1
+            self.again[key, i] = result
+            return _AGAIN + key, i
         samples = self.sampled.setdefault(key, [])
         samples.append(result)
         return key, len(samples) - 1
