@@ -206,14 +206,15 @@ def inspect_unwrap(fn: Callable) -> Callable:
 def captured(fn: Callable, at: tuple = ()) -> list[tuple[tuple, Any]]:
     """What a function captured, read at call time, as (path, key form) parts: closure
     cells, defaults, a partial's arguments, a bound method's object and a callable
-    object's attributes (one part each). ``[cache(lambda x: models(m, x)) for m in
-    names]`` are different functions, and so are ``cache(agent_a.ask)`` and
-    ``cache(agent_b.ask)`` when the agents' attributes differ."""
+    object's attributes, down through plain objects and small string-keyed dicts (a
+    part each, so state the function changes can be told apart from state it reads).
+    ``[cache(lambda x: models(m, x)) for m in names]`` are different functions, and so
+    are ``cache(agent_a.ask)`` and ``cache(agent_b.ask)`` when the agents differ."""
     fn = inspect_unwrap(getattr(fn, "fn", fn))
     if isinstance(fn, functools.partial):
         return [(at + ("func",), identity(fn.func)), *captured(fn.func, at + ("func",)),
-                *[(at + ("arg", i), _loose(v)) for i, v in enumerate(fn.args)],
-                *[(at + ("kw", k), _loose(v)) for k, v in sorted(fn.keywords.items())]]
+                *[(at + ("arg", i), _leaf(v)) for i, v in enumerate(fn.args)],
+                *[(at + ("kw", k), _leaf(v)) for k, v in sorted(fn.keywords.items())]]
     if isinstance(fn, types.MethodType):  # a bound method: its object is part of it
         return [*captured(fn.__func__, at + ("func",)), *_parts(fn.__self__, at + ("self",))]
     if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType)):
@@ -235,15 +236,46 @@ def captured(fn: Callable, at: tuple = ()) -> list[tuple[tuple, Any]]:
     return parts
 
 
-def _parts(value: Any, at: tuple) -> list[tuple[tuple, Any]]:
-    """One captured value's parts: a plain object's attributes apart (so an agent's
-    changing counter can be left out of its key while its model name stays in)."""
-    state = getattr(value, "__dict__", None)
-    if (type(state) is not dict or isinstance(value, (type, types.ModuleType))
-            or hasattr(value, "__code__") or _content(value) is not None):
-        return [(at, _loose(value))]
-    return [(at, ["object", type(value).__qualname__]),
-            *[(at + (k,), _loose(v)) for k, v in sorted(state.items())]]
+_DEPTH = 4  # objects and small dicts are split into parts this deep
+_SPLIT = 64  # a dict of more string keys is one part
+
+
+def _parts(value: Any, at: tuple, depth: int = 0) -> list[tuple[tuple, Any]]:
+    """One captured value's parts: a plain object's attributes and a small string-keyed
+    dict's items apart (an agent's changing counter, even inside a nested object, can be
+    left out of its key while its model name stays in), anything else whole."""
+    if depth < _DEPTH:
+        if type(value) is dict and len(value) <= _SPLIT and all(type(k) is str for k in value):
+            return [(at, ["dict"]), *[p for k, v in sorted(value.items())
+                                      for p in _parts(v, at + (k,), depth + 1)]]
+        state = _plain_state(value)
+        if state is not None:
+            return [(at, ["object", type(value).__qualname__]),
+                    *[p for k, v in sorted(state.items())
+                      for p in _parts(v, at + (k,), depth + 1)]]
+    return [(at, _leaf(value))]
+
+
+def _plain_state(value: Any) -> dict | None:
+    """The attributes of a plain object (not a function, class, module, or a value with
+    a content form), else None."""
+    if isinstance(value, (type, types.ModuleType, types.FunctionType, types.MethodType,
+                          functools.partial, enum.Enum, dict, list, tuple, set, frozenset)
+                  ) or _content(value) is not None:
+        return None  # (a container subclass, OrderedDict or a namedtuple: by content)
+    try:
+        state = object.__getattribute__(value, "__dict__")
+    except Exception:  # no __dict__: its __slots__, if it has some (else a builtin)
+        state = {}
+        for cls in type(value).__mro__:
+            names = cls.__dict__.get("__slots__", ())
+            for name in (names,) if isinstance(names, str) else names:
+                try:
+                    state.setdefault(name, object.__getattribute__(value, name))
+                except Exception:  # (an unset slot)
+                    pass
+        return state or None
+    return state if type(state) is dict else None
 
 
 def closure(fn: Callable) -> list[Any]:
@@ -251,19 +283,52 @@ def closure(fn: Callable) -> list[Any]:
     return [[list(path), form] for path, form in captured(fn)]
 
 
-_DEPTH = 6  # captured containers are keyed this deep; below, by type
+def _leaf(value: Any) -> Any:
+    """A captured value's key form: scalars as themselves, anything else an xxhash of
+    its JSON (containers by content, objects by `_default`): quick in C even for large
+    captured data."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    try:
+        blob = json.dumps(value, sort_keys=True, default=_default, check_circular=True)
+    except (TypeError, ValueError, RecursionError):  # non-string keys, a cycle, ...
+        blob = json.dumps(_loose(value), sort_keys=True, default=repr)
+    return ["h", type(value).__name__, xxhash.xxh3_64_hexdigest(blob.encode())]
+
+
+def _default(value: Any) -> Any:
+    """The JSON form of what json cannot write: sets sorted, functions by identity,
+    enums, dataclasses and pydantic models by content, classes and modules by name,
+    other objects by type and their plain attributes, anything else by type."""
+    try:
+        if isinstance(value, (set, frozenset)):
+            return ["set", sorted(json.dumps(v, sort_keys=True, default=_default)
+                                  for v in value)]
+        if hasattr(value, "__code__") or isinstance(value, (functools.partial,
+                                                            types.MethodType)):
+            return ["fn", identity(value), closure(value)]
+        if isinstance(value, (type, types.ModuleType)):
+            return [type(value).__name__, getattr(value, "__module__", ""),
+                    getattr(value, "__qualname__", getattr(value, "__name__", ""))]
+        content = _content(value)
+        if content is not None:
+            return ["value", content]
+        state = _plain_state(value)
+        if state is not None:
+            return ["object", type(value).__qualname__,
+                    {k: v for k, v in state.items() if type(v) in _PLAIN or v is None}]
+    except Exception:  # a property or __getattr__ that raises: by type
+        pass
+    return ["object", type(value).__qualname__]
 
 
 def _loose(value: Any, depth: int = 0) -> Any:
-    """A captured value's part of a key: what may change a result. Scalars as
-    themselves, functions by identity, containers (lists, dicts, sets, dataclasses,
-    pydantic models) by their content, other objects by their type and their plain
-    attributes, a module or class by name. Whatever has no such form (a lock, a
-    client) counts by type only."""
+    """`_leaf`'s slow path, for what json refuses (non-string dict keys, cycles): the
+    same forms, built in Python, containers down to a depth, then by type."""
     kind = type(value)
     if value is None or kind in (bool, int, float, str):
         return value
-    if depth >= _DEPTH:
+    if depth >= 6:
         return ["deep", kind.__qualname__]
     deeper = depth + 1
     if kind in (list, tuple):
@@ -273,19 +338,7 @@ def _loose(value: Any, depth: int = 0) -> Any:
     if kind is dict:
         items = [[_loose(k, deeper), _loose(v, deeper)] for k, v in value.items()]
         return ["dict", sorted(items, key=_sort_key)]
-    if hasattr(value, "__code__") or isinstance(value, (functools.partial, types.MethodType)):
-        return ["fn", identity(value), closure(value)]
-    if isinstance(value, (type, types.ModuleType)):
-        return [kind.__name__, getattr(value, "__module__", ""), value.__qualname__
-                if isinstance(value, type) else value.__name__]
-    content = _content(value)
-    if content is not None:
-        return ["value", content]
-    state = getattr(value, "__dict__", None)
-    if type(state) is not dict:
-        return ["object", kind.__qualname__]
-    return ["object", kind.__qualname__, sorted(
-        (k, _loose(v, deeper)) for k, v in state.items() if type(v) in _PLAIN or v is None)]
+    return _default(value)
 
 
 _PLAIN = (bool, int, float, str, tuple, list, dict, set, frozenset)
@@ -293,12 +346,13 @@ _PLAIN = (bool, int, float, str, tuple, list, dict, set, frozenset)
 
 def _content(value: Any) -> Any:
     """The canonical form of an enum, dataclass or pydantic model, else None."""
-    if not (isinstance(value, enum.Enum) or hasattr(value, "model_dump")
-            or (dataclasses.is_dataclass(value) and not isinstance(value, type))):
-        return None
     try:
+        if not (isinstance(value, enum.Enum)
+                or (dataclasses.is_dataclass(value) and not isinstance(value, type))
+                or (hasattr(type(value), "model_fields") and hasattr(value, "model_dump"))):
+            return None
         return canonical(value)
-    except Exception:  # (Unsupported, or a field that raises): by type and attributes
+    except Exception:  # (Unsupported, or a field or __getattr__ that raises)
         return None
 
 
@@ -424,7 +478,11 @@ class _Cached:
         except Unsupported as exc:
             self._warn(f"an argument of type {exc}")
             return None
-        parts = captured(self.fn)
+        try:
+            parts = captured(self.fn)
+        except Exception as exc:  # (user code that raises when read): uncached
+            self._warn(f"captured state it cannot read ({type(exc).__name__}: {exc})")
+            return None
         return _Key(self._hash(inputs, parts), inputs, parts)
 
     def _hash(self, inputs: list[Any], parts: list[tuple[tuple, Any]]) -> str:
@@ -468,9 +526,13 @@ class _Cached:
         except Unsupported as exc:
             self._warn(f"a result of type {exc}")
             return
+        try:
+            after = dict(captured(self.fn))
+        except Exception:  # (read before the call, unreadable after it: learn nothing)
+            after = dict(key.parts)
         store = self.store()
         try:
-            before, after = dict(key.parts), dict(captured(self.fn))
+            before = dict(key.parts)
             changed = {path for path in before.keys() | after.keys()
                        if before.get(path, _GONE) != after.get(path, _GONE)}
             if not changed <= self.volatile():

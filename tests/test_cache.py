@@ -213,6 +213,56 @@ def test_captured_state_is_part_of_the_key():
     assert cache(lambda q, held=loop: q.upper())("x") == "X"
 
 
+class _LLM:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+
+class _Nested:
+    def __init__(self, model):
+        self.llm = _LLM(model)
+
+    def ask(self, q):
+        self.llm.calls += 1  # changed inside a nested object: only that part is volatile
+        return ember.models(self.llm.model, q).text
+
+
+class _Slots:
+    __slots__ = ("model",)
+
+    def __init__(self, model):
+        self.model = model
+
+    def ask(self, q):
+        return ember.models(self.model, q).text
+
+
+class _AttrConfig:  # attribute access over a dict: reading an unknown name is a KeyError
+    def __init__(self, **data):
+        self._data = data
+
+    def __getattr__(self, name):
+        return self._data[name]
+
+
+def test_captured_state_inside_nested_objects_slots_and_dict_subclasses():
+    import collections
+
+    for make in (_Nested, _Slots):
+        a, b = cache(make("sim/alpha").ask), cache(make("sim/beta").ask)
+        assert a("hi") == ember.models("sim/alpha", "hi").text
+        assert b("hi") == ember.models("sim/beta", "hi").text  # (before: alpha's answer)
+        assert a("hi") == ember.models("sim/alpha", "hi").text
+    for box in (collections.OrderedDict, lambda **kw: collections.defaultdict(str, **kw),
+                _AttrConfig):
+        def make(cfg):
+            return cache(lambda q: ember.models(cfg["model"] if isinstance(cfg, dict)
+                                                else cfg.model, q).text)
+
+        assert make(box(model="sim/a"))("q") == ember.models("sim/a", "q").text
+        assert make(box(model="sim/b"))("q") == ember.models("sim/b", "q").text
+
+
 def test_cache_clear_leaves_other_functions_of_one_name():
     one = cache(lambda q: "one " + q)
     two = cache(lambda q: "two " + q)  # (both are <lambda> of this test)

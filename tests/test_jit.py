@@ -224,6 +224,19 @@ def test_an_answer_kept_by_state_while_tracing_is_refused_not_sent():
     with pytest.raises(ember.TraceError, match="placeholder"):  # eager, later: the same
         grade("essay two")
 
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Graded:
+        rubric: str
+
+    @functools.lru_cache(maxsize=None)
+    def criteria(subject):
+        return models("sim", f"Criteria for {subject}").text
+
+    with pytest.raises(ember.TraceError, match="placeholder"):  # inside a returned object
+        jit(lambda essay: Graded(criteria("math")))("essay")
+
 
 def test_parse_error_inside_function_behaves_as_eager():
     def careful(x: str):

@@ -595,6 +595,9 @@ def test_scrub_and_safe_url():
     assert sorted(url_secrets("https://u:p%40ss@host/v1?api-key=a%2Fb&x=")) == \
         ["a%2Fb", "a/b", "p%40ss", "p@ss"]
     assert safe_url(None) == ""
+    # a pasted token holding "/" in the password: still taken out (it was shown whole)
+    assert safe_url("http://bob:Zm9v/YmFyS3Vw=@127.0.0.1:9/v1?v=2") == "http://127.0.0.1:9/v1"
+    assert url_secrets("http://bob:Zm9v/YmFyS3Vw=@127.0.0.1:9/v1?v=2") == ["Zm9v/YmFyS3Vw="]
 
 
 def test_error_fields_shapes():

@@ -96,18 +96,25 @@ def stale_placeholder(where: str) -> TraceError:
 
 
 def holds_stale(value: Any, depth: int = 0) -> bool:
-    """Whether a returned value holds a placeholder (strings, through lists, tuples,
-    sets and dicts)."""
+    """Whether a returned value holds a placeholder: its strings, through lists,
+    tuples, sets, dicts and the attributes of objects (dataclasses, pydantic models)."""
     if isinstance(value, str):
         return PROCESS_MARK in value
-    if depth > 8:
+    if depth > 8 or value is None or isinstance(value, (int, float, bytes)):
         return False
     if isinstance(value, (list, tuple, set, frozenset)):
         return any(holds_stale(v, depth + 1) for v in value)
     if isinstance(value, dict):
         return any(holds_stale(k, depth + 1) or holds_stale(v, depth + 1)
                    for k, v in value.items())
-    return False
+    if depth > 3:  # (objects: a few levels, and small ones; a data frame is not looked into)
+        return False
+    try:
+        state = object.__getattribute__(value, "__dict__")
+    except Exception:  # (__slots__ or a builtin: not looked into)
+        return False
+    return (type(state) is dict and len(state) <= 64
+            and any(holds_stale(v, depth + 1) for v in state.values()))
 
 
 def current_trace() -> TraceState | None:

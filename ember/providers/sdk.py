@@ -107,10 +107,12 @@ def safe_url(url: str | None) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
+    rest = re.split(r"[?#]", rest, maxsplit=1)[0]
+    # user info ends at the last "@" (a pasted token may hold "/", which RFC 3986 does
+    # not allow there: splitting at the first "/" first left it in the "path")
+    rest = rest.rpartition("@")[2]
     authority, slash, path = rest.partition("/")
-    path = re.split(r"[?#]", path, maxsplit=1)[0]
-    host = re.split(r"[?#]", authority.rpartition("@")[2], maxsplit=1)[0]
-    return f"{scheme}{sep}{host}{slash}{path}"
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 def url_secrets(url: str | None) -> list[str]:
@@ -118,14 +120,15 @@ def url_secrets(url: str | None) -> list[str]:
     written and decoded: `scrub` takes them out of server text."""
     if not url:
         return []
-    try:
-        parts = urlsplit(url)
-        # (a user name alone may be a token; next to a password it is just a name)
-        found = [parts.password or parts.username]
-    except ValueError:
-        return []
-    found += [pair.partition("=")[2] for pair in parts.query.split("&")]
-    return [s for f in found if f for s in {f, unquote(f)}]
+    rest = url.partition("://")[2] or url
+    rest, _, query = rest.partition("?")
+    userinfo = rest.split("#")[0].rpartition("@")[0]  # (to the last "@": see safe_url)
+    user, _, password = userinfo.partition(":")
+    # (a user name alone may be a token; next to a password it is just a name)
+    found = [password or user]
+    found += [pair.partition("=")[2] for pair in query.split("#")[0].split("&")]
+    # (short values, "v=2", are no credentials, and scrubbing them would garble text)
+    return [s for f in found if f and len(f) >= 5 for s in {f, unquote(f)}]
 
 
 @functools.lru_cache(maxsize=32)
@@ -141,6 +144,8 @@ def check_url(value: str, env: str, example: str, default_scheme: str | None = N
     problem = None
     if _NOT_VISIBLE_RE.search(url):
         problem = "it contains whitespace, control or non-ASCII characters"
+    elif "/" in re.split(r"[?#]", rest, maxsplit=1)[0].rpartition("@")[0]:
+        problem = "its user name or password holds a '/' (write it as %2F)"
     elif not sep:
         problem = "it has no scheme"
     elif scheme.lower() not in ("http", "https"):
