@@ -72,7 +72,8 @@ class RunReport:
 
     @property
     def failures(self) -> int:
-        return sum(1 for c in self.calls if c.error)
+        """Calls that failed for good (not those their caller cancelled in flight)."""
+        return sum(1 for c in self.calls if c.error and c.error != "cancelled")
 
     @property
     def retries(self) -> int:

@@ -283,3 +283,22 @@ def test_backoff_between_attempts_is_not_counted_as_in_flight():
         providers._custom.pop("flaky", None)
         providers.reset()
         limiter.reset()
+
+
+def test_a_request_its_caller_cancelled_is_reported_but_not_a_failure(openai_server):
+    """asyncio.wait_for around a call: the provider got the request, so the report
+    counts it (it was missing), as cancelled rather than failed."""
+    import asyncio
+
+    openai_server.latency = 0.3
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(ember.amodels("openai/gpt-4o-mini", "slow"), 0.1)
+
+    with ember.record() as run:
+        asyncio.run(main())
+    report = run.report()
+    assert len(openai_server.requests) == 1
+    assert (report.requests, report.failures, report.completions) == (1, 0, 0)
+    assert report.calls[0].error == "cancelled"

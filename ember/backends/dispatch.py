@@ -72,6 +72,9 @@ def describe_error(exc: BaseException) -> str:
     return text
 
 
+CANCELLED = "cancelled"  # a CallRecord's error when its caller cancelled it in flight
+
+
 def _deadline_error(request_label: str, sent: bool = True) -> TimeoutError:
     then = "the request was cancelled" if sent else "it was never sent"
     exc = TimeoutError(f"The call to {request_label} did not finish within the time limit "
@@ -300,6 +303,13 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
                           cost=0.0, location=location, throttle_wait=waited[0],
                           flights=_flights(waited)))
         raise exc.where(request.model_id, location)
+    except BaseException:  # cancelled by its caller: reported if it was sent
+        if waited[1]:
+            record(CallRecord(request.model_id, waited[1], time.monotonic(), request.n,
+                              attempts=len(waited[2]) or 1, error=CANCELLED, cost=0.0,
+                              location=location, throttle_wait=waited[0],
+                              flights=_flights(waited)))
+        raise
     end = time.monotonic()
     usage_in = sum(r.usage.input_tokens for r in responses)
     usage_out = sum(r.usage.output_tokens for r in responses)
