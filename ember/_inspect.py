@@ -130,7 +130,7 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
         try:
             result = fn(*targs, **tkwargs)
             if result.__class__ not in _PLAIN_RESULTS and asyncio.iscoroutine(result):
-                result = asyncio.run(result)
+                result = _run_coroutine(result)
         except Suspend:
             complete = False
         except StopTrace as exc:
@@ -147,6 +147,21 @@ def trace_graph(fn: Callable, args: tuple, kwargs: dict) -> tuple[Graph, TraceSt
     if not complete:
         graph.outputs = [n.out for n in graph.nodes if n.op == "llm"]
     return graph, state, complete, note
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run a traced ``async def`` to its end (its model calls are recorded, not sent):
+    here, or, when this thread runs an event loop (Jupyter, a web handler), in a
+    thread of its own, carrying the trace's context."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import concurrent.futures
+    import contextvars
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(contextvars.copy_context().run, asyncio.run, coro).result()
 
 
 def inspect(fn: Callable, *example_args: Any, **example_kwargs: Any) -> InspectReport:

@@ -84,3 +84,20 @@ def test_cli_views(tmp_path, monkeypatch, capsys):
                      "optimized"]) == 0
     out = capsys.readouterr().out
     assert "removed" not in out and out.count("llm sim") == 1
+
+
+def test_an_async_function_is_inspected_from_inside_a_running_loop():
+    """Jupyter and web handlers run a loop: inspect traced nothing there (0 requests,
+    'asyncio.run() cannot be called from a running event loop')."""
+    import asyncio
+
+    async def review(text):
+        draft = await ember.amodels("sim", f"Draft: {text}")
+        return (await ember.amodels("sim", f"Improve: {draft.text}")).text
+
+    async def main():
+        return ember.inspect(review, "x")
+
+    report = asyncio.run(main())
+    assert report.complete and report.estimate.requests == 2
+

@@ -179,10 +179,11 @@ def to_dot(graph: Graph, title: str = "ember",
         lines.append(f'  n{node.out.id} [label="{label}{loc}", {attrs}{tooltip}];')
     for src, dst in _edges(graph):
         lines.append(f"  {src} -> {dst};")
+    produced = {n.out.id for n in graph.nodes}
     for i, a in enumerate(graph.outputs):
         if isinstance(a, Var):
             lines.append(f'  out{i} [label="output {i}", shape=oval];')
-            src = f"n{a.id}" if any(n.out.id == a.id for n in graph.nodes) else f"in{a.id}"
+            src = f"n{a.id}" if a.id in produced else f"in{a.id}"
             lines.append(f"  {src} -> out{i};")
     kinds = sorted({k for k, _ in effects.values()})
     if kinds:
@@ -216,9 +217,10 @@ def to_mermaid(graph: Graph, effects: dict[int, tuple[str, str]] | None = None) 
             lines.append(f'  n{node.out.id}["{label}"]')
     for src, dst in _edges(graph):
         lines.append(f"  {src} --> {dst}")
+    produced = {n.out.id for n in graph.nodes}
     for i, a in enumerate(graph.outputs):
         if isinstance(a, Var):
-            src = f"n{a.id}" if any(n.out.id == a.id for n in graph.nodes) else f"in{a.id}"
+            src = f"n{a.id}" if a.id in produced else f"in{a.id}"
             lines.append(f'  out{i}(["output {i}"])')
             lines.append(f"  {src} --> out{i}")
     for kind in sorted({k for k, _ in effects.values()}):
