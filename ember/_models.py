@@ -138,7 +138,7 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
     system = params.pop("system", None) if params else None
     try:
         key: Any = model if not params and model.__class__ is str else \
-            (model, tuple(params.items()))
+            (model, tuple(params.items()), tuple(map(type, params.values())))  # (1 != 1.0)
         call = _calls.get(key)
     except TypeError:  # an unhashable param value (a JSON schema dict)
         key = call = None

@@ -72,8 +72,9 @@ class RunReport:
 
     @property
     def failures(self) -> int:
-        """Calls that failed for good (not those their caller cancelled in flight)."""
-        return sum(1 for c in self.calls if c.error and c.error != "cancelled")
+        """Calls that failed for good (not those their caller cancelled in flight, nor a
+        batch round trip one prompt failed, whose prompts then went one by one)."""
+        return sum(1 for c in self.calls if c.error and c.error not in ("cancelled", "resent"))
 
     @property
     def retries(self) -> int:

@@ -295,6 +295,9 @@ def _refuse_client_settings(params: dict[str, Any], provider: str | None) -> Non
         "provider with ember.providers.register().")
 
 
+_FLOAT_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
 def normalize_params(params: dict[str, Any], provider: str | None = None
                      ) -> tuple[Any, tuple[tuple[str, Any], ...], int]:
     """(system, frozen params, n) from `models()` keyword arguments (for ``provider``,
@@ -316,6 +319,10 @@ def normalize_params(params: dict[str, Any], provider: str | None = None
                                         and not isinstance(temperature, bool)
                                         and 0 <= temperature <= 2):
         raise ConfigurationError(f"`temperature` must be a number in [0, 2], got {temperature!r}.")
+    for name in _FLOAT_PARAMS:  # 0 and 0.0 are one setting: one request key
+        value = params.get(name)
+        if type(value) is int:
+            params[name] = float(value)
     max_tokens = params.get("max_tokens")
     if max_tokens is not None and not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
                                        and max_tokens > 0):

@@ -238,6 +238,18 @@ def test_an_answer_kept_by_state_while_tracing_is_refused_not_sent():
         jit(lambda essay: Graded(criteria("math")))("essay")
 
 
+def test_a_parameter_given_as_int_then_float_is_one_setting():
+    """temperature=0 in one call and 0.0 in another: the trace's call cache handed the
+    second the first's params, so its graph's requests and its check run's had
+    different keys, and the check run sent every call again (7 requests for 3)."""
+    models("sim", "warm", temperature=0)  # (traced or not: the call cache is shared)
+    jit(lambda x: models("sim", f"int {x}", temperature=0).text)("a")
+    fast = jit(lambda x: [models("sim", f"{w} {x}", temperature=0.0).text for w in "ab"])
+    sim.reset_stats()
+    assert fast("q") == [models("sim", f"{w} q", temperature=0.0).text for w in "ab"]
+    assert sim.stats().requests == 1 + 2  # the jitted batch, then eager's two
+
+
 def test_parse_error_inside_function_behaves_as_eager():
     def careful(x: str):
         r = models("sim", f"Tell me about {x}")

@@ -195,6 +195,13 @@ def test_a_retried_or_failed_batch_adds_up_to_what_the_provider_saw():
         with pytest.raises(ember.BadRequestError):
             models("sim", "boom", temperature=0.5, n=3)
     assert run.completions == 3 and run.failures == 1
+    # a fused batch that one prompt refused goes prompt by prompt: one failure, as eager
+    # (the refused round trip counted as a second one)
+    with ember.record() as run:
+        with pytest.raises(ember.BadRequestError):
+            jit(lambda x: [models("sim", f"{w} {x}", temperature=0.0).text
+                           for w in ("a", "b", "boom")])("q")
+    assert (run.requests, run.failures, run.completions) == (4, 1, 2)
 
 
 def test_concurrent_calls_each_report_their_own_run():
@@ -290,6 +297,8 @@ def test_a_request_its_caller_cancelled_is_reported_but_not_a_failure(openai_ser
     counts it (it was missing), as cancelled rather than failed."""
     import asyncio
 
+    models("openai/gpt-4o-mini", "warm up")  # (the SDK's first use: imported, connected)
+    openai_server.requests.clear()
     openai_server.latency = 0.3
 
     async def main():

@@ -73,6 +73,7 @@ def describe_error(exc: BaseException) -> str:
 
 
 CANCELLED = "cancelled"  # a CallRecord's error when its caller cancelled it in flight
+RESENT = "resent"  # ... when a batch a prompt refused failed and went prompt by prompt
 
 
 def _deadline_error(request_label: str, sent: bool = True) -> TimeoutError:
@@ -368,13 +369,16 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
                          lambda batches: sum(_usage(b) for b in batches))
         return _within(call, deadline, label)
 
-    def failed(exc: EmberError, members: int) -> None:
+    def failed(exc: EmberError, members: int, resent: bool = False) -> None:
         """The failed round trip: its first prompt's record carries it (and its
-        attempts); the others, when they failed with it, are its batch members."""
+        attempts); the others, when they failed with it, are its batch members. One
+        ``resent`` prompt by prompt is a round trip but no failure (its prompts are
+        answered, or fail, on their own)."""
         for k in range(members):
             record(CallRecord(requests[k].model_id, waited[1] or start, time.monotonic(),
                               requests[k].n, attempts=getattr(exc, "attempts", 1) if k == 0
-                              else 1, error=type(exc).__name__, cost=0.0,
+                              else 1, error=RESENT if resent else type(exc).__name__,
+                              cost=0.0,
                               location=locations[k], batched=k > 0,
                               throttle_wait=waited[0] if k == 0 else 0.0,
                               flights=_flights(waited)))
@@ -384,7 +388,7 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
     except BadRequestError as exc:
         if len(requests) == 1:
             raise
-        failed(exc, 1)  # (a round trip all the same)
+        failed(exc, 1, resent=True)  # (a round trip all the same)
         # one bad prompt (too long, refused) must not fail the others, as it would not
         # in eager Python: each is sent on its own and gets its own answer or error
         results = await send_batch(requests, options=options, priority=priority,
