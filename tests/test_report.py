@@ -305,8 +305,13 @@ def test_a_request_its_caller_cancelled_is_reported_but_not_a_failure(openai_ser
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(ember.amodels("openai/gpt-4o-mini", "slow"), 0.1)
 
+    import time
+
     with ember.record() as run:
         asyncio.run(main())
+        deadline = time.monotonic() + 2.0  # (the cancel reaches Ember's loop soon after)
+        while not run.report().calls and time.monotonic() < deadline:
+            time.sleep(0.01)
     report = run.report()
     assert len(openai_server.requests) == 1
     assert (report.requests, report.failures, report.completions) == (1, 0, 0)
