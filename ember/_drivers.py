@@ -19,7 +19,7 @@ from ._runtime import on_loop, run_async, run_sync
 from .backends.record import CallRecord, record
 from .ir.trace import trace_var, tracing
 
-__all__ = ["advance", "drive_sync", "drive_async", "drive_on_loop", "Step"]
+__all__ = ["advance", "drive_sync", "drive_async", "drive_on_loop", "Step", "Raised"]
 
 Step = tuple[str, Any]
 
@@ -136,13 +136,26 @@ async def drive_async(program: Generator[Step, Any, Any]) -> Any:
             error = exc
 
 
+class Raised(Exception):
+    """An exception a coroutine may not raise as it is (StopIteration becomes a
+    RuntimeError; SystemExit and KeyboardInterrupt would stop Ember's loop), carried to
+    where it is raised again (``.exc``)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
 async def drive_on_loop(program: Generator[Step, Any, Any]) -> Any:
     """`drive_sync` for a program stepped on Ember's own loop (vmap's elements): its
     "run" steps are awaited there instead of blocked on."""
     value: Any = None
     error: BaseException | None = None
     while True:
-        kind, payload = advance(program, value, error)
+        try:
+            kind, payload = advance(program, value, error)
+        except (StopIteration, SystemExit, KeyboardInterrupt) as exc:  # the Python's own
+            raise Raised(exc) from None
         if kind == "done":
             return payload
         try:

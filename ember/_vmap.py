@@ -13,6 +13,7 @@ are sent once (in-flight coalescing). A failing element never loses the others.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import sys
 import time
@@ -20,7 +21,7 @@ from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Sequence
 
 from ._keywords import hint_keywords
-from ._drivers import drive_async, drive_on_loop
+from ._drivers import Raised, drive_async, drive_on_loop
 from ._jit import Jitted, trace_inputs
 from ._models import check_var
 from ._report import RunReport
@@ -50,7 +51,7 @@ def _split(args: tuple, in_axes: Any, name: str) -> list[tuple]:
                          "positional arguments; give one per argument (0 to map, None to "
                          "broadcast).")
     for ax in axes:
-        if ax not in (0, None):
+        if ax is not None and (type(ax) is not int or ax != 0):  # (False == 0: refused)
             raise ValueError(f"vmap({name}): in_axes entries must be 0 or None, got {ax!r}.")
     mapped = [i for i, ax in enumerate(axes) if ax == 0]
     if not mapped:
@@ -169,7 +170,7 @@ class Mapped:
         if backend not in (None, "local", "ray") and not hasattr(backend, "amap"):
             raise ValueError(f"vmap: backend must be 'local', 'ray' or an "
                              f"ember.backends.ray.Cluster, got {backend!r}.")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (type(batch_size) is not int or batch_size < 1):
             raise ValueError(f"vmap: batch_size must be a positive integer or None, got "
                              f"{batch_size!r}.")
         if not callable(fn):
@@ -184,11 +185,25 @@ class Mapped:
         # the last call's results (also after a BatchError, Ctrl-C or a cancel: then None
         # for the elements that had not finished)
         self.results: list[Any] = []
-        self.last_run: RunReport | None = None
+        self._latest: RunReport | None = None
+        self._own_latest: contextvars.ContextVar[RunReport | None] = \
+            contextvars.ContextVar("ember_map_last_run", default=None)
         functools.update_wrapper(self, fn, updated=())  # (see Jitted.__init__)
 
     def __repr__(self) -> str:
         return f"<vmap {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+    @property
+    def last_run(self) -> RunReport | None:
+        """What the latest map did: this thread's or task's latest when it made one
+        (maps from several threads or tasks at once each see their own), else the
+        latest of any."""
+        return self._own_latest.get() or self._latest
+
+    @last_run.setter
+    def last_run(self, report: RunReport | None) -> None:
+        self._latest = report
+        self._own_latest.set(report)
 
     @property
     def is_async(self) -> bool:
@@ -199,8 +214,15 @@ class Mapped:
     def name(self) -> str:
         return getattr(self.fn, "__qualname__", "fn")
 
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        # ``@vmap`` on a method: bound, its object is broadcast to every element
+        return self if obj is None else _BoundMap(self, obj)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        elements = _split(args, self.in_axes, self.name)
+        return self._call(args, kwargs, self.in_axes)
+
+    def _call(self, args: tuple, kwargs: dict, in_axes: Any) -> Any:
+        elements = _split(args, in_axes, self.name)
         if current_trace() is not None or check_var.get() is not None:
             return self._inline(elements, kwargs)
         backend = self.backend if self.backend is not None else backend_var.get()
@@ -209,13 +231,20 @@ class Mapped:
 
             cluster = resolve(backend)
             return (cluster.amap if self.jitted.is_async else cluster.map)(self, elements, kwargs)
-        hoisting = _Hoisting(_axes(args, self.in_axes), kwargs)
+        hoisting = _Hoisting(_axes(args, in_axes), kwargs)
         if self.jitted.is_async:  # an async function: awaited on the caller's loop
-            return self._run(elements, kwargs, hoisting, drive_async)
+            return _unwrapped(self._run(elements, kwargs, hoisting, drive_async, []))
         # Everything runs on Ember's loop: an element's Python steps (trace, check) are
         # short and never block (a missing answer becomes a fetch step), so stepping
         # them there saves a thread hop per element.
-        return run_sync(self._run(elements, kwargs, hoisting, drive_on_loop))
+        report: list[RunReport] = []  # (made on Ember's loop; set here, for this caller)
+        try:
+            return run_sync(self._run(elements, kwargs, hoisting, drive_on_loop, report))
+        except Raised as carried:
+            raise carried.exc from None
+        finally:
+            if report:
+                self.last_run = report[0]
 
     def _inline(self, elements: list[tuple], kwargs: dict) -> Any:
         """Inside a jitted function (or another vmap): the elements' calls join its
@@ -256,8 +285,10 @@ class Mapped:
         return results
 
     async def _run(self, elements: list[tuple], kwargs: dict, hoisting: _Hoisting,
-                   drive: Callable[[Any], Awaitable[Any]]) -> list[Any]:
-        """Every element's jitted program, driven by ``drive``, under the window."""
+                   drive: Callable[[Any], Awaitable[Any]], report: list[RunReport]
+                   ) -> list[Any]:
+        """Every element's jitted program, driven by ``drive``, under the window; its
+        run report goes in ``report`` (and `last_run`)."""
         n = len(elements)
         # filled in place: after Ctrl-C or a cancel, .results still holds what finished
         results: list[Any] = [None] * n
@@ -273,8 +304,16 @@ class Mapped:
             try:
                 results[i] = await drive(self.jitted._program(
                     elements[i], kwargs, hoisting.runner(elements[i])))
+            except Raised as carried:
+                if not isinstance(carried.exc, StopIteration):  # sys.exit(), Ctrl-C: below
+                    raise
+                results[i] = errors[i] = carried.exc  # (it cannot leave a coroutine as is)
             except Exception as exc:
                 results[i] = errors[i] = exc
+            except (SystemExit, KeyboardInterrupt) as exc:
+                # the element's sys.exit() or Ctrl-C: the map's, raised in the caller's
+                # thread (on Ember's loop it stopped the loop for every caller)
+                raise Raised(exc) from None
             finally:
                 counts["active"] -= 1
                 counts["done"] += 1
@@ -286,10 +325,39 @@ class Mapped:
         finally:
             hoisting.cancel()  # only left running when the map was cancelled
             recorder_var.reset(token)
-            self.last_run = RunReport(rec.calls, time.perf_counter() - start,
-                                      label=f"vmap({self.name})")
+            report.append(RunReport(rec.calls, time.perf_counter() - start,
+                                    label=f"vmap({self.name})"))
+            self.last_run = report[0]
         bar.update(n - len(errors), len(errors), 0, final=True)
         return self._finish(results, errors)
+
+
+class _BoundMap:
+    """A vmapped method, bound: ``obj.many(xs)`` maps ``many(obj, x)`` over ``xs``. Its
+    other attributes (``last_run``, ``results``) are the vmap's."""
+
+    __slots__ = ("_mapped", "_obj")
+
+    def __init__(self, mapped: Mapped, obj: Any) -> None:
+        self._mapped, self._obj = mapped, obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        axes = self._mapped.in_axes
+        if isinstance(axes, int) or axes is None:
+            axes = (None, *(axes,) * len(args))
+        elif len(axes) == len(args):  # (given for the arguments after self)
+            axes = (None, *axes)
+        return self._mapped._call((self._obj, *args), kwargs, axes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._mapped, name)
+
+
+async def _unwrapped(run: Awaitable[list[Any]]) -> list[Any]:
+    try:
+        return await run
+    except Raised as carried:
+        raise carried.exc from None
 
 
 async def _windowed(n: int, window: int, one: Callable[[int], Awaitable[None]]) -> None:

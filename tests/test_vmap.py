@@ -327,3 +327,80 @@ def test_a_vmap_inside_jit_keeps_its_failure_options_and_async_form():
 
     eager, jitted, mapped = asyncio.run(main())
     assert jitted == eager and mapped == [eager]
+
+
+def test_sys_exit_in_an_element_is_the_callers_and_leaves_the_loop_running():
+    """sys.exit() (or Ctrl-C) inside a mapped function stopped Ember's loop thread: the
+    map and every other caller got 'the event loop thread stopped'."""
+    import threading
+
+    def bail(x):
+        if x == "stop":
+            raise SystemExit(3)
+        return models("sim", x).text
+
+    with pytest.raises(SystemExit) as info:
+        vmap(bail)(["a", "stop", "b"])
+    assert info.value.code == 3
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(vmap(bail)(["c", "d"])))
+    t.start()
+    t.join(10)
+    assert done == [[models("sim", "c").text, models("sim", "d").text]]
+
+
+def test_stop_iteration_in_an_element_keeps_its_type():
+    def pages(x):
+        if x == "end":
+            raise StopIteration("no more pages")
+        return x
+
+    out = vmap(pages, return_exceptions=True)(["a", "end"])
+    assert out[0] == "a" and type(out[1]) is StopIteration  # (was RuntimeError)
+
+
+class _Grader:
+    def __init__(self, style):
+        self.style = style
+
+    @vmap
+    def many(self, x):
+        return models("sim", f"{self.style}: {x}").text
+
+    @vmap(in_axes=(None, 0))
+    def declared(self, x):
+        return models("sim", f"{self.style}: {x}").text
+
+
+def test_vmap_on_a_method_binds_its_object():
+    g = _Grader("formal")
+    expected = [models("sim", f"formal: {x}").text for x in ("a", "b")]
+    assert g.many(["a", "b"]) == g.declared(["a", "b"]) == expected
+    assert g.many.last_run.requests >= 1
+
+
+def test_boolean_options_are_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        vmap(lambda x: x, batch_size=True)
+    with pytest.raises(ValueError, match="in_axes entries must be 0 or None, got False"):
+        vmap(lambda x, y: x, in_axes=(0, False))(["a"], "b")
+
+
+def test_last_run_is_each_callers_own():
+    import threading
+
+    mapped = vmap(lambda x: models("sim", x).text)
+    seen: dict = {}
+    barrier = threading.Barrier(2)
+
+    def work(name, n):
+        barrier.wait()
+        mapped([f"{name} {i}" for i in range(n)])
+        seen[name] = mapped.last_run.requests
+
+    threads = [threading.Thread(target=work, args=(k, n)) for k, n in (("A", 1), ("B", 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"A": 1, "B": 3}
