@@ -180,7 +180,8 @@ class RunReport:
         return path
 
     def __str__(self) -> str:
-        cost = "unknown (unpriced model)" if self.cost is None else f"${self.cost:.6f}"
+        cost = ("unknown (an unpriced model, or an answer without token counts)"
+                if self.cost is None else f"${self.cost:.6f}")
         bound = ""
         best = self.measured_bound_seconds or self.bound_seconds
         if best:

@@ -112,6 +112,26 @@ def test_local_real_request(local_server):
     assert rec.headers["authorization"] == "Bearer not-needed"
 
 
+def test_an_answer_without_usage_costs_nothing_on_a_free_model(local_server):
+    """A server that omits ``usage``: a local model is still free (its cost was None,
+    'unknown (unpriced model)'); a priced one's cost stays unknown."""
+    import json
+
+    real = local_server.success
+
+    def no_usage(rec):
+        status, headers, payload = real(rec)
+        body = json.loads(payload)
+        body.pop("usage")
+        return status, headers, json.dumps(body).encode()
+
+    local_server.success = no_usage
+    [r] = complete(local(), req())
+    assert r.cost == 0.0 and r.usage.input_tokens == 0
+    assert OpenAIProvider().cost_without_usage(build_request("openai", "gpt-4o-mini", "x",
+                                                             {})) is None
+
+
 def test_local_sends_n_requests_and_an_optional_key(local_server, monkeypatch):
     monkeypatch.setenv("EMBER_LOCAL_API_KEY", "local-secret")
     rs = complete(local(), req(n=2))

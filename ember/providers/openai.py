@@ -154,7 +154,7 @@ class OpenAIProvider(SDKProvider):
             out.append(Response(
                 text, model=request.model_id, usage=used,
                 cost=self.cost(request, billed if i == 0 else 0, share)
-                if usage is not None else None,
+                if usage is not None else self.cost_without_usage(request),
                 latency=latency, finish_reason=choice.get("finish_reason")))
         return out
 

@@ -426,6 +426,13 @@ class SDKProvider(Provider):
     def cost(self, request: Request, input_tokens: float, output_tokens: float) -> float | None:
         return prices.cost_of(self.name, request.model, input_tokens, output_tokens)  # type: ignore[arg-type]
 
+    def cost_without_usage(self, request: Request) -> float | None:
+        """The cost of an answer that came without token counts (some OpenAI-compatible
+        servers omit ``usage``): nothing for a free model, else unknown."""
+        price = prices.price_for(self.name, request.model)  # type: ignore[arg-type]
+        free = price is not None and not price.input and not price.output
+        return 0.0 if free else None
+
     # -- errors
 
     @property
