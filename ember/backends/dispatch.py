@@ -33,7 +33,8 @@ __all__ = ["send", "send_batch", "send_as_batch", "estimate_prompt_tokens", "des
 
 T = TypeVar("T")
 log = logging.getLogger("ember")
-_inflight: dict[tuple[str, int], asyncio.Future] = {}
+# identical deterministic requests in flight: their owner's future and retry policy
+_inflight: dict[tuple[str, int], tuple[asyncio.Future, RetryPolicy]] = {}
 DEFAULT_OUTPUT_TOKENS = 256  # reserved against a TPM limit when max_tokens is not given
 
 
@@ -224,14 +225,16 @@ async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
     deadline = deadline_of(options)
     if request.deterministic(provider.default_temperature):
         key = (request.key, request.n)
-        while (fut := _inflight.get(key)) is not None:
+        while (held := _inflight.get(key)) is not None:
+            fut, owner_policy = held
             # an identical request is on its way: share its answer, or an error any
             # caller would get; one its owner's time limit, retry policy or
             # cancellation caused is not this caller's: then it sends its own
             try:
                 responses = await _within(asyncio.shield(fut), deadline, request.model_id)
             except BaseException as exc:
-                if not fut.done() or not fut.cancelled() and _shared(fut.exception()):
+                if not fut.done() or not fut.cancelled() and _shared(
+                        fut.exception(), owner_policy == options.retry):
                     if isinstance(exc, EmberError):
                         raise exc.where(request.model_id, location)
                     raise
@@ -241,7 +244,7 @@ async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
                               cost=0.0, location=location))
             return responses
         fut = asyncio.get_running_loop().create_future()
-        _inflight[key] = fut
+        _inflight[key] = fut, options.retry
         try:
             responses = await _send(provider, request, options, priority, location, deadline)
         except BaseException as exc:
@@ -260,12 +263,15 @@ async def _send_coalesced(provider: Any, request: Request, options: CallOptions,
     return await _send(provider, request, options, priority, location, deadline)
 
 
-def _shared(exc: BaseException | None) -> bool:
+def _shared(exc: BaseException | None, same_policy: bool = False) -> bool:
     """Is a coalesced request's error every sharer's? A rejection (400, 401, 404,
-    context length, quota) is; a transient failure the owner's retry policy gave up on,
-    or its time limit, is not (the sharer's own policy and limit decide)."""
-    return isinstance(exc, EmberError) and not exc.transient \
-        and not isinstance(exc, TimeoutError)
+    context length, quota) is, and so is a transient failure the owner's retry policy
+    gave up on when the sharer's policy is the same (it would make the same attempts:
+    sharers of an outage each spent their own in turn, 10 duplicates taking 10 times
+    as long). The owner's time limit is not (the sharer's own limit decides)."""
+    if not isinstance(exc, EmberError) or isinstance(exc, TimeoutError):
+        return False
+    return not exc.transient or same_policy and getattr(exc, "final", False)
 
 
 async def _send(provider: Any, request: Request, options: CallOptions, priority: float,
