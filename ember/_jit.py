@@ -26,7 +26,6 @@ A call is a generator of steps; `ember._drivers` runs them from sync or async co
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import functools
 import time
@@ -38,6 +37,7 @@ from typing import Any, Awaitable, Callable, Generator
 
 from ._drivers import Step, drive_async, drive_sync
 from ._keywords import hint_keywords
+from ._latest import own_report, set_own_report
 from ._models import CheckRun, NeedAnswers, check_var
 from ._report import RunReport
 from ._response import Response
@@ -251,8 +251,6 @@ class Jitted:
         self.is_async = _inspect.iscoroutinefunction(fn)
         self.cache: dict[Any, CompiledEntry] = {}
         self._latest: RunReport | None = None
-        self._own_latest: contextvars.ContextVar[RunReport | None] = \
-            contextvars.ContextVar("ember_last_run", default=None)
         # name and doc, not the wrapped's __dict__: a wrapped Jitted's or vmap's fn,
         # cache and last_run would replace this one's (jit(vmap(f)) became jit(f))
         functools.update_wrapper(self, fn, updated=())
@@ -265,12 +263,12 @@ class Jitted:
         """What the latest call did: this thread's or task's latest call when it made
         one (calls from several threads or tasks at once each see their own), else
         the latest of any."""
-        return self._own_latest.get() or self._latest
+        return own_report(self) or self._latest
 
     @last_run.setter
     def last_run(self, report: RunReport | None) -> None:
         self._latest = report
-        self._own_latest.set(report)
+        set_own_report(self, report)
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         # a bound method whose attributes (last_run, entry, fn) are the Jitted's

@@ -158,6 +158,8 @@ def _shutdown() -> None:
         stopping.call_soon_threadsafe(stopping.stop)
         if thread is not None:
             thread.join(timeout=2)
+            if not thread.is_alive():  # (closed: `python -X dev` warned of it at exit)
+                stopping.close()
 
 
 def _after_fork_in_child() -> None:
@@ -177,6 +179,9 @@ def _after_fork_in_child() -> None:
     if providers is not None:
         providers._instances.clear()  # (their clients belong to the parent's loop)
         providers._lock = threading.Lock()
+    drivers = sys.modules.get("ember._drivers")
+    if drivers is not None:  # (its workers are the parent's: a check run queued forever)
+        drivers._check_threads = None
 
 
 atexit.register(_shutdown)

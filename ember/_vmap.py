@@ -13,7 +13,6 @@ are sent once (in-flight coalescing). A failing element never loses the others.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import sys
 import time
@@ -21,6 +20,7 @@ from contextvars import ContextVar
 from typing import Any, Awaitable, Callable, Sequence
 
 from ._keywords import hint_keywords
+from ._latest import own_report, set_own_report
 from ._drivers import Raised, drive_async, drive_on_loop
 from ._jit import Jitted, trace_inputs
 from ._models import check_var
@@ -186,8 +186,6 @@ class Mapped:
         # for the elements that had not finished)
         self.results: list[Any] = []
         self._latest: RunReport | None = None
-        self._own_latest: contextvars.ContextVar[RunReport | None] = \
-            contextvars.ContextVar("ember_map_last_run", default=None)
         functools.update_wrapper(self, fn, updated=())  # (see Jitted.__init__)
 
     def __repr__(self) -> str:
@@ -198,12 +196,12 @@ class Mapped:
         """What the latest map did: this thread's or task's latest when it made one
         (maps from several threads or tasks at once each see their own), else the
         latest of any."""
-        return self._own_latest.get() or self._latest
+        return own_report(self) or self._latest
 
     @last_run.setter
     def last_run(self, report: RunReport | None) -> None:
         self._latest = report
-        self._own_latest.set(report)
+        set_own_report(self, report)
 
     @property
     def is_async(self) -> bool:

@@ -757,6 +757,53 @@ def test_a_forked_child_makes_calls_of_its_own():
     assert done.stdout.split("\n")[:3] == ["parent True", "child True", "exit 0"], done.stderr
 
 
+def test_a_forked_child_runs_a_map_whose_check_runs_block():
+    """A parent whose vmap used the pool of blocking check runs (a prompt with a
+    timestamp: no plan foresees it) forked a child whose vmap then hung forever: the
+    pool's workers were the parent's."""
+    done = _run_script(
+        "import os, time, ember\n"
+        "f = lambda x: ember.models('sim', f'{x} at {time.time()}').text[:3]\n"
+        "for _ in range(3): ember.vmap(f)(['a', 'b'])\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    print('child', len(ember.vmap(f)(['c', 'd'])), flush=True)\n"
+        "    os._exit(0)\n"
+        "print('exit', os.waitpid(pid, 0)[1])\n")
+    assert done.stdout.split("\n")[:2] == ["child 2", "exit 0"], done.stderr
+
+
+def test_exit_closes_the_loop():
+    """`python -X dev` warned 'unclosed event loop' at the exit of every program."""
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-X", "dev", "-c",
+                           "import ember; print(bool(ember.models('sim', 'hi').text))"],
+                          capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": root})
+    assert done.stdout.strip() == "True" and "unclosed" not in done.stderr, done.stderr
+
+
+def test_a_jit_made_per_call_leaves_no_report_behind():
+    """Each jitted function kept its own context variable, and every context that set
+    it kept the report (graphs, call records) after the function was gone: ~5 MB per
+    1,000 requests in a worker thread making a jit per request."""
+    import gc
+    import weakref
+
+    reports = []
+    for i in range(5):
+        fast = ember.jit(lambda x: ember.models("sim", x).text)
+        fast(f"q{i}")
+        assert fast.last_run.requests == 1
+        reports.append(weakref.ref(fast.last_run))
+    del fast
+    gc.collect()
+    assert [r() for r in reports] == [None] * 5
+
+
 def test_a_call_from_a_later_exit_handler_works():
     """A call made by an exit handler that runs after Ember's own hung forever."""
     done = _run_script(
