@@ -609,9 +609,14 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
             if hit is not UNKNOWN:
                 _count_hit(c)
                 return hit
+            state = current_trace()
+            if state is not None and key.hex in state.cached:
+                return state.cached[key.hex]
             result = await fn(*args, **kwargs)
-            if current_trace() is None:
+            if state is None:
                 c.save(key, result)
+            else:
+                state.cached[key.hex] = result
             return result
         wrapper: Any = acached
     else:
@@ -624,9 +629,14 @@ def cache(fn: Callable | None = None, *, ttl: float | None = None,
             if hit is not UNKNOWN:
                 _count_hit(c)
                 return hit
+            state = current_trace()
+            if state is not None and key.hex in state.cached:  # (see TraceState.cached)
+                return state.cached[key.hex]
             result = fn(*args, **kwargs)
-            if current_trace() is None:
+            if state is None:
                 c.save(key, result)
+            else:
+                state.cached[key.hex] = result
             return result
         wrapper = cached
     # its rows: this code's (rows an earlier Ember stored hold the name alone)

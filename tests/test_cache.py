@@ -398,6 +398,29 @@ def test_miss_under_jit_is_stored_by_the_check_run(cache_home):
     assert sim.stats().requests == before
 
 
+def test_a_second_call_with_the_same_arguments_under_jit_is_a_hit_as_eagerly():
+    """Eagerly the second call of a cached sampled function hits what the first stored;
+    under jit both were traced, and the graph paid for two samples."""
+    from ember import providers
+
+    sent = []
+
+    async def ideas(request):
+        sent.append(request)
+        return f"idea #{len(sent)}"
+
+    providers.register("ideas", ideas)
+    try:
+        idea = cache(lambda topic: ember.models("ideas/m", f"An idea about {topic}").text)
+        both = ember.jit(lambda topic: [idea(topic), idea(topic)])
+        for topic in ("tea", "coffee"):
+            sent.clear()
+            assert both(topic) == ["idea #1"] * 2 and len(sent) == 1
+    finally:
+        providers._custom.pop("ideas", None)
+        providers._instances.pop("ideas", None)
+
+
 def test_hits_are_counted_in_the_run_report_once_per_call_the_python_makes():
     import re
 

@@ -185,6 +185,10 @@ class TraceState:
         self.lookup = lookup  # (llm node, input values) -> concrete result or UNKNOWN
         self.sample_counts: dict[tuple, int] = {}
         self.timeout_entries: dict[int, int] = {}  # ember.timeout region -> calls so far
+        # ember.cache key -> the traced result of its first call in this trace: a second
+        # call with the same key is a cache hit eagerly, so it gets that result (it
+        # was traced again: a sampled call paid twice)
+        self.cached: dict[str, Any] = {}
         # Local ops are evaluated on demand (`value_of`): most traced values are never
         # read, and computing every prompt while tracing cost a fifth of the trace.
         self._producer: dict[int, Node] = {}  # var id -> node, indexed on demand
