@@ -1060,6 +1060,7 @@ def test_a_changed_global_stops_costing_requests_once_learned():
 @pytest.mark.parametrize("build", [
     lambda t: "Grade this JSON: " + json.dumps({"answer": t}),  # escapes the marker
     lambda t: "Shout: " + str.upper(t),  # C code rewrites it
+    lambda t: "Whisper: " + str.lower(t),  # (the marker's hex was all lower case: intact)
 ])
 def test_a_placeholder_changed_by_untraced_code_is_never_sent(build):
     """json.dumps(answer) in a prompt sent the escaped placeholder to the provider

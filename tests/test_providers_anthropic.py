@@ -210,7 +210,7 @@ def test_a_malformed_base_url_is_a_configuration_error(anthropic_server, monkeyp
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "127.0.0.1:8000")
     err = fail(AnthropicProvider(), req())
     assert type(err) is errors.ConfigurationError and "ANTHROPIC_BASE_URL=" in str(err)
-    assert "no scheme" in str(err) and "https://api.anthropic.com" in str(err)
+    assert "no scheme" in str(err) and "like `export ANTHROPIC_BASE_URL=https://" in str(err)
 
 
 def test_wrong_key_is_rejected_and_not_shown(anthropic_server):

@@ -51,7 +51,9 @@ _new = object.__new__
 _next_id = _ids.__next__
 # a trace's marker nonce: a per-process secret and a counter (one urandom per process,
 # not one system call per trace)
-_SECRET = os.urandom(6).hex()
+# ("eE" first: a marker that str.upper, lower or swapcase applied never stays intact,
+# even when the random hex happens to hold no letter)
+_SECRET = "eE" + os.urandom(6).hex()
 _nonces = map(f"{_SECRET}{{:x}}".format, itertools.count())
 _next_nonce = _nonces.__next__
 # how every marker of this process begins: one in text the Python holds after its

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
 from .openai import OpenAIProvider
-from .sdk import check_url, clean_key
+from .credentials import check_url, clean_key
 
 __all__ = ["OpenAICompatibleProvider", "ollama", "vllm", "llamacpp", "local"]
 
