@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 from ._models import check_var
+from .backends.local import _Once, _snapshot
 from .backends.memo import MISSING
 from .ir.graph import Lit, Var
 from .ir.trace import (_MARK_CLOSE, _MARK_OPEN, StopTrace, TraceState, current_trace,
@@ -34,11 +36,21 @@ def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
         if state is None:
             check = check_var.get() if effectful else None
             if check is not None:  # jit's check run: the graph may have run it already
-                done = check.memo.take_effect(fn, [*args, *kwargs.values()])
-                if done is not MISSING:
-                    if isinstance(done, BaseException):
-                        raise done
-                    return done
+                values = [*args, *kwargs.values()]
+                done = check.memo.take_effect(fn, values, check)
+                if done is MISSING:  # (kept, taken: a check run that starts over reuses it)
+                    before = _snapshot(values)
+                    try:
+                        done = fn(*args, **kwargs)
+                    except Exception as exc:
+                        done = exc
+                    if inspect.iscoroutine(done):  # (awaited once, however often read)
+                        done = _Once(done)
+                    check.memo.put_effect(fn, before, done, -1)
+                    check.memo.take_effect(fn, before, check)
+                if isinstance(done, BaseException):
+                    raise done
+                return done
             return fn(*args, **kwargs)
         if not effectful and not has_traced((args, kwargs), state):
             return fn(*args, **kwargs)

@@ -1117,3 +1117,79 @@ def test_inspect_lists_an_exception_on_a_placeholder_as_a_break():
     assert [b.reason.split(":")[0] for b in report.breaks] == ["TypeError on an unfinished answer"]
     with pytest.raises(ValueError, match="needs at least one element"):
         ember.inspect(ember.vmap(labels), [])
+
+
+def test_effects_run_as_eagerly_in_order_once_and_never_past_a_failure():
+    """Effects ran in graph order by data alone: reversed (a report's footer before its
+    header), twice when their arguments were objects the check run made afresh or a
+    list they appended to, under an async jit twice, and even when an earlier step
+    raised, so eager Python never reached them."""
+    import asyncio
+
+    log: list = []
+
+    class Ticket:  # equality is identity: the check run's is another object
+        def __init__(self, text):
+            self.text = text
+
+    @ember.op
+    def ticket(text):
+        return Ticket(text[:8])
+
+    @ember.op(effectful=True)
+    def write(line):
+        log.append(line)
+        return len(log)
+
+    @ember.op(effectful=True)
+    def save(t):
+        log.append(t.text)
+
+    @ember.op(effectful=True)
+    def record(history, text):
+        history.append(text[:8])
+        log.append("record")
+
+    @ember.op
+    def validate(text):
+        raise ValueError("invalid")
+
+    def report(x):
+        a = models("sim", f"Findings on {x}")
+        first = write(f"# {x}")
+        last = write("-- end --")
+        save(ticket(a.text))
+        return first, last, models("sim", f"Next {x}").text
+
+    for fn, arg in ((report, "tides"),):
+        log.clear()
+        eager = (fn(arg), list(log))
+        log.clear()
+        assert (jit(fn)(arg), log) == eager  # (order, values and counts)
+
+    history: list = []
+    log.clear()
+    jit(lambda x, h: record(h, models("sim", f"Q {x}").text))("hi", history)
+    assert history == [models("sim", "Q hi").text[:8]] and log == ["record"]
+
+    def guarded(x):
+        validate(models("sim", x).text)
+        write("published")
+
+    log.clear()
+    with pytest.raises(ValueError):
+        jit(guarded)("q")
+    assert log == []
+
+    @ember.op(effectful=True)
+    async def asave(text):
+        log.append(text[:8])
+
+    async def chat(x):
+        a = await ember.amodels("sim", f"Say {x}")
+        await asave(a.text)
+        return (await ember.amodels("sim", f"Next {x}")).text
+
+    log.clear()
+    asyncio.run(jit(chat)("hi"))
+    assert log == [models("sim", "Say hi").text[:8]]

@@ -10,6 +10,8 @@ which are never sent. Model answers are committed to the memo in graph order.
 from __future__ import annotations
 
 import asyncio
+import copy
+import inspect
 import time
 from typing import Any
 
@@ -38,6 +40,40 @@ def node_request(node: Node, prompt: Any, system: Any, n: int | None = None) -> 
                         node.param("n", 1) if n is None else n)
 
 
+class _EffectLeft(Exception):
+    """An effect the graph did not run (a step before it failed): the check run runs it
+    if the Python reaches it."""
+
+
+def _snapshot(values: list[Any]) -> list[Any]:
+    """An effect's arguments as they were before it ran (it may change a list it got):
+    what the check run matches its own call against."""
+    try:
+        return copy.deepcopy(values)
+    except Exception:  # (something deepcopy refuses: compared as it is after the run)
+        return values
+
+
+class _Once:
+    """An async effect's coroutine, awaited once: a check run that starts over awaits
+    its result again, not the effect."""
+
+    def __init__(self, coro: Any) -> None:
+        self._coro: Any = coro
+        self._done: tuple[bool, Any] | None = None
+
+    def __await__(self) -> Any:
+        if self._done is None:
+            try:
+                self._done = (True, (yield from self._coro.__await__()))
+            except Exception as exc:
+                self._done = (False, exc)
+        ok, value = self._done
+        if not ok:
+            raise value
+        return value
+
+
 class _Run:
     def __init__(self, graph: Graph, env: dict[int, Any], memo: Memo | None) -> None:
         self.graph = graph
@@ -64,6 +100,14 @@ class _Run:
                 if isinstance(a, Var) and a.id not in env:
                     self.users.setdefault(a.id, []).append(i)
                     count += 1
+            if node.op == "call" and is_effectful(node):
+                # an effect runs after everything before it, as in eager Python: in
+                # order, and never when an earlier step failed (`_effect_blocked`)
+                for j in range(i):
+                    out = graph.nodes[j].out.id
+                    if out not in env:
+                        self.users.setdefault(out, []).append(i)
+                        count += 1
             self.waiting.append(count)
 
     def start(self) -> None:
@@ -92,16 +136,39 @@ class _Run:
             else:
                 memo = self.memo
                 effect = memo is not None and node.op == "call" and is_effectful(node)
+                if effect and self._effect_blocked(i):
+                    self._finish(node, _EffectLeft(), ready)  # (the check run decides)
+                    continue
                 value = memo.ran_effect(node.param("fn"), values, self.run) if effect \
                     else MISSING  # type: ignore[union-attr]
                 if value is MISSING:
+                    before = _snapshot(values) if effect else values
                     try:
                         value = impl(node, *values)
                     except Exception as exc:
                         value = exc
+                    if effect and inspect.iscoroutine(value):  # an async effect
+                        value = _Once(value)
                     if effect:
-                        memo.put_effect(node.param("fn"), values, value, self.run)  # type: ignore[union-attr]
+                        memo.put_effect(node.param("fn"), before, value, self.run)  # type: ignore[union-attr]
                 self._finish(node, value, ready)
+
+    def _effect_blocked(self, i: int) -> bool:
+        """Is effect ``i`` the check run's to run? The check run is eager Python, so it
+        runs an effect in order, once, and only when the Python gets there; the graph
+        runs one only when a later call needs its result. Not even then when a step
+        before it failed (eager Python may never reach it, or reach it through an except
+        clause) or when it takes a list or dict (the graph would hand it a copy, and
+        changes it makes to the caller's own, an append to a history, would be lost)."""
+        env, nodes = self.env, self.graph.nodes
+        out = nodes[i].out.id  # (a log line, a save: no later node takes its result)
+        if not any(a.id == out for n in nodes[i + 1:] for a in n.inputs if a.__class__ is Var):
+            return True
+        if any(isinstance(env.get(n.out.id), BaseException) for n in nodes[:i]):
+            return True
+        made = {a.id for a in nodes[i].inputs if isinstance(a, Var)}
+        return any(n.op == "pack" and n.param("kind") != "tuple" and n.out.id in made
+                   for n in nodes[:i])
 
     def _finish(self, node: Node, value: Any, ready: list[int]) -> None:
         self.env[node.out.id] = value
