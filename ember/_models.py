@@ -234,14 +234,21 @@ class CheckRun:
         errors) in the memo in call order. Returns their memo slots."""
         import asyncio
 
-        fetches = [r._thunk for r in self.pending if isinstance(r._thunk, _Fetch)]
+        fetches: list[_Fetch] = []
+        for r in self.pending:
+            f = r._thunk.fetch if isinstance(r._thunk, _Pick) else r._thunk
+            if isinstance(f, _Fetch) and all(f is not g for g in fetches):
+                fetches.append(f)
         self.pending = []
         results = await asyncio.gather(*(f.fetch() for f in fetches), return_exceptions=True)
         slots = []
         for f, result in zip(fetches, results, strict=True):
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result  # (a cancellation)
-            slots.append(self.memo.put(f.request, result, f.det, f.again))
+            one = f.request if f.request.n == 1 else f.request.with_n(1)
+            answers = f.results if f.results is not None else [result] * f.request.n
+            for answer in answers:  # (each sample in its slot: the memo keys by n=1)
+                slots.append(self.memo.put(one, answer, f.det, f.again))
         return slots
 
     def call(self, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
@@ -250,7 +257,8 @@ class CheckRun:
         request = build_request(provider, name, prompt, params)
         det = request.deterministic(inst.default_temperature)
         single = request if request.n == 1 else request.with_n(1)
-        out = []
+        out: list[Any] = []
+        missed: list[int] = []  # samples of an n > 1 call the memo cannot answer
         for _ in range(request.n):
             occ = self.occurrences.get(single.key, 0)
             if not det:
@@ -270,6 +278,10 @@ class CheckRun:
                     seen[:] = [seen[0] + 1, isinstance(value, BaseException)]
             if value is MISSING:
                 self.first_miss = self.first_miss or loc
+                if request.n > 1:  # (fetched together below: one request, as eager)
+                    missed.append(len(out))
+                    out.append(None)
+                    continue
                 value = Response.pending(_Fetch(single, loc, det, self, again))
                 self.pending.append(value)
             elif isinstance(value, BaseException):
@@ -277,6 +289,11 @@ class CheckRun:
                     value.where(request.model_id, loc)
                 raise value
             out.append(value)
+        if missed:  # one request with n = the samples missed (k singles lost the seed's
+            fetch = _Fetch(single.with_n(len(missed)), loc, det, self)  # k choices)
+            for j, k in enumerate(missed):
+                out[k] = Response.pending(_Pick(fetch, j))
+                self.pending.append(out[k])
         return out if request.n > 1 else out[0]
 
 
@@ -288,21 +305,24 @@ class NeedAnswers(BaseException):
 class _Fetch:
     """A deferred request: sent when a pending response is first read."""
 
-    __slots__ = ("request", "loc", "det", "check", "result", "error", "options", "again")
+    __slots__ = ("request", "loc", "det", "check", "result", "results", "error", "options",
+                 "again")
 
     def __init__(self, request: Request, loc: str | None, det: bool, check: CheckRun,
                  again: int | None = None) -> None:
         self.request, self.loc, self.det, self.check = request, loc, det, check
         self.again = again  # the repeat of a failed deterministic request it answers
         self.result: Response | None = None
+        self.results: list[Response] | None = None  # all n answers
         self.error: Exception | None = None
         self.options = current_options()  # the retry / timeout scope of the call site
 
     async def fetch(self) -> Response:
         if self.result is None and self.error is None:
             try:
-                self.result = (await send(self.request, options=self.options,
-                                          location=self.loc))[0]
+                self.results = await send(self.request, options=self.options,
+                                          location=self.loc)
+                self.result = self.results[0]
             except Exception as exc:  # (kept: raised again wherever the answer is read)
                 self.error = exc
         if self.error is not None:
@@ -327,6 +347,19 @@ class _Fetch:
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]
+
+
+class _Pick:
+    """The j-th answer of a pending n > 1 request."""
+
+    __slots__ = ("fetch", "j")
+
+    def __init__(self, fetch: _Fetch, j: int) -> None:
+        self.fetch, self.j = fetch, j
+
+    def __call__(self) -> Response:
+        self.fetch()  # (sent where first read, with every other pending request)
+        return self.fetch.results[self.j]  # type: ignore[index]
 
 
 check_var: ContextVar[CheckRun | None] = ContextVar("ember_check", default=None)

@@ -9,6 +9,8 @@ import re
 
 import pytest
 
+from servers import openai_server  # noqa: F401
+
 import ember
 from ember import jit, models
 from ember.backends.record import recording
@@ -1193,3 +1195,24 @@ def test_effects_run_as_eagerly_in_order_once_and_never_past_a_failure():
     log.clear()
     asyncio.run(jit(chat)("hi"))
     assert log == [models("sim", "Say hi").text[:8]]
+
+
+def test_an_n_call_the_check_run_makes_is_one_request_with_its_n_choices(openai_server):
+    """When planning stops before an n=k call (here, after a caught refusal), the check
+    run sent k single requests: k times eager's cost, and a seeded call got its first
+    choice k times."""
+    openai_server.hook = lambda rec: "bad_request" if "Check:" in rec.raw.decode() else None
+    m = "openai/gpt-4o-mini"
+
+    def titles(x, **params):
+        try:
+            note = models(m, f"Check: {x}", temperature=0).text
+        except ember.BadRequestError:
+            note = "unchecked"
+        return [r.text for r in models(m, f"Titles for {x} ({note})", n=3, **params)]
+
+    for params in ({}, {"temperature": 0.9, "seed": 7}):
+        eager = titles("a", **params)
+        openai_server.requests.clear()
+        assert jit(titles)("a", **params) == eager and len(set(eager)) == 3
+        assert [r.body.get("n") for r in openai_server.requests] == [None, 3]
