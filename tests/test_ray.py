@@ -152,6 +152,11 @@ def test_use_block_runs_vmaps_and_admits_driver_calls_on_the_cluster(cluster, se
         assert ember.models(MODEL, "driver").text == "echo: driver"  # admitted remotely
         local = ember.vmap(ask, backend="local")(["x"])
     assert limiter.delegate is None
+    # after the block, the provider's headers go to the local limiter again (the
+    # block's hook sent them to its dead cluster limiter, which started a new Ray)
+    ember.models(MODEL, "after the block")
+    providers.get("openai").on_headers({"x-ratelimit-limit-requests": "77"})
+    assert limiter.limits("openai").rpm == 77
     assert [text for text, _ in out] == ["echo: async a", "echo: async b", "echo: async c"]
     assert all(pid != os.getpid() for _, pid in out)
     assert local == ["echo: ask x"]
@@ -392,3 +397,24 @@ def test_import_ember_does_not_import_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def pages(x: str) -> str:
+    if x == "end":
+        raise StopIteration("no more pages")
+    if x == "exit":
+        raise SystemExit(3)
+    return ask(x)
+
+
+def test_a_ray_map_reports_to_its_caller_and_keeps_exception_types(cluster, serve):
+    """last_run showed an earlier local map's report; StopIteration and sys.exit() came
+    back as Ember's internal wrapper."""
+    serve()
+    mapped = ember.vmap(pages, backend=cluster, return_exceptions=True)
+    ember.vmap(pages, backend="local")(["a"])
+    out = mapped(["a", "b", "end"])
+    assert out[:2] == ["echo: ask a", "echo: ask b"] and type(out[2]) is StopIteration
+    assert mapped.last_run.requests == 2
+    with pytest.raises(SystemExit):
+        mapped(["a", "exit"])

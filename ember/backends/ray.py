@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 from .. import errors, providers
-from .._drivers import drive_async, drive_on_loop
+from .._drivers import Raised, drive_async, drive_on_loop
 from .._jit import Jitted
 from .._report import RunReport
 from .._runtime import run_async, run_sync
@@ -158,8 +158,9 @@ class RemoteAdmission:
         self.flushing = False
 
     async def acquire(self, provider: Any, tokens: float, priority: float = 0.0) -> Ticket:
-        if getattr(provider, "on_headers", None) is None:
-            provider.on_headers = lambda headers, p=provider: self.observe(p, headers)
+        if getattr(provider, "on_headers", None) is None:  # (through the limiter: to
+            # whoever admits requests then; this delegate's hook outlived its block)
+            provider.on_headers = lambda headers, p=provider: limiter.observe(p, headers)
         ref = self.handle.acquire.remote(self.owner, provider.name, tokens, priority)
         try:
             tid, waited = await ref
@@ -266,6 +267,8 @@ async def run_element(jitted: Jitted, args: tuple, kwargs: dict) -> tuple[bool, 
         else:
             value = await run_async(drive_on_loop(jitted._program(args, kwargs)))
         ok = True
+    except Raised as carried:  # (StopIteration, sys.exit(): their own type, as locally)
+        ok, value = False, _portable_error(carried.exc)
     except Exception as exc:
         ok, value = False, _portable_error(exc)
     finally:
@@ -465,13 +468,23 @@ class Cluster:
     # -- running a vmap
     def map(self, mapped: Any, elements: list[tuple], kwargs: dict) -> list[Any]:
         self.start()
-        results, errs = run_sync(self._map(mapped, elements, kwargs))
-        return mapped._finish(results, errs)
+        report: list[RunReport] = []  # (made on Ember's loop; set here, for this caller)
+        try:
+            results, errs = run_sync(self._map(mapped, elements, kwargs, report))
+        finally:
+            if report:
+                mapped.last_run = report[0]
+        return mapped._finish(results, _fatal(errs))
 
     async def amap(self, mapped: Any, elements: list[tuple], kwargs: dict) -> list[Any]:
         self.start()
-        results, errs = await run_async(self._map(mapped, elements, kwargs))
-        return mapped._finish(results, errs)
+        report: list[RunReport] = []
+        try:
+            results, errs = await run_async(self._map(mapped, elements, kwargs, report))
+        finally:
+            if report:
+                mapped.last_run = report[0]
+        return mapped._finish(results, _fatal(errs))
 
     async def _element(self, map_id: str, box: list, args: tuple, settings: dict
                        ) -> tuple[bool, Any, list]:
@@ -495,8 +508,8 @@ class Cluster:
             return ok, value if ok else _unpack_error(value), calls
         return False, error, []
 
-    async def _map(self, mapped: Any, elements: list[tuple], kwargs: dict
-                   ) -> tuple[list[Any], dict[int, BaseException]]:
+    async def _map(self, mapped: Any, elements: list[tuple], kwargs: dict,
+                   report: list[RunReport]) -> tuple[list[Any], dict[int, BaseException]]:
         from .._vmap import _Progress
 
         ray = _ray()
@@ -533,10 +546,18 @@ class Cluster:
         try:
             await asyncio.gather(*(one(i) for i in range(n)))
         finally:
-            mapped.last_run = RunReport(rec.calls, time.perf_counter() - start,
-                                        label=f"vmap({mapped.name})")
+            report.append(RunReport(rec.calls, time.perf_counter() - start,
+                                    label=f"vmap({mapped.name})"))
         bar.update(n - len(errs), len(errs), 0, final=True)
         return results, errs
+
+
+def _fatal(errs: dict[int, BaseException]) -> dict[int, BaseException]:
+    """An element's sys.exit() or Ctrl-C is the map's, as locally: raised."""
+    for exc in errs.values():
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise exc
+    return errs
 
 
 # ---- selecting the backend ----------------------------------------------------------------
