@@ -114,21 +114,21 @@ def _unfreeze(value: Any) -> Any:
 def _normalize_format(fmt: Any) -> Any:
     """response_format: "json" | a JSON schema dict | a pydantic model class, or OpenAI's
     own forms ({"type": "text" | "json_object" | "json_schema", ...}). A schema becomes
-    ("schema", name, schema JSON, strict)."""
+    ("schema", name, schema JSON, strict), its keys in the order given: a model writes
+    the fields in that order ("reasoning" before "answer" is part of the prompt)."""
     if fmt is None or fmt == "text" or fmt == {"type": "text"}:
         return None
     if fmt == "json" or fmt == {"type": "json_object"}:
         return "json"
     if isinstance(fmt, type) and hasattr(fmt, "model_json_schema"):
-        return ("schema", fmt.__name__, json.dumps(fmt.model_json_schema(), sort_keys=True),
-                False)
+        return ("schema", fmt.__name__, json.dumps(fmt.model_json_schema()), False)
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_schema" and isinstance(fmt.get("json_schema"), dict):
             inner = fmt["json_schema"]
             return ("schema", inner.get("name", "response"),
-                    json.dumps(inner.get("schema", {}), sort_keys=True),
+                    json.dumps(inner.get("schema", {})),
                     bool(inner.get("strict", False)))
-        return ("schema", fmt.get("title", "response"), json.dumps(fmt, sort_keys=True), False)
+        return ("schema", fmt.get("title", "response"), json.dumps(fmt), False)
     raise ConfigurationError(
         "response_format must be 'json', a JSON schema dict, or a pydantic model class; "
         f"got {fmt!r}."

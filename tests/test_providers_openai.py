@@ -108,6 +108,13 @@ def test_response_format_json_schema(openai_server):
     sent = openai_server.requests[0].body["response_format"]
     assert sent == {"type": "json_schema",
                     "json_schema": {"name": "my_answer_", "schema": schema, "strict": False}}
+    # the fields keep their order: the model writes them so (they were sorted by name)
+    ordered = {"type": "object", "properties": {"reasoning": {"type": "string"},
+                                                "answer": {"type": "integer"}}}
+    complete(OpenAIProvider(), req(response_format=ordered))
+    sent = openai_server.requests[1].body["response_format"]["json_schema"]["schema"]
+    assert list(sent) == ["type", "properties"]
+    assert list(sent["properties"]) == ["reasoning", "answer"]
 
 
 def test_finish_reasons_from_stop_and_max_tokens(openai_server):
