@@ -187,9 +187,15 @@ def parse_json(text: str) -> Any:
     for candidate in candidates:
         try:
             return json.loads(candidate)
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: "[[[[..." thousands deep)
             pass
     found = _first_balanced(text)
+    if found is _CUT:
+        raise ParseError(
+            "The model's answer is not JSON: it ends inside a value it opened (cut off by "
+            "max_tokens, when its finish_reason is 'length'). Raise max_tokens, ask for "
+            "JSON with `response_format=\"json\"` (or a schema), or wrap the function in "
+            f"`ember.retry` to sample again.\nText was: {_shorten(text)}", text)
     if found is not _MISSING:
         return found
     raise ParseError(
@@ -200,13 +206,48 @@ def parse_json(text: str) -> Any:
     )
 
 
+_CUT = object()  # the text ends inside the first JSON value it opens
+
+
+def _unclosed(text: str, start: int) -> bool:
+    """Does the bracket opened at ``start`` stay open to the end of ``text`` (strings
+    skipped)?"""
+    depth, in_string, escaped = 0, False, False
+    for ch in text[start:]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return False
+    return True
+_TRIES = 256  # openers tried (each failed try costs a scan: brace-heavy prose was slow)
+
+
 def _first_balanced(text: str) -> Any:
+    """The first balanced JSON object or array in ``text`` (not one nested inside an
+    earlier value the text never closes: that is `_CUT`, a fragment is no answer)."""
     decoder = json.JSONDecoder()
+    tries = 0
     for i, ch in enumerate(text):
         if ch in "{[":
+            tries += 1
+            if tries > _TRIES:
+                break
             try:
                 value, _ = decoder.raw_decode(text, i)
-            except ValueError:
+            except (ValueError, RecursionError):
+                if tries == 1 and _unclosed(text, i):  # all that follows is inside it
+                    return _CUT
                 continue
             if isinstance(value, list) and value and all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):

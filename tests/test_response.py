@@ -215,3 +215,22 @@ def test_json_with_pydantic_schema_mismatch_is_a_parse_error():
 def test_json_with_schema_on_prose_is_a_parse_error():
     with pytest.raises(ParseError, match="not JSON"):
         make("no json here").json(schema=Verdict)
+
+
+def test_json_cut_off_by_max_tokens_is_a_parse_error_not_a_fragment():
+    """An answer max_tokens cut inside its JSON returned the first complete inner object
+    ({'name': 'item 0'} of a list of five), wrong data and no error."""
+    from ember._response import parse_json
+
+    cut = '{"items": [{"name": "item 0", "price": 0}, {"name": "item 1", "price": 10}, {"na'
+    with pytest.raises(ember.ParseError, match="ends inside a value it opened"):
+        parse_json(cut)
+    assert parse_json('See {note} below: {"ok": true}') == {"ok": True}  # (a stray brace)
+
+
+def test_degenerate_brackets_are_a_parse_error():
+    from ember._response import parse_json
+
+    for text in ("[" * 5000, "x {" * 20000):  # (RecursionError; a scan per brace)
+        with pytest.raises(ember.ParseError):
+            parse_json(text)
