@@ -84,7 +84,7 @@ def test_response_format_schema_is_in_the_instruction(anthropic_server):
     complete(AnthropicProvider(), req(system="be brief", response_format=schema))
     system = anthropic_server.requests[0].body["system"]
     assert system.startswith("be brief\n\nRespond with only one valid JSON value")
-    assert "'Answer'" in system and json.dumps(schema, sort_keys=True) in system
+    assert "'Answer'" in system and json.dumps(schema) in system  # (in its own order)
 
 
 def test_n_samples_are_concurrent_requests(anthropic_server):
