@@ -146,9 +146,9 @@ def _record(state: Any, model: Any, prompt: Any, params: dict[str, Any]) -> Any:
         call = _resolve(state, model, params, key)
     n = call.n
     if isinstance(prompt, str):
-        if "\x02" in prompt and prompt.count("\x02") != prompt.count(state._mark_open) \
-                or "\\u0002" in prompt:
-            _refuse_mangled(state, prompt, loc)
+        if prompt.__class__ is str and ("\x02" in prompt and prompt.count("\x02") !=
+                                         prompt.count(state._mark_open) or "\\u0002" in prompt):
+            _refuse_mangled(state, prompt, loc)  # (an answer's own text, MarkedText, is not)
         p_atom = state.atomize(prompt, loc)
     else:
         p_atom = _prompt_atom(state, prompt, loc)

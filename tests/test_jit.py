@@ -1216,3 +1216,21 @@ def test_an_n_call_the_check_run_makes_is_one_request_with_its_n_choices(openai_
         openai_server.requests.clear()
         assert jit(titles)("a", **params) == eager and len(set(eager)) == 3
         assert [r.body.get("n") for r in openai_server.requests] == [None, 3]
+
+
+def test_len_of_text_built_by_concatenating_an_answer_is_a_break():
+    """`"Notes:" + " " + answer.text` was a plain str holding the placeholder: len() of
+    it read the placeholder's length, and a loop growing notes to a length planned calls
+    eager never makes (34 requests for 20)."""
+    def grow(x, limit):
+        notes = "Notes:"
+        while len(notes) < limit:
+            notes = notes + " " + models("sim", f"Continue: {notes} {x}").text[:30]
+        return notes
+
+    for limit in (60, 200):
+        sim.reset_stats()
+        eager = grow("a", limit)
+        calls = sim.stats().requests
+        sim.reset_stats()
+        assert jit(grow)("a", limit) == eager and sim.stats().requests == calls

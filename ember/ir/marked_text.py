@@ -94,6 +94,26 @@ class MarkedText(str):
             var = state._text_atom(var, None)
         return _t._mark(_t.TracedStr(state, var), REPR_SPEC)
 
+    # concatenation stays traced text: `"Notes: " + text` was a plain str holding the
+    # marker, so len() of it read the marker's length (a loop planned the wrong count)
+    def __add__(self, other: Any) -> Any:
+        if not isinstance(other, str):
+            return NotImplemented
+        return self._joined(str.__str__(self) + other)
+
+    def __radd__(self, other: Any) -> Any:
+        if not isinstance(other, str):
+            return NotImplemented
+        return self._joined(other + str.__str__(self))
+
+    def _joined(self, text: str) -> str:
+        state = _t._current()
+        if state is None or marked_var(state, self) is None:  # kept past its trace
+            return text
+        atom = state.atomize(text, user_location(3))
+        return MarkedText(_t._mark(_t.TracedStr(state, atom), "")) if isinstance(atom, Var) \
+            else text
+
     def __bool__(self) -> bool:  # (not a break: `text or "-"` in a list of calls would
         return True  # run them one by one; an empty answer is caught by the check run)
 
