@@ -348,8 +348,7 @@ class Jitted:
             unplanned = unplanned or check.blocked_at
             run_info.unplanned_seconds += check.fetch_seconds
         if holds_stale(result):
-            raise stale_placeholder(f"in what {getattr(self.fn, '__qualname__', 'it')} "
-                                    "returned")
+            raise stale_placeholder(f"in what {getattr(self.fn, '__qualname__', 'it')} returned")
         pending = _pending_leaves(result, [])
         if pending:  # answers returned unread that the plan did not make: it missed them
             unplanned = unplanned or check.first_miss or "?"
