@@ -418,3 +418,15 @@ def test_a_ray_map_reports_to_its_caller_and_keeps_exception_types(cluster, serv
     assert mapped.last_run.requests == 2
     with pytest.raises(SystemExit):
         mapped(["a", "exit"])
+
+
+def test_a_use_block_sends_the_caps_before_the_drivers_own_calls(cluster, serve):
+    """The cluster's limiter admits the driver's calls in a block, but got the caps set
+    with configure_limits only when a map ran: the driver's first calls went uncapped."""
+    serve()
+    ember.configure_limits("openai", concurrency=1)
+    try:
+        with ember_ray.use(cluster):
+            assert cluster.limits("openai").concurrency == 1
+    finally:
+        ember.configure_limits("openai", concurrency=64)

@@ -596,6 +596,9 @@ def use(cluster: Cluster | None = None, /, *, address: str | None = None,
     cluster = (Cluster(address, actors=actors, env=env, **init) if owned else cluster).start()
     token = backend_var.set(cluster)
     saved = limiter.delegate
+    # the cluster's limiter admits this process's own calls too: with its caps (a map
+    # sends them; a block whose first calls were the driver's ran them uncapped)
+    run_sync(cluster._configure(cluster._settings()))
     limiter.delegate = RemoteAdmission(cluster.limiter, "driver")
     try:
         yield cluster
