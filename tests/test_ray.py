@@ -26,6 +26,7 @@ import ember  # noqa: E402
 from ember import providers  # noqa: E402
 from ember._runtime import run_sync  # noqa: E402
 from ember.backends import ray as ember_ray  # noqa: E402
+from ember.backends import ray_wire as ember_ray_wire  # noqa: E402
 from ember.backends.limits import configure_limits, limiter  # noqa: E402
 from ember.errors import ConfigurationError, MissingAPIKeyError, RateLimitError  # noqa: E402
 
@@ -278,7 +279,7 @@ def test_worker_and_limiter_bodies_in_process(fault_server):
         (ok, value, calls), (bad, err, _) = run_sync(main())
         assert ok and value == "echo: then echo: first x" and len(calls) == 2
         assert calls[0].start > 1e9  # wall-clock time, for the driver to shift back
-        assert not bad and type(ember_ray._unpack_error(err)) is ValueError
+        assert not bad and type(ember_ray_wire.unpack_error(err)) is ValueError
         assert run_sync(core.limits("openai")).rpm == 600  # learned from the headers
         assert run_sync(core.limits("openai")).concurrency == 2
         assert not core.tickets
@@ -322,7 +323,7 @@ def test_limiter_core_learns_429s_and_frees_dead_actors_slots(fault_server):
 
 
 def test_errors_travel_and_settings_are_sent(monkeypatch, cluster):
-    err = ember_ray._unpack_error(ember_ray._portable_error(MissingAPIKeyError("openai", "K")))
+    err = ember_ray_wire.unpack_error(ember_ray_wire.portable_error(MissingAPIKeyError("openai", "K")))
     assert type(err) is MissingAPIKeyError and "K" in str(err)
 
     class Odd(Exception):
@@ -330,10 +331,10 @@ def test_errors_travel_and_settings_are_sent(monkeypatch, cluster):
             super().__init__("odd")
             self.lock = threading.Lock()  # not picklable
 
-    fallback = ember_ray._unpack_error(ember_ray._portable_error(Odd()))
+    fallback = ember_ray_wire.unpack_error(ember_ray_wire.portable_error(Odd()))
     assert type(fallback) is ember.EmberError and "Odd: odd" in str(fallback)
-    assert ember_ray._failure(None) is None and ember_ray._as_error(None) is None
-    assert type(ember_ray._as_error(("KeyError", None, None, {}))).__name__ == "ProviderError"
+    assert ember_ray_wire.failure(None) is None and ember_ray_wire.as_error(None) is None
+    assert type(ember_ray_wire.as_error(("KeyError", None, None, {}))).__name__ == "ProviderError"
 
     monkeypatch.setenv("EMBER_RAY_TEST", "1")
     c = ember_ray.Cluster(env={"A": "b"})
@@ -355,7 +356,7 @@ def test_errors_travel_and_settings_are_sent(monkeypatch, cluster):
     providers.register("locked", unpicklable)
     sent = ember_ray.Cluster()._settings()["providers"]
     assert list(sent) == ["mine"]
-    ember_ray._apply({"env": {}, "providers": {"other": sent["mine"]}, "limits": {}})
+    ember_ray_wire.apply_settings({"env": {}, "providers": {"other": sent["mine"]}, "limits": {}})
     assert providers._custom["other"] is sent["mine"]
 
 

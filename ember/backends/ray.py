@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copyreg
-import importlib
 import inspect
 import itertools
 import logging
 import os
-import sys
 import time
 import uuid
-from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from .. import errors, providers
@@ -42,7 +38,9 @@ from .._report import RunReport
 from .._runtime import run_async, run_sync
 from . import limits
 from .limits import Limiter, Ticket, limiter
-from .record import CallRecord, Recorder, recorder_var
+from .ray_wire import (apply_settings, as_error, clock_offset, failure, portable_error,
+                       shifted, unpack_error)
+from .record import Recorder, recorder_var
 
 __all__ = ["Cluster", "use", "resolve", "RemoteAdmission"]
 
@@ -60,89 +58,6 @@ def _ray() -> Any:
     except ImportError:
         raise errors.ConfigurationError(INSTALL_HINT) from None
     return ray
-
-
-# ---- what crosses process boundaries ------------------------------------------------
-def _pack_error(exc: BaseException) -> tuple:
-    """An exception as (class, args, attributes): survives pickling even when the
-    class's __init__ takes other arguments than its args."""
-    return type(exc), exc.args, dict(getattr(exc, "__dict__", {}))
-
-
-def _unpack_error(packed: tuple) -> BaseException:
-    cls, args, state = packed
-    exc = cls.__new__(cls)
-    exc.args = args
-    exc.__dict__.update(state)
-    return exc
-
-
-def _portable_error(exc: BaseException) -> tuple:
-    from ray import cloudpickle
-
-    packed = _pack_error(exc)
-    try:
-        cloudpickle.dumps(packed)
-    except Exception:
-        packed = _pack_error(errors.EmberError(f"{type(exc).__name__}: {exc}"))
-    return packed
-
-
-def _contextvar(module: str, attr: str) -> ContextVar:
-    return getattr(importlib.import_module(module), attr)
-
-
-def _reduce_contextvar(var: ContextVar) -> tuple:
-    """Ember's context variables travel by name: a function wrapped by `ember.retry`
-    (say) refers to one, and functions from ``__main__`` are shipped by value."""
-    for name, module in list(sys.modules.items()):
-        if name == "ember" or name.startswith("ember."):
-            for attr, value in list(vars(module).items()):
-                if value is var:
-                    return _contextvar, (name, attr)
-    raise TypeError(f"cannot pickle the context variable {var.name!r}")
-
-
-copyreg.pickle(ContextVar, _reduce_contextvar)
-
-
-def _failure(error: BaseException | None) -> tuple | None:
-    """What the limiter learns from a failed request: no message, no payload."""
-    if error is None:
-        return None
-    return (type(error).__name__, getattr(error, "status", None),
-            getattr(error, "retry_after", None), dict(getattr(error, "headers", None) or {}))
-
-
-def _as_error(failure: tuple | None) -> BaseException | None:
-    if failure is None:
-        return None
-    name, status, retry_after, headers = failure
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, errors.ProviderError)):
-        cls = errors.ProviderError
-    return cls(name, status=status, retry_after=retry_after, headers=headers)
-
-
-def _shifted(calls: list[CallRecord], by: float) -> list[CallRecord]:
-    return [replace(c, start=c.start + by, end=c.end + by) for c in calls]
-
-
-def _clock_offset() -> float:
-    """Wall clock minus this process's monotonic clock: records travel in wall time."""
-    return time.time() - time.monotonic()
-
-
-def _apply(settings: dict) -> None:
-    """Take the driver's settings: forwarded environment, custom providers, limit caps."""
-    os.environ.update(settings["env"])
-    for name, provider in settings["providers"].items():
-        if providers._custom.get(name) is not provider:
-            providers._custom[name] = provider
-            providers._instances.pop(name, None)
-    caps = {name: dict(conf) for name, conf in settings["limits"].items()}
-    limits._user.clear()
-    limits._user.update(caps)
 
 
 # ---- admission through the limiter actor ------------------------------------------------
@@ -176,7 +91,7 @@ class RemoteAdmission:
 
     def release(self, ticket: Ticket, tokens_used: float | None = None,
                 error: BaseException | None = None) -> None:
-        self.releases.append((ticket.state, tokens_used, _failure(error)))
+        self.releases.append((ticket.state, tokens_used, failure(error)))
         self._flush_soon()
 
     def observe(self, provider: Any, headers: dict[str, str]) -> None:
@@ -220,7 +135,7 @@ class LimiterCore:
         return p
 
     async def configure(self, settings: dict) -> None:
-        _apply(settings)
+        apply_settings(settings)
         for name in list(self.limiter._states):
             self.limiter._reconfigure(name)
 
@@ -235,10 +150,10 @@ class LimiterCore:
         """Responses' rate-limit headers (per provider), then finished requests."""
         for name, h in headers.items():
             self.limiter.observe(self._provider(name), h)
-        for tid, tokens_used, failure in releases:
+        for tid, tokens_used, failed in releases:
             item = self.tickets.pop(tid, None)
             if item is not None:
-                self.limiter.release(item[1], tokens_used, _as_error(failure))
+                self.limiter.release(item[1], tokens_used, as_error(failed))
 
     async def forget(self, owner: str) -> int:
         """Free the slots of a dead actor's requests; returns how many."""
@@ -268,12 +183,12 @@ async def run_element(jitted: Jitted, args: tuple, kwargs: dict) -> tuple[bool, 
             value = await run_async(drive_on_loop(jitted._program(args, kwargs)))
         ok = True
     except Raised as carried:  # (StopIteration, sys.exit(): their own type, as locally)
-        ok, value = False, _portable_error(carried.exc)
+        ok, value = False, portable_error(carried.exc)
     except Exception as exc:
-        ok, value = False, _portable_error(exc)
+        ok, value = False, portable_error(exc)
     finally:
         recorder_var.reset(token)
-    return ok, value, _shifted(rec.calls, _clock_offset())
+    return ok, value, shifted(rec.calls, clock_offset())
 
 
 class WorkerCore:
@@ -285,7 +200,7 @@ class WorkerCore:
         limiter.delegate = RemoteAdmission(limiter_handle, name)
 
     async def configure(self, settings: dict) -> str:
-        _apply(settings)
+        apply_settings(settings)
         return self.name
 
     async def run(self, map_id: str, box: list, args: tuple) -> tuple[bool, Any, list]:
@@ -505,7 +420,7 @@ class Cluster:
                 return False, exc, []
             finally:
                 slot.load -= 1
-            return ok, value if ok else _unpack_error(value), calls
+            return ok, value if ok else unpack_error(value), calls
         return False, error, []
 
     async def _map(self, mapped: Any, elements: list[tuple], kwargs: dict,
@@ -524,7 +439,7 @@ class Cluster:
         errs: dict[int, BaseException] = {}
         rec = Recorder()
         sinks = [*recorder_var.get(), rec]
-        back = -_clock_offset()
+        back = -clock_offset()
         bar = _Progress(n, mapped.progress, rec)
         counts = {"done": 0, "active": 0}
 
@@ -533,7 +448,7 @@ class Cluster:
                 counts["active"] += 1
                 ok, value, calls = await self._element(map_id, box, elements[i], settings)
                 counts["active"] -= 1
-            calls = _shifted(calls, back)
+            calls = shifted(calls, back)
             for sink in sinks:
                 sink.calls.extend(calls)
             results[i] = value
