@@ -46,8 +46,7 @@ def op(fn: Callable | None = None, *, effectful: bool = False) -> Any:
                         done = exc
                     if inspect.iscoroutine(done):  # (awaited once, however often read)
                         done = _Once(done)
-                    check.memo.put_effect(fn, before, done, -1)
-                    check.memo.take_effect(fn, before, check)
+                    check.memo.put_effect(fn, before, done, -1, taker=check)
                 if isinstance(done, BaseException):
                     raise done
                 return done

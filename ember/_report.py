@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from .backends.record import CallRecord, Recorder, recorder_var
+from .backends.record import NOT_FAILURES, CallRecord, Recorder, recorder_var
 
 __all__ = ["RunReport", "record", "Run"]
 
@@ -74,7 +74,7 @@ class RunReport:
     def failures(self) -> int:
         """Calls that failed for good (not those their caller cancelled in flight, nor a
         batch round trip one prompt failed, whose prompts then went one by one)."""
-        return sum(1 for c in self.calls if c.error and c.error not in ("cancelled", "resent"))
+        return sum(1 for c in self.calls if c.error and c.error not in NOT_FAILURES)
 
     @property
     def retries(self) -> int:

@@ -26,7 +26,7 @@ from ..errors import (BadRequestError, ContextLengthError, EmberError,
 from ..providers.prices import context_window, cost_of
 from .limits import limiter
 from .policy import CallOptions, RetryPolicy, binding_regions, current_options, deadline_of
-from .record import CallRecord, record
+from .record import CANCELLED, RESENT, CallRecord, record
 
 __all__ = ["send", "send_batch", "send_as_batch", "estimate_prompt_tokens", "describe_error",
            "gather_all"]
@@ -71,10 +71,6 @@ def describe_error(exc: BaseException) -> str:
     if after is not None:
         text += f", retry after {after:.2f}s"
     return text
-
-
-CANCELLED = "cancelled"  # a CallRecord's error when its caller cancelled it in flight
-RESENT = "resent"  # ... when a batch a prompt refused failed and went prompt by prompt
 
 
 def _deadline_error(request_label: str, sent: bool = True) -> TimeoutError:

@@ -41,8 +41,8 @@ def node_request(node: Node, prompt: Any, system: Any, n: int | None = None) -> 
 
 
 class _EffectLeft(Exception):
-    """An effect the graph did not run (a step before it failed): the check run runs it
-    if the Python reaches it."""
+    """An effect the graph left to the check run (see `_Run._effect_blocked`), which runs
+    it if the Python reaches it."""
 
 
 def _snapshot(values: list[Any]) -> list[Any]:

@@ -26,7 +26,7 @@ class Memo:
     def __init__(self) -> None:
         self.det: dict[str, Any] = {}
         self.sampled: dict[str, list[Any]] = {}
-        self.again: dict[tuple[str, int], Any] = {}  # (key, i): the i-th repeat of a failure
+        self.again: dict[tuple[str, int], Any] = {}  # (key, i): its i-th answer after det
         self.hits = 0
         self.used: set[tuple[str, int]] = set()
         # [fn, argument values, result, taken by the check run, the graph run that ran
@@ -98,9 +98,11 @@ class Memo:
         samples = self.sampled.get(request.key, ())
         return samples[occurrence] if occurrence < len(samples) else MISSING
 
-    def put_effect(self, fn: Any, values: list[Any], result: Any, run: int = 0) -> None:
-        """An effectful `ember.op` the graph ran, so the check run does not run it again."""
-        self.effects.append([fn, values, result, False, run, run])
+    def put_effect(self, fn: Any, values: list[Any], result: Any, run: int = 0,
+                   taker: Any = False) -> None:
+        """An effectful `ember.op` that ran (in graph run ``run``, or in the check run
+        ``taker``, which has it then), so no run of this call runs it again."""
+        self.effects.append([fn, values, result, taker, run, run])
 
     def ran_effect(self, fn: Any, values: list[Any], run: int) -> Any:
         """The result of ``fn`` on equal arguments run by an earlier graph run of this

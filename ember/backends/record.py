@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 __all__ = ["CallRecord", "Recorder", "recorder_var", "record", "recording"]
 
 
+CANCELLED = "cancelled"  # a CallRecord's error when its caller cancelled it in flight
+RESENT = "resent"  # ... when a batch a prompt refused failed and went prompt by prompt
+NOT_FAILURES = (CANCELLED, RESENT)  # errors that are no failure of the call
+
+
 @dataclass(slots=True)
 class CallRecord:
     model: str
