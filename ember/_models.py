@@ -199,13 +199,26 @@ def _prompt_atom(state: Any, prompt: Any, loc: str | None) -> Any:
         for m in prompt:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
                 raise StopTrace("malformed messages")  # the check run raises the real error
-            roles.append(str(m["role"]))
+            roles.append(_role(state, m["role"]))
             _refuse_mangled(state, m["content"], loc)
             atoms.append(state.atomize(m["content"], loc))
         if all(isinstance(a, Lit) for a in atoms):
             return Lit(tuple((r, a.value) for r, a in zip(roles, atoms, strict=True)))
         return state.add("pack", atoms, {"kind": "messages", "keys": tuple(roles)}, None, loc)
     return state.atomize(prompt, loc)
+
+
+def _role(state: Any, role: Any) -> str:
+    """A message's role, which the graph keeps as a constant: a traced one is read (the
+    graph then depends on it), never frozen in as its placeholder."""
+    if role.__class__ is MarkedText:  # an answer's text
+        return role._decide("a message role from", str)
+    if hasattr(role, "_var"):  # a traced argument or answer
+        role = state.need(role, "a message role from a traced value")
+    text = str(role)
+    if "\x02" in text:  # built from a traced value by formatting (f"{x}"): plan no further
+        raise StopTrace("a message role built from a traced value")
+    return text
 
 
 # ---- inside a check run ------------------------------------------------------------------

@@ -1234,3 +1234,37 @@ def test_len_of_text_built_by_concatenating_an_answer_is_a_break():
         calls = sim.stats().requests
         sim.reset_stats()
         assert jit(grow)("a", limit) == eager and sim.stats().requests == calls
+
+
+def test_message_roles_from_an_argument_are_sent_as_their_values(openai_server):
+    """A chat history passed in: its roles were traced strings, frozen into the graph as
+    placeholders, so the plan sent a request with roles like '\\x02eE...' (a 400 from a
+    real server) before the check run sent the real one: 2 requests where eager made 1."""
+    m = "openai/gpt-4o-mini"
+
+    def ask(messages):
+        return models(m, messages, temperature=0).text
+
+    chat = [{"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Will it rain?"},
+            {"role": "assistant", "content": "No."},
+            {"role": "user", "content": "Sure?"}]
+    fast = jit(ask)
+    for turn in (chat, chat[:2], chat):  # the history's length changes the graph
+        openai_server.requests.clear()
+        answer = fast(turn)
+        roles = [[msg["role"] for msg in r.body["messages"]] for r in openai_server.requests]
+        assert roles == [[msg["role"] for msg in turn]]  # one request, as eager
+        assert answer == ask(turn)
+    assert "message role" in str(ember.inspect(ask, chat))  # a break inspect names
+
+
+def test_a_message_role_from_an_answer_is_a_break():
+    def ask(x):
+        role = models("sim", f"Pick a role for {x}", temperature=0).text
+        return models("sim", [{"role": role, "content": x}]).text
+
+    eager = ask("a")
+    sim.reset_stats()
+    assert jit(ask)("a") == eager
+    assert sim.stats().requests == 2
