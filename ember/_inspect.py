@@ -205,7 +205,7 @@ def _inspect_map(mapped: Any, args: tuple, kwargs: dict) -> InspectReport:
     """``inspect(vmap(f), xs)``: the first element's graphs, then the batched graph and
     the whole map's estimate (what is hoisted is counted once)."""
     from ._vmap import _axes, _leaf_mask, _split
-    from .passes.vmap import batch_graph, check_batched, map_estimate
+    from .passes.vmap import batch_graph, check_batched, map_estimate, split_hoistable
 
     elements = _split(args, mapped.in_axes, mapped.name)
     if not elements:
@@ -215,9 +215,10 @@ def _inspect_map(mapped: Any, args: tuple, kwargs: dict) -> InspectReport:
     report.name = f"vmap({report.name})"
     mask = _leaf_mask(elements[0], _axes(args, mapped.in_axes), kwargs)
     if report.complete and len(mask) == len(report.graph.inputs):
+        graph = report.graph if report.guarded else split_hoistable(report.graph, mask)
         if not report.guarded:  # (else nothing is hoisted: each element plans its own)
-            report.batched = check_batched(batch_graph(report.graph, mask, len(elements))[0])
-        report.map_estimate = map_estimate(report.graph, mask, len(elements),
+            report.batched = check_batched(batch_graph(graph, mask, len(elements))[0])
+        report.map_estimate = map_estimate(graph, mask, len(elements),
                                            mapped.batch_size, hoist=not report.guarded,
                                            elements=[_leaves_of(e, kwargs) for e in elements])
     return report

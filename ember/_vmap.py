@@ -32,7 +32,7 @@ from .backends.record import Recorder, recorder_var
 from .errors import BatchError, TraceError
 from .ir.graph import Graph
 from .ir.trace import current_trace
-from .passes.vmap import hoisted_nodes
+from .passes.vmap import hoisted_nodes, split_hoistable
 
 __all__ = ["vmap", "Mapped"]
 
@@ -94,8 +94,11 @@ class _Hoisted:
     with their values known, and its check run reads their answers from its memo."""
 
     def __init__(self, graph: Graph, mask: list[bool]) -> None:
+        fits = len(mask) == len(graph.inputs)
+        if fits:  # (a batch of hoistable and per-element calls: split, see the pass)
+            graph = split_hoistable(graph, mask)
         self.graph, self.mask = graph, mask
-        keep = hoisted_nodes(graph, mask) if len(mask) == len(graph.inputs) else []
+        keep = hoisted_nodes(graph, mask) if fits else []
         nodes = [graph.nodes[i] for i in keep]
         self.calls = sum(1 for n in nodes if n.op.startswith("llm"))
         self.sub = Graph(list(graph.inputs), nodes, [n.out for n in nodes])

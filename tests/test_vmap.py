@@ -404,3 +404,33 @@ def test_last_run_is_each_callers_own():
     for t in threads:
         t.join(10)
     assert seen == {"A": 1, "B": 3}
+
+
+def test_a_hoistable_call_fused_with_per_element_calls_is_still_made_once():
+    """fuse batches calls of one model that become ready together, so a rubric (on the
+    broadcast argument only) and the per-element calls beside it shared one llm_batch,
+    which vmap then ran once per element: the rubric was sent 5 times, not once."""
+    def grade(doc, style):
+        first = models("sim", f"Summarize: {doc}")
+        rules = models("sim", f"Rules for {style}")  # the same for every element
+        second = models("sim", f"Title: {doc}")
+        return models("sim", f"Apply {rules} to {first} and {second}").text
+
+    docs = [f"doc {i}" for i in range(5)]
+    eager = [grade(d, "haiku") for d in docs]
+    sim.reset_stats()
+    mapped = vmap(grade, in_axes=(0, None))
+    assert mapped(docs, "haiku") == eager
+    assert sum(p.startswith("Rules for") for p in sim.stats().prompts) == 1
+    assert mapped.last_run.requests == 1 + 2 * len(docs)
+    report = ember.inspect(mapped, docs, "haiku")
+    assert report.batched.meta["vmap"].hoisted_calls == 1
+    assert report.map_estimate.requests == 1 + 2 * len(docs)
+    from ember.ir.graph import check_graph
+    from ember.passes.vmap import split_hoistable
+
+    graph = report.graph  # the element graph: one batch of the three first calls
+    assert [n.op for n in graph.nodes].count("llm_batch") == 1
+    split = check_graph(split_hoistable(graph, [True, False]))
+    assert [n.op for n in split.nodes].count("llm_batch") == 2
+    assert split_hoistable(graph, [True, True]) is graph  # nothing to hoist: unchanged

@@ -36,7 +36,7 @@ from .estimate import Estimate, estimate
 from .fuse import CapsCache
 
 __all__ = ["batch_graph", "check_batched", "unbatch", "VmapStats", "BATCH_RULES",
-           "hoisted_nodes", "map_estimate"]
+           "hoisted_nodes", "map_estimate", "split_hoistable"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,60 @@ def node_requests(node: Node, caps: CapsCache) -> int:
         k = node.param("n", 1)
         return 1 if k == 1 or c.supports_n else k
     return 1 if c.supports_batch else len(node.inputs) // 2
+
+
+def split_hoistable(graph: Graph, mapped: Sequence[bool]) -> Graph:
+    """The element graph with each ``llm_batch`` that fuse made of per-element calls
+    and calls that vmap can hoist (deterministic, on unmapped inputs only: a rubric
+    next to a per-element summary of the same model) split in two, so the latter are
+    made once for the whole map, not once per element. The same graph if none is."""
+    batched: set[int] = {v.id for v, m in zip(graph.inputs, mapped) if m}
+    nodes: list[Node] = []
+    moved: dict[int, tuple[Var, Var, list[int]]] = {}  # batch var -> (hoisted, rest, slots)
+    for node in graph.nodes:
+        flags = [isinstance(a, Var) and a.id in batched for a in node.inputs]
+        if node.op == "getitem" and node.inputs[0].id in moved:
+            hoisted, rest, slots = moved[node.inputs[0].id]
+            slot = slots[node.param("key")]
+            source = hoisted if slot >= 0 else rest
+            node = Node("getitem", [source], {"key": slot if slot >= 0 else -slot - 1},
+                        node.out, node.loc, node.meta)
+            flags = [source is rest]
+        elif node.op == "llm_batch" and BATCH_RULES["llm_batch"](node, flags):
+            parts = _split_batch(node, flags)
+            if parts is not None:
+                nodes += parts[:2]
+                moved[node.out.id] = (parts[0].out, parts[1].out, parts[2])
+                batched.add(parts[1].out.id)
+                continue
+        if BATCH_RULES[node.op](node, flags):
+            batched.add(node.out.id)
+        nodes.append(node)
+    if not moved:
+        return graph
+    return Graph(list(graph.inputs), nodes, list(graph.outputs), carry_meta(graph))
+
+
+def _split_batch(node: Node, flags: list[bool]) -> tuple[Node, Node, list[int]] | None:
+    """(hoistable members' batch, the others', each member's slot: i in the first, or
+    -1 - i in the second), or None when the members are not mixed."""
+    det = node.param("deterministic", ())
+    once = [det[j] is True and not flags[2 * j] and not flags[2 * j + 1]
+            for j in range(len(node.inputs) // 2)]
+    if all(once) or not any(once):
+        return None
+    parts: list[Node] = []
+    slots = [0] * len(once)
+    locs = node.meta.get("locs") or ()
+    for hoist in (True, False):
+        members = [j for j, o in enumerate(once) if o is hoist]
+        for k, j in enumerate(members):
+            slots[j] = k if hoist else -1 - k
+        params = dict(node.params, deterministic=tuple(det[j] for j in members))
+        meta = dict(node.meta, locs=tuple(locs[j] for j in members)) if locs else node.meta
+        inputs = [a for j in members for a in node.inputs[2 * j:2 * j + 2]]
+        parts.append(Node("llm_batch", inputs, params, Var(node.out.type), node.loc, meta))
+    return parts[0], parts[1], slots
 
 
 def hoisted_nodes(graph: Graph, mapped: Sequence[bool]) -> list[int]:
