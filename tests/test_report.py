@@ -316,3 +316,30 @@ def test_a_request_its_caller_cancelled_is_reported_but_not_a_failure(openai_ser
     assert len(openai_server.requests) == 1
     assert (report.requests, report.failures, report.completions) == (1, 0, 0)
     assert report.calls[0].error == "cancelled"
+
+
+def test_the_estimate_counts_the_json_instruction_anthropic_is_sent(anthropic_server):
+    """Anthropic has no response_format: Ember puts the format and its schema in the
+    system prompt. The estimate left that out: 12 input tokens where 272 were billed,
+    and the run cost more than the estimate's "up to"."""
+    from pydantic import BaseModel
+
+    class Report(BaseModel):
+        title: str
+        summary: str
+        risks: list[str]
+        priority: int
+
+    def write(topic):
+        return models("claude-haiku-4-5", f"Write a report on: {topic}",
+                      response_format=Report, max_tokens=40).text
+
+    estimate = ember.inspect(write, "the outage").estimate
+    fast = jit(write)
+    fast("the outage")
+    billed = anthropic_server.requests[-1].response["usage"]["input_tokens"]
+    assert fast.last_run.input_tokens == billed
+    assert billed <= estimate.input_tokens <= billed * 1.2
+    assert fast.last_run.cost <= estimate.cost_max
+    plain = ember.inspect(lambda t: models("claude-haiku-4-5", t, max_tokens=40).text, "x")
+    assert plain.estimate.input_tokens < 20  # nothing added without a format

@@ -311,13 +311,14 @@ class _Calls:
     """The calls of one params tuple (a models() line's calls share one): what they
     share, worked out once, and their running totals."""
 
-    __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "nodes", "batches",
-                 "answers", "requests", "in_lo", "in_hi")
+    __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "added", "nodes",
+                 "batches", "answers", "requests", "in_lo", "in_hi")
 
     def __init__(self, model: str, price: Any, caps: Any, sizes: _Sizes, per_out: int,
-                 n: int) -> None:
+                 n: int, added: int = 0) -> None:
         self.model, self.price, self.caps, self.sizes = model, price, caps, sizes
         self.per_out, self.n = per_out, n
+        self.added = added  # tokens the provider adds to each prompt (see _added_tokens)
         # llm nodes: n answers each, in n requests without n support; llm_batch nodes'
         # answers and requests are counted as they come
         self.nodes = self.batches = self.answers = self.requests = self.in_lo = self.in_hi = 0
@@ -341,12 +342,15 @@ class _Tally:
             p = dict(node.params)
             model = p.get("model", "")
             provider, price, caps, s = self._model(model)
+            params = p.get("params", ())
             acc = self.by_params[id(node.params)] = _Calls(
-                model, price, caps, s, _max_tokens(p.get("params", ()), provider), p.get("n", 1))
+                model, price, caps, s, _max_tokens(params, provider), p.get("n", 1),
+                _added_tokens(provider, params, s.count))
         ins = node.inputs
         if node.op == "llm":
             acc.nodes += 1
             lo, hi = acc.sizes.prompt(ins[0], ins[1])
+            lo, hi = lo + acc.added, hi + acc.added
         else:  # llm_batch: one answer per (prompt, system) pair
             k = len(ins) // 2
             acc.batches += 1
@@ -356,8 +360,8 @@ class _Tally:
             prompt = acc.sizes.prompt
             for j in range(0, len(ins), 2):
                 a, b = prompt(ins[j], ins[j + 1])
-                lo += a
-                hi += b
+                lo += a + acc.added
+                hi += b + acc.added
         acc.in_lo += lo
         acc.in_hi += hi
 
@@ -405,6 +409,22 @@ class _Tally:
                 s.sweep(self.graph.nodes)
             info = self.models[model] = (provider, price_for(provider, name), self.caps(model), s)
         return info
+
+
+def _added_tokens(provider: str, params: tuple, count: Callable[[str], float]) -> int:
+    """Tokens a provider adds to every prompt of these params: Anthropic has no
+    ``response_format``, so Ember states the format (and its schema) in the system
+    prompt, which is billed as input."""
+    fmt = next((v for k, v in params if k == "response_format"), None)
+    if fmt is None:
+        return 0
+    from .. import providers
+
+    try:
+        text = providers.get(provider).added_instruction(fmt)
+    except Exception:  # (an unknown provider, or one that cannot load: nothing added)
+        return 0
+    return math.ceil(count(text)) + MESSAGE_OVERHEAD if text else 0  # (its framing)
 
 
 def request_seconds(latency: Latency = None) -> Callable[[Node], float]:

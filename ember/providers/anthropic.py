@@ -64,6 +64,9 @@ class AnthropicProvider(SDKProvider):
 
         return AsyncAnthropic(**self.client_options(base_url, api_key))
 
+    def added_instruction(self, response_format: Any) -> str | None:
+        return json_instruction(response_format)
+
     def params(self, request: Request) -> dict[str, Any]:
         system = [request.system] if request.system else []
         system += [c for role, c in request.messages if role == "system"]

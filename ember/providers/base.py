@@ -38,6 +38,11 @@ class Provider:
     async def complete(self, request: Request) -> list[Response]:  # pragma: no cover
         raise NotImplementedError
 
+    def added_instruction(self, response_format: Any) -> str | None:
+        """Text this provider adds to the prompt for a ``response_format`` (billed as
+        input; the static estimate counts it). None: the format is a request field."""
+        return None
+
     async def complete_batch(self, requests: list[Request]) -> list[list[Response]]:
         """Many requests at once. The default sends them concurrently."""
         return list(await asyncio.gather(*(self.complete(r) for r in requests)))
