@@ -68,6 +68,9 @@ class Estimate:
     # the critical path takes hosted models' requests at their longest answers
     # (BASE_LATENCY + PER_TOKEN_LATENCY * max output tokens): an upper estimate
     critical_path_worst_case: bool = False
+    # models whose answers nothing caps (no max_tokens, and the provider sends none):
+    # their "up to" assumes FALLBACK_OUTPUT_TOKENS per answer, which a long answer passes
+    uncapped: tuple[str, ...] = ()
 
     @property
     def input_tokens_max(self) -> int:
@@ -93,6 +96,10 @@ class Estimate:
             f"  critical path  {self.critical_path_seconds:.2f} s"
             + (" (worst case: every answer as long as allowed)"
                if self.critical_path_worst_case else ""),
+            *([f"  note           no max_tokens for {', '.join(self.uncapped)}: 'up to' "
+               f"assumes {FALLBACK_OUTPUT_TOKENS:,} output tokens per answer, which a longer "
+               "answer passes; set max_tokens= to bound tokens and cost"]
+              if self.uncapped else []),
         ])
 
 
@@ -311,14 +318,15 @@ class _Calls:
     """The calls of one params tuple (a models() line's calls share one): what they
     share, worked out once, and their running totals."""
 
-    __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "added", "nodes",
-                 "batches", "answers", "requests", "in_lo", "in_hi")
+    __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "added", "uncapped",
+                 "nodes", "batches", "answers", "requests", "in_lo", "in_hi")
 
     def __init__(self, model: str, price: Any, caps: Any, sizes: _Sizes, per_out: int,
-                 n: int, added: int = 0) -> None:
+                 n: int, added: int = 0, uncapped: bool = False) -> None:
         self.model, self.price, self.caps, self.sizes = model, price, caps, sizes
         self.per_out, self.n = per_out, n
         self.added = added  # tokens the provider adds to each prompt (see _added_tokens)
+        self.uncapped = uncapped  # per_out is FALLBACK_OUTPUT_TOKENS, which nothing enforces
         # llm nodes: n answers each, in n requests without n support; llm_batch nodes'
         # answers and requests are counted as they come
         self.nodes = self.batches = self.answers = self.requests = self.in_lo = self.in_hi = 0
@@ -345,7 +353,7 @@ class _Tally:
             params = p.get("params", ())
             acc = self.by_params[id(node.params)] = _Calls(
                 model, price, caps, s, _max_tokens(params, provider), p.get("n", 1),
-                _added_tokens(provider, params, s.count))
+                _added_tokens(provider, params, s.count), _uncapped(provider, params))
         ins = node.inputs
         if node.op == "llm":
             acc.nodes += 1
@@ -371,6 +379,7 @@ class _Tally:
         cost_lo: float | None = 0.0
         cost_hi: float | None = 0.0
         unpriced: list[str] = []
+        uncapped: list[str] = []
         for acc in self.by_params.values():
             # without n support, an llm node's n answers are n full requests
             apart = acc.n if acc.n > 1 and not acc.caps.supports_n else 1
@@ -384,6 +393,8 @@ class _Tally:
             in_hi += i_hi
             out_lo += o_lo
             out_hi += o_hi
+            if acc.uncapped and acc.model not in uncapped:
+                uncapped.append(acc.model)
             price = acc.price
             if price is None:
                 cost_lo = cost_hi = None
@@ -395,7 +406,7 @@ class _Tally:
         hosted = any(info[0] != "sim" for info in self.models.values())
         return Estimate(requests, calls, answers, int(in_hi), int(in_lo), int(out_hi),
                         int(out_lo), cost_lo, cost_hi, critical, tuple(unpriced),
-                        hosted and not latency_given)
+                        hosted and not latency_given, tuple(uncapped))
 
     def _model(self, model: str) -> tuple:
         """(provider, price, caps, sizes) of a model, found once per estimate."""
@@ -409,6 +420,19 @@ class _Tally:
                 s.sweep(self.graph.nodes)
             info = self.models[model] = (provider, price_for(provider, name), self.caps(model), s)
         return info
+
+
+def _uncapped(provider: str, params: tuple) -> bool:
+    """Are these calls' answers uncapped? No max_tokens, and the provider neither sends
+    a default of its own (Anthropic: 1,024) nor has a known answer length (sim)."""
+    if provider in DEFAULT_OUTPUT_TOKENS or any(k == "max_tokens" for k, _ in params):
+        return False
+    from .. import providers
+
+    try:
+        return getattr(providers.get(provider), "default_max_tokens", None) is None
+    except Exception:  # (a provider that cannot load: its calls are not made either)
+        return False
 
 
 def _added_tokens(provider: str, params: tuple, count: Callable[[str], float]) -> int:

@@ -280,4 +280,4 @@ def map_estimate(graph: Graph, mapped: Sequence[bool], size: int, window: int | 
         total("input_tokens_min"), total("output_tokens_max"), total("output_tokens_min"),
         total("cost_min"), total("cost_max"),
         hoisted.critical_path_seconds + waves * max(0.0, lane_path), per_element.unpriced,
-        per_element.critical_path_worst_case)
+        per_element.critical_path_worst_case, per_element.uncapped)
