@@ -57,6 +57,12 @@ def test_dated_snapshot_takes_its_family_price(snapshot, family):
         assert cost_of(provider, snapshot, 10, 10) == cost_of(provider, family, 10, 10)
 
 
+def test_a_snapshot_with_its_own_price_keeps_it():
+    """gpt-4o's first snapshot costs twice its family's price ($5/$15 per 1M)."""
+    assert price_for("openai", "gpt-4o-2024-05-13")[:2] == (5.00, 15.00)
+    assert price_for("openai", "gpt-4o-2024-11-20")[:2] == (2.50, 10.00)
+
+
 @pytest.mark.parametrize("model", ["o3-pro", "o1-mini", "gpt-4o-mini-search-preview"])
 def test_a_suffix_that_is_not_a_date_is_another_model(model):
     # "o3-pro" costs ten times "o3": no price is better than a wrong one

@@ -29,6 +29,7 @@ _PRICES: dict[str, Price] = {
     # openai
     "gpt-4o": Price(2.50, 10.00, 128_000),
     "gpt-4o-mini": Price(0.15, 0.60, 128_000),
+    "gpt-4o-2024-05-13": Price(5.00, 15.00, 128_000),  # the first snapshot kept its price
     "gpt-4.1": Price(2.00, 8.00, 1_047_576),
     "gpt-4.1-mini": Price(0.40, 1.60, 1_047_576),
     "gpt-4.1-nano": Price(0.10, 0.40, 1_047_576),
