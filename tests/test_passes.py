@@ -295,6 +295,29 @@ def test_estimate_inputs_fusion_latency_prices_and_tokens(monkeypatch):
     assert count_tokens("hello world", OAI) >= 2  # tiktoken when it loads, else ~4 chars
 
 
+def test_a_tiktoken_that_never_loads_falls_back_to_characters(monkeypatch):
+    """tiktoken downloads an encoding on first use, with no time limit: behind a network
+    that takes the connection and never answers, inspect hung for good."""
+    import sys
+    import threading
+    import types
+
+    est = sys.modules["ember.passes.estimate"]  # (the package exports a function of that name)
+    never = threading.Event()
+    fake = types.ModuleType("tiktoken")
+    fake.encoding_for_model = lambda name: never.wait()  # a download that never answers
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    monkeypatch.setattr(est, "_tiktoken_ok", True)
+    monkeypatch.setattr(est, "_encodings", {})
+    monkeypatch.setattr(est, "TIKTOKEN_TIMEOUT", 0.05)
+    try:
+        with pytest.warns(UserWarning, match="did not load its encoding"):
+            assert count_tokens("abcd" * 10, "openai/gpt-4o") == 10  # ~4 chars per token
+        assert count_tokens("abcd" * 10, "openai/gpt-4o") == 10  # remembered: no wait
+    finally:
+        never.set()
+
+
 # ---- pipeline ---------------------------------------------------------------------------
 def test_run_passes_reports_each_pass():
     b = G()

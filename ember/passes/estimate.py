@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Sequence
 
@@ -108,9 +110,14 @@ _encodings: dict[str, Any] = {}
 _tiktoken_ok = os.environ.get("EMBER_TIKTOKEN", "1") != "0"
 
 
+TIKTOKEN_TIMEOUT = 5.0  # seconds to load an encoding (tiktoken downloads it on first use)
+
+
 def _encoding(name: str) -> Any:
     """tiktoken's encoding for an OpenAI model, or None. Loaded lazily and cached; a
-    failure (not installed, encoding not downloadable offline) is remembered."""
+    failure (not installed, encoding not downloadable offline) is remembered. Loaded
+    in a thread with a time limit: tiktoken downloads an encoding without one, and a
+    network that takes the connection and never answers would hang ``inspect``."""
     global _tiktoken_ok
     if not _tiktoken_ok:
         return None
@@ -118,16 +125,34 @@ def _encoding(name: str) -> Any:
         return _encodings[name]
     try:
         import tiktoken
-
-        try:
-            enc = tiktoken.encoding_for_model(name)
-        except KeyError:
-            enc = tiktoken.get_encoding("o200k_base")
     except Exception:
         _tiktoken_ok = False
         return None
-    _encodings[name] = enc
-    return enc
+    loaded: list[Any] = []
+
+    def load() -> None:
+        try:
+            try:
+                loaded.append(tiktoken.encoding_for_model(name))
+            except KeyError:
+                loaded.append(tiktoken.get_encoding("o200k_base"))
+        except Exception:  # (offline: counted by characters)
+            pass
+
+    worker = threading.Thread(target=load, name="ember-tiktoken", daemon=True)
+    worker.start()
+    worker.join(TIKTOKEN_TIMEOUT)
+    if not loaded:
+        _tiktoken_ok = False
+        if worker.is_alive():
+            warnings.warn(f"tiktoken did not load its encoding for {name} within "
+                          f"{TIKTOKEN_TIMEOUT:g} s (it downloads it on first use): token "
+                          "estimates count ~4 characters per token. Set EMBER_TIKTOKEN=0 "
+                          "to skip tiktoken, or TIKTOKEN_CACHE_DIR to a directory holding "
+                          "the encoding.", stacklevel=2)
+        return None
+    _encodings[name] = loaded[0]
+    return loaded[0]
 
 
 _chars = lambda text: len(text) / 4  # noqa: E731 - ceil'd once per call, as sim bills
