@@ -373,10 +373,17 @@ def test_a_server_that_ignores_n_gets_a_request_per_sample(openai_server, caplog
         return [models("openai/gpt-4o-mini", f"Name a {topic}", temperature=1.0).text
                 for _ in range(3)]
 
+    fast = ember.jit(names)
     with caplog.at_level("WARNING", logger="ember"):
-        assert len(ember.jit(names)("cat")) == 3
+        assert len(fast("cat")) == 3
     assert "one request per sample" in caplog.text
     assert sent_n == [3, None, None, None]
+    # the answer it could not use was billed all the same: the report counts it
+    billed = [r.response["usage"] for r in openai_server.requests]
+    assert fast.last_run.input_tokens == sum(u["prompt_tokens"] for u in billed)
+    assert fast.last_run.output_tokens == sum(u["completion_tokens"] for u in billed)
+    assert fast.last_run.cost == pytest.approx(ember.providers.prices.cost_of(
+        "openai", "gpt-4o-mini", fast.last_run.input_tokens, fast.last_run.output_tokens))
     assert len(ember.jit(names)("dog")) == 3  # not fused again
     assert sent_n[4:] == [None] * 3
 

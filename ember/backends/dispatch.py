@@ -301,10 +301,12 @@ async def _send(provider: Any, request: Request, options: CallOptions, priority:
             exc.notes.append(f"It waited {time.monotonic() - start:.2f}s for admission to "
                              f"{provider.name} (its concurrency or rate limits, or a pause "
                              "after an HTTP 429).")
+        # (an answer the provider billed but Ember could not use: its usage counts)
+        billed_in, billed_out, billed = getattr(exc, "billed", (0, 0, 0.0))
         record(CallRecord(request.model_id, waited[1] or start, time.monotonic(), request.n,
-                          attempts=getattr(exc, "attempts", 1), error=type(exc).__name__,
-                          cost=0.0, location=location, throttle_wait=waited[0],
-                          flights=_flights(waited)))
+                          billed_in, billed_out, billed, attempts=getattr(exc, "attempts", 1),
+                          error=type(exc).__name__, location=location,
+                          throttle_wait=waited[0], flights=_flights(waited)))
         raise exc.where(request.model_id, location)
     except BaseException:  # cancelled by its caller: reported if it was sent
         if waited[1]:

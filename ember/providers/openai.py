@@ -134,6 +134,9 @@ class OpenAIProvider(SDKProvider):
             if len(choices) < request.n:  # (dispatch sends one request per sample then)
                 error.fewer_choices = True  # type: ignore[attr-defined]
                 error.final = True  # type: ignore[attr-defined]  # the same would come back
+            if isinstance(body.get("usage"), dict):  # (billed all the same: reported)
+                prompt, completion, billed = self._usage(body["usage"], request)
+                error.billed = (prompt, completion, self.cost(request, billed, completion))  # type: ignore[attr-defined]
             raise error
         if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
             choices = sorted(choices, key=lambda c: c["index"])
@@ -141,12 +144,7 @@ class OpenAIProvider(SDKProvider):
         usage = body.get("usage")
         if not isinstance(usage, dict):
             usage = None
-        prompt = int((usage or {}).get("prompt_tokens") or 0)
-        completion = int((usage or {}).get("completion_tokens") or 0)
-        details = (usage or {}).get("prompt_tokens_details")
-        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-        # (prompt tokens from the provider's prompt cache are billed at a discount)
-        billed = prompt - cached + cached * prices.cached_input_rate(self.name, request.model)
+        prompt, completion, billed = self._usage(usage or {}, request)
         shares = split_tokens(completion, [len(t) for t in texts])
         out = []
         for i, (choice, text, share) in enumerate(zip(choices, texts, shares, strict=True)):
@@ -157,6 +155,16 @@ class OpenAIProvider(SDKProvider):
                 if usage is not None else self.cost_without_usage(request),
                 latency=latency, finish_reason=choice.get("finish_reason")))
         return out
+
+    def _usage(self, usage: dict, request: Request) -> tuple[int, int, float]:
+        """(prompt tokens, completion tokens, prompt tokens as billed): those read from
+        the provider's prompt cache are billed at a discount."""
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        return (prompt, completion,
+                prompt - cached + cached * prices.cached_input_rate(self.name, request.model))
 
     def _choice_text(self, choice: Any, request: Request, body: dict,
                      headers: dict[str, str]) -> str:
