@@ -103,7 +103,9 @@ class InspectReport:
             lines += ["estimate (one element):", _indent(str(self.estimate)),
                       "estimate (the whole map):", _indent(str(self.map_estimate))]
         elif self.estimate is not None:
-            lines += ["estimate:", _indent(str(self.estimate))]
+            lines += ["estimate:" if self.complete else "estimate (only the calls traced "
+                      "before the break: what follows it is not counted):",
+                      _indent(str(self.estimate))]
         return "\n".join(lines).rstrip() + "\n"
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython

@@ -295,6 +295,24 @@ def test_estimate_inputs_fusion_latency_prices_and_tokens(monkeypatch):
     assert count_tokens("hello world", OAI) >= 2  # tiktoken when it loads, else ~4 chars
 
 
+def test_count_tokens_takes_any_model_id(monkeypatch):
+    """A bare OpenAI name was counted by characters, as a provider named 'gpt-4o-mini'."""
+    import sys
+    import types
+
+    est = sys.modules["ember.passes.estimate"]
+    words = types.SimpleNamespace(name="words", encode=lambda text, **_: text.split())
+    fake = types.ModuleType("tiktoken")
+    fake.encoding_for_model = lambda name: words
+    monkeypatch.setitem(sys.modules, "tiktoken", fake)
+    monkeypatch.setattr(est, "_tiktoken_ok", True)
+    monkeypatch.setattr(est, "_encodings", {})
+    text = "one two three four five six seven eight nine ten"
+    for model in ("gpt-4o-mini", "openai:gpt-4o-mini", "openai/gpt-4o-mini"):
+        assert count_tokens(text, model) == 10  # tiktoken's count (here: words)
+    assert count_tokens(text, "claude-haiku-4-5") == count_tokens(text, "nonsense") == 12
+
+
 def test_a_tiktoken_that_never_loads_falls_back_to_characters(monkeypatch):
     """tiktoken downloads an encoding on first use, with no time limit: behind a network
     that takes the connection and never answers, inspect hung for good."""

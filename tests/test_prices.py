@@ -194,3 +194,14 @@ def test_context_window():
         warnings.simplefilter("error")  # looking up a window never warns
         assert context_window("openai", "no-such-model") is None
     assert prices.PRICES_VERSION
+
+
+def test_the_unknown_price_warning_points_at_the_users_line(monkeypatch):
+    """It named estimate.py or dispatch.py, Ember's own lines."""
+    import ember
+    from ember import models
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with pytest.warns(UserWarning, match="No price known") as record:
+        ember.inspect(lambda t: models("openai/my-finetune-7", t).text, "x").estimate.cost_max
+    assert record[0].filename == __file__

@@ -168,7 +168,16 @@ def _counter(model: str) -> tuple[str, Callable[[str], float]]:
 
 
 def count_tokens(text: str, model: str = "sim") -> int:
-    """Tokens of a text for a model (tiktoken for OpenAI models if available, else ~4 chars)."""
+    """Tokens of a text for a model id (``"gpt-4o-mini"``, ``"openai/gpt-4o-mini"``, ...):
+    tiktoken for OpenAI models if available, else ~4 chars."""
+    if "/" not in model:  # a bare name or "provider:model": canonical, as models() makes it
+        from .. import providers
+        from .._request import parse_model_id
+
+        try:
+            model = "/".join(parse_model_id(model, providers.known()))
+        except Exception:  # (not a model id Ember knows: counted by characters)
+            pass
     return math.ceil(_counter(model)[1](text))
 
 

@@ -88,12 +88,24 @@ def price_for(provider: str, model: str) -> Price | None:
     if price is None and (provider, model) not in _warned:
         _warned.add((provider, model))
         warnings.warn(
-            f"No price known for {provider}/{model}; its cost is reported as None."
+            f"No price known for {provider}/{model}; its cost is reported as None (unknown), "
+            "except for answers that carry their own cost (a registered provider's)."
             f"{did_you_mean(model, known_models(provider))} Set one with "
             f"ember.providers.prices.set_price({model!r}, input=..., output=...).",
-            stacklevel=3,
+            stacklevel=_user_level(),
         )
     return price
+
+
+def _user_level() -> int:
+    """The ``stacklevel`` that puts a warning from `price_for` at the user's line: the
+    innermost caller outside Ember (price_for's caller, when none is: Ember's loop)."""
+    from ..ir.locations import _EMBER_DIR
+
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_EMBER_DIR):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 2
 
 
 def known_models(provider: str | None = None) -> list[str]:
