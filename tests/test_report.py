@@ -363,3 +363,19 @@ def test_the_estimate_says_when_nothing_caps_an_answer(monkeypatch):
                           ("sim", {})):
         capped = estimate(model, **params)
         assert capped.uncapped == () and "max_tokens" not in str(capped)
+
+
+@pytest.mark.parametrize("messages", [False, True])
+def test_the_estimate_covers_a_system_prompts_input(messages, openai_server):
+    """A system prompt is a message of its own (OpenAI frames it; sim joins it to the
+    prompt by a newline): the estimate, shown as an exact figure, came out low."""
+    prompt = ([{"role": "user", "content": "Will it rain today?"}] if messages
+              else "Will it rain today?")
+    for model in ("sim", "openai/gpt-4o-mini"):
+        def ask(q, model=model):
+            return models(model, q, system="Be terse.", max_tokens=20).text
+
+        estimate = ember.inspect(ask, prompt).estimate
+        fast = jit(ask)
+        fast(prompt)
+        assert fast.last_run.input_tokens <= estimate.input_tokens, model

@@ -321,14 +321,18 @@ class _Sizes:
             items = self.items.get(prompt.id)
         else:
             (lo, hi), items = _text_range(prompt.value, self.count)
+        messages = len(items) if isinstance(items, list) and items else 1
         if isinstance(system, Var):
             slo, shi = self.rng.get(system.id, _DEFAULT_IN)
         elif system.value is None:
             slo = shi = 0.0
         else:
             slo, shi = _text_range(system.value, self.count)[0]
-        over = MESSAGE_OVERHEAD * (len(items) if isinstance(items, list) and items else 1)
-        return math.ceil(lo + slo) + over, math.ceil(hi + shi) + over
+        if system.__class__ is Var or system.value is not None:
+            messages += 1  # (a message of its own at OpenAI; sim joins it by a newline)
+        over = MESSAGE_OVERHEAD * messages
+        # (at most, a server counting each message apart rounds each one up)
+        return math.ceil(lo + slo) + over, math.ceil(hi + shi) + over + messages - 1
 
 
 # ---- the estimate ---------------------------------------------------------------------
