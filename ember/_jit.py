@@ -32,6 +32,7 @@ import time
 import types
 import inspect as _inspect
 import logging
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generator
 
@@ -123,11 +124,19 @@ def _static(value: Any) -> Any:
     model_fields = getattr(value.__class__, "model_fields", None)  # pydantic
     if isinstance(model_fields, dict) and hasattr(value, "model_dump"):
         return value.__class__, tuple((k, _static(getattr(value, k))) for k in model_fields)
+    cls = value.__class__
+    if cls.__hash__ is object.__hash__ and cls.__eq__ is object.__eq__ or cls.__hash__ is None:
+        # keyed by identity: held weakly where it can be (a session or callback per
+        # request kept its whole payload alive in up to MAX_SIGNATURES entries)
+        try:
+            return ("id", cls.__name__, id(value), _Weak(weakref.ref(value)))
+        except TypeError:
+            pass
     try:
         hash(value)
         return ("obj", value)
     except TypeError:  # (the entry keeps the object: its id is not reused meanwhile)
-        return ("id", value.__class__.__name__, id(value), _Held(value))
+        return ("id", cls.__name__, id(value), _Held(value))
 
 
 class _Held:
@@ -140,6 +149,23 @@ class _Held:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Held)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+class _Weak:
+    """An object a signature refers to weakly: equal only to the same live object (an
+    object made later at a dead one's id is another object)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: weakref.ref) -> None:
+        self.ref = ref
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Weak) and self.ref() is not None and \
+            self.ref() is other.ref()
 
     def __hash__(self) -> int:
         return 0
