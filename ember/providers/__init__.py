@@ -56,8 +56,10 @@ def register(prefix: str, fn: Callable[[Request], Awaitable[Any]] | Provider, *,
     provider = fn if isinstance(fn, Provider) else FunctionProvider(
         prefix, fn, supports_n=supports_n, default_temperature=default_temperature)
     with _lock:
+        replaced = [p for p in (_custom.get(prefix), _instances.pop(prefix, None))
+                    if p is not None and p is not provider]
         _custom[prefix] = provider
-        _instances.pop(prefix, None)
+    _close(list({id(p): p for p in replaced}.values()))  # (as reset() does)
 
 
 def get(name: str) -> Provider:
@@ -89,6 +91,11 @@ def reset() -> None:
     with _lock:
         old = list(_instances.values())
         _instances.clear()
+    _close(old)
+
+
+def _close(old: list[Provider]) -> None:
+    """Close retired provider instances' clients on Ember's loop."""
     from .. import _runtime
 
     loop = _runtime._loop
