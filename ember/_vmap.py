@@ -369,7 +369,10 @@ async def _windowed(n: int, window: int, one: Callable[[int], Awaitable[None]]) 
     the last element had built its request (+20 ms per wave of 20 on a small machine)."""
     gate = asyncio.Semaphore(window)
     loop = asyncio.get_running_loop()
-    tasks: list[asyncio.Task] = []
+    # only the elements in flight: a task kept per finished element held ~1 KB each
+    # until the map ended (150 MB over 100,000 elements)
+    running: set[asyncio.Task] = set()
+    failed: list[BaseException] = []  # what an element let out (sys.exit(), Ctrl-C)
 
     async def slot(i: int) -> None:
         try:
@@ -377,17 +380,29 @@ async def _windowed(n: int, window: int, one: Callable[[int], Awaitable[None]]) 
         finally:
             gate.release()
 
+    def finished(task: asyncio.Task) -> None:
+        running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception())  # type: ignore[arg-type]
+
     try:
         for i in range(n):
             await gate.acquire()
-            tasks.append(loop.create_task(slot(i)))
+            if failed:
+                raise failed[0]
+            task = loop.create_task(slot(i))
+            running.add(task)
+            task.add_done_callback(finished)
             if not gate.locked():  # a full window: the next acquire yields anyway
                 await asyncio.sleep(0)
-        await asyncio.gather(*tasks)
+        while running and not failed:
+            await asyncio.wait(set(running), return_when=asyncio.FIRST_EXCEPTION)
+        if failed:
+            raise failed[0]
     except BaseException:  # cancelled: so are the elements in flight
-        for task in tasks:
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         raise
 
 

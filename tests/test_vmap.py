@@ -434,3 +434,33 @@ def test_a_hoistable_call_fused_with_per_element_calls_is_still_made_once():
     split = check_graph(split_hoistable(graph, [True, False]))
     assert [n.op for n in split.nodes].count("llm_batch") == 2
     assert split_hoistable(graph, [True, True]) is graph  # nothing to hoist: unchanged
+
+
+def test_the_window_keeps_only_the_elements_in_flight():
+    """Every finished element's task was kept until the map ended: ~1.5 KB an element,
+    150 MB at its peak over 100,000 elements."""
+    import gc
+    import weakref
+
+    from ember._vmap import _windowed
+
+    refs: list = []
+    alive: list[int] = []
+
+    async def one(i: int) -> None:
+        refs.append(weakref.ref(asyncio.current_task()))
+        await asyncio.sleep(0)
+        if i == 199:
+            gc.collect()
+            alive.append(sum(r() is not None for r in refs))
+
+    asyncio.run(_windowed(200, 3, one))
+    assert len(refs) == 200 and alive[0] <= 4
+
+    async def stops(i: int) -> None:  # an element letting out a BaseException: raised,
+        if i == 5:                    # and the others in flight cancelled
+            raise KeyboardInterrupt
+        await asyncio.sleep(10)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(asyncio.wait_for(_windowed(20, 8, stops), 5))
