@@ -69,12 +69,17 @@ def cache_dir() -> str:
 
 
 # ---- the store ----------------------------------------------------------------------------
+JOURNAL_LIMIT = 16 << 20  # bytes of write-ahead log kept after a checkpoint
+SWEEP_EVERY = 256  # stores of a function between deletions of its expired rows
+
+
 class CacheStore:
     """One SQLite file; a connection per thread (and per process, after a fork)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
+        self._puts: dict[str, int] = {}  # stores per function, for the sweeps
 
     def _conn(self) -> Any:  # sqlite3.Connection (imported on first use)
         import sqlite3
@@ -95,6 +100,9 @@ class CacheStore:
                 conn.execute("PRAGMA busy_timeout=30000")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                # the log shrinks back after a checkpoint (several writer processes grew
+                # it to 265 MB beside a 19 MB file, for as long as they lived)
+                conn.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT}")
                 conn.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, "
                              "fn TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL)")
                 conn.execute("CREATE TABLE IF NOT EXISTS volatile (fn TEXT NOT NULL, "
@@ -117,9 +125,19 @@ class CacheStore:
             return None
         return row[0]
 
-    def put(self, key: str, fn: str, value: str) -> None:
-        self._conn().execute("INSERT OR REPLACE INTO results (key, fn, value, created) "
-                             "VALUES (?, ?, ?, ?)", (key, fn, value, time.time()))
+    def put(self, key: str, fn: str, value: str, ttl: float | None = None) -> None:
+        """Store a result; every `SWEEP_EVERY` stores of a function with a ``ttl``, its
+        expired rows go (else a cache with a ttl only ever grew: rows past it were
+        never read again, nor deleted)."""
+        conn = self._conn()
+        now = time.time()
+        conn.execute("INSERT OR REPLACE INTO results (key, fn, value, created) "
+                     "VALUES (?, ?, ?, ?)", (key, fn, value, now))
+        if ttl is not None:
+            puts = self._puts[fn] = self._puts.get(fn, 0) + 1
+            if puts % SWEEP_EVERY == 1:  # (the first store too: a restart sweeps)
+                conn.execute("DELETE FROM results WHERE fn = ? AND created < ?",
+                             (fn, now - ttl))
 
     def volatile(self, fn: str) -> frozenset[tuple]:
         """The captured state ``fn`` was seen to change (see `_Cached.volatile`)."""
@@ -257,7 +275,7 @@ class _Cached:
                        if before.get(path, _GONE) != after.get(path, _GONE)}
             if not changed <= self.volatile():
                 self._volatile = store.add_volatile(self.ident, changed)
-            store.put(self._hash(key.inputs, key.parts), self.ident, text)
+            store.put(self._hash(key.inputs, key.parts), self.ident, text, self.ttl)
         except Exception as exc:
             _unusable(store, exc)
 

@@ -71,6 +71,29 @@ def test_decorator_forms_and_ttl():
     assert calls == ["a", "a"]
 
 
+def test_expired_rows_are_deleted_and_the_log_is_bounded(cache_home, monkeypatch):
+    """With a ttl, rows past it were never read again nor deleted (five rounds of 5,000
+    new questions: 25,000 rows on disk, none valid); and the write-ahead log of several
+    writer processes grew without bound (265 MB beside a 19 MB file)."""
+    from ember import _cache
+
+    monkeypatch.setattr(_cache, "SWEEP_EVERY", 10)
+    f = cache(lambda x: x * 2, ttl=0.2)
+    for i in range(15):
+        f(f"a{i}")
+    assert rows(cache_home) == 15
+    time.sleep(0.25)
+    for i in range(10):  # the next sweep comes with these stores
+        f(f"b{i}")
+    assert rows(cache_home) == 10  # the first 15 expired and went
+    g = cache(lambda x: x * 3)  # no ttl: nothing is ever swept
+    g("kept")
+    with sqlite3.connect(str(cache_home / "cache.sqlite3")) as conn:
+        assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == -1  # (per connection)
+    conn = _cache._store(None)._conn()
+    assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == _cache.JOURNAL_LIMIT
+
+
 def test_a_number_where_the_function_goes_names_ttl():
     with pytest.raises(TypeError, match=r"cache\(fn, ttl=60\)"):
         cache(60)
