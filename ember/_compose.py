@@ -17,6 +17,12 @@ async def _awaited(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
+async def _called(fn: Callable, args: tuple, kwargs: dict) -> Any:
+    """``fn(*args, **kwargs)``, awaited if awaitable: made inside the task that awaits it
+    (made before, a task cancelled before its first step left it never awaited)."""
+    return await _awaited(fn(*args, **kwargs))
+
+
 def _name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
@@ -89,7 +95,7 @@ def ensemble(*fns: Callable, reduce: Callable[[list[Any]], Any] | None = None) -
 
     if any(is_async(fn) for fn in fns) or (reduce is not None and is_async(reduce)):
         async def members(*args: Any, **kwargs: Any) -> Any:
-            results = list(await asyncio.gather(*[_awaited(fn(*args, **kwargs)) for fn in fns]))
+            results = list(await asyncio.gather(*[_called(fn, args, kwargs) for fn in fns]))
             return await _awaited(reduce(results)) if reduce is not None else results
 
         compiled = jit(members)

@@ -52,7 +52,7 @@ from .passes import run_passes
 from .ir.locations import exception_site
 from .ir.suspects import answers_feeding, unconsumed_reads
 from .ir.trace import (UNKNOWN, Break, StopTrace, Suspend, TraceState, current_trace,
-                       holds_stale, stale_placeholder)
+                       fields_of, holds_stale, stale_placeholder)
 
 __all__ = ["jit", "Jitted", "CompiledEntry", "MAX_ROUNDS", "signature_of",
            "trace_inputs"]
@@ -256,6 +256,9 @@ def _pending_leaves(value: Any, out: list[Response]) -> list[Response]:
     elif isinstance(value, dict):
         for v in value.values():
             _pending_leaves(v, out)
+    else:
+        for v in fields_of(value) or ():
+            _pending_leaves(v, out)
     return out
 
 
@@ -426,7 +429,7 @@ class Jitted:
                     breaks.setdefault((b.loc, b.reason), b)
                 entry.breaks = list(breaks.values())
                 return
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 waiting = _has_unknown_calls(state)
                 if waiting and self.fullgraph:
                     raise TraceError(

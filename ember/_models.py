@@ -53,8 +53,14 @@ def models(model: str, prompt: Any, /, **params: Any) -> Any:
 
 async def amodels(model: str, prompt: Any, /, **params: Any) -> Any:
     """The async form of `models`, for ``async def`` code."""
-    if current_trace() is not None or check_var.get() is not None:
+    if current_trace() is not None:
         return models(model, prompt, **params)
+    check = check_var.get()
+    if check is not None:
+        answer = models(model, prompt, **params)
+        if not check.suspendable and check.pending:  # (a check run that may not raise
+            await run_async(check.fetch_pending())  # NeedAnswers: await here, not block)
+        return answer
     request = _request(model, prompt, params)
     responses = await run_async(send(request, location=user_location(2)))
     return responses if request.n > 1 else responses[0]

@@ -138,6 +138,16 @@ def _shutdown() -> None:
         from . import providers
 
         async def close_all() -> None:
+            # calls still running (a daemon thread's, a map Ctrl-C cancelled): cancelled
+            # and let finish unwinding, so no task is left pending when the loop stops
+            sdk = sys.modules.get("ember.providers.sdk")
+            closing = sdk.closing if sdk is not None else set()
+            running = [t for t in asyncio.all_tasks()
+                       if t is not asyncio.current_task() and t not in closing]
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running, timeout=1)
             for inst in list(providers._instances.values()):
                 try:
                     await inst.aclose()

@@ -136,8 +136,9 @@ class _Hoisting:
 
     def cancel(self) -> None:
         for hoisted in self.by_graph.values():
-            if hoisted.task is not None and not hoisted.task.done():
-                hoisted.task.cancel()
+            task = hoisted.task
+            if task is not None and not task.done():  # (an async map: from the caller's loop)
+                task.get_loop().call_soon_threadsafe(task.cancel)
 
 
 class _Progress:

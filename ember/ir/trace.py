@@ -20,6 +20,7 @@ Python on the real values (see ember/_jit.py), which also detects such leaks.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -498,15 +499,25 @@ def _text_of(tracer: TracedResponse) -> str:
     return value.text
 
 
+def fields_of(value: Any) -> list | None:
+    """A dataclass instance's field values (a container of the values it returns)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+    return None
+
+
 def _leaves(value: Any):
-    """The non-container values of a nested list / tuple / dict, in order."""
+    """The non-container values of a nested list / tuple / dict / dataclass, in order."""
     if isinstance(value, dict):
         value = value.values()
     elif not isinstance(value, (list, tuple)):
-        yield value
-        return
+        fields = fields_of(value)
+        if fields is None:
+            yield value
+            return
+        value = fields
     for v in value:
-        if isinstance(v, (list, tuple, dict)):
+        if isinstance(v, (list, tuple, dict)) or fields_of(v) is not None:
             yield from _leaves(v)
         else:
             yield v

@@ -296,7 +296,12 @@ class SDKProvider(Provider):
         if self._retired:  # (a retry of a call made before providers.reset())
             from . import get
 
-            return await get(self.name).complete(request)
+            current = get(self.name)
+            if current is self:  # (retired by Ember's exit handler: nothing replaces it)
+                raise RuntimeError(
+                    f"{self.name}: Ember is shutting down (the interpreter is exiting); "
+                    "the request was not sent.")
+            return await current.complete(request)
         if self.sdk not in sys.modules:  # (~1-3 s on first use: on the loop, every
             await asyncio.to_thread(_import_sdk, self.sdk)  # other call would wait)
         params = self.params(request)
