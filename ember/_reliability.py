@@ -32,7 +32,7 @@ from .backends.dispatch import describe_error
 from .backends.policy import (CallOptions, RetryPolicy, current_options, deadlines_var,
                               new_region, options_var, rerun_var)
 from .errors import EmberError, ParseError, TimeoutError
-from .ir.trace import current_trace
+from .ir.trace import StopTrace, current_trace
 
 __all__ = ["retry", "timeout", "is_async"]
 
@@ -211,14 +211,18 @@ def _limited(fn: Callable, seconds: float) -> Callable:
         async def alimited(*args: Any, **kwargs: Any) -> Any:
             otoken, dtoken, deadline = enter()
             try:
-                if deadline is None or check_var.get() is not None:
-                    return await fn(*args, **kwargs)
+                # the function's own awaits (a tool call) are limited too: eagerly, in a
+                # jitted call's check run and while tracing, where model calls take no
+                # time (the graph's requests are limited by the graph's clocks)
+                limit = seconds if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    return await asyncio.wait_for(fn(*args, **kwargs),
-                                                  max(0.0, deadline - time.monotonic()))
+                    return await asyncio.wait_for(fn(*args, **kwargs), limit)
                 except EmberError as exc:
                     raise expired(exc, deadline)
                 except asyncio.TimeoutError:
+                    if deadline is None:  # while tracing: the Python runs on real values
+                        raise StopTrace(f"{_name(fn)} passed its ember.timeout while "
+                                        "tracing") from None
                     raise TimeoutError(
                         f"{_name(fn)} did not finish within {seconds:g}s (ember.timeout); "
                         "its in-flight requests were cancelled.") from None

@@ -227,3 +227,33 @@ def test_an_async_ensemble_cancelled_at_once_leaves_no_coroutine_unawaited():
     """, "-X", "dev")
     out, err = child.communicate(timeout=60)
     assert out.strip() == "done" and "never awaited" not in err, err
+
+
+def test_timeout_limits_an_async_functions_own_awaits_under_jit_and_vmap():
+    """ember.timeout cancels an async function as a whole; under jit (and so in every
+    async vmap) its own awaits, a slow tool call, ran unlimited: a value after 2.1 s
+    where eager Python raised TimeoutError at 0.3 s."""
+    async def tool(q):
+        await asyncio.sleep(3.0)
+        return f"results for {q}"
+
+    async def agent(q):
+        plan = await ember.amodels("sim", f"plan {q}")
+        found = await tool(plan.text[:10])
+        return (await ember.amodels("sim", f"answer from {found}")).text
+
+    bounded = ember.timeout(agent, 0.2)
+
+    async def outcome(call):
+        try:
+            return await call
+        except TimeoutError as exc:
+            return type(exc).__name__
+
+    async def all_ways():
+        return [await outcome(bounded("q")), await outcome(jit(bounded)("q")),
+                await outcome(vmap(bounded, return_exceptions=True)(["q"]))]
+
+    eager, jitted, mapped = asyncio.run(all_ways())
+    assert eager == jitted == "TimeoutError"
+    assert isinstance(mapped[0], TimeoutError)
