@@ -15,7 +15,7 @@ import contextvars
 from typing import Any, Callable, Generator
 
 from ._models import CheckRun, NeedAnswers, check_var
-from ._runtime import on_loop, run_async, run_sync
+from ._runtime import Raised, on_loop, run_async, run_sync
 from .backends.record import CallRecord, record
 from .ir.trace import trace_var, tracing
 
@@ -113,7 +113,10 @@ async def drive_async(program: Generator[Step, Any, Any]) -> Any:
         value, error = None, None
         try:
             if kind == "run":
-                value = await run_async(payload)
+                try:
+                    value = await run_async(payload)
+                except Raised as carried:  # (a provider's Ctrl-C: this program's)
+                    raise carried.exc from None
             elif kind == "trace":
                 fn, state, targs, tkwargs = payload
                 token = trace_var.set(state)
@@ -134,16 +137,6 @@ async def drive_async(program: Generator[Step, Any, Any]) -> Any:
                 program.close()
                 raise
             error = exc
-
-
-class Raised(Exception):
-    """An exception a coroutine may not raise as it is (StopIteration becomes a
-    RuntimeError; SystemExit and KeyboardInterrupt would stop Ember's loop), carried to
-    where it is raised again (``.exc``)."""
-
-    def __init__(self, exc: BaseException) -> None:
-        super().__init__(repr(exc))
-        self.exc = exc
 
 
 async def drive_on_loop(program: Generator[Step, Any, Any]) -> Any:

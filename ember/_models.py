@@ -14,7 +14,7 @@ from typing import Any
 from . import providers
 from ._request import Request, build_request, normalize_params, parse_model_id
 from ._response import Response
-from ._runtime import run_async, run_sync
+from ._runtime import Raised, run_async, run_sync
 from .backends.dispatch import send
 from .backends.memo import MISSING, Memo
 from .backends.policy import current_options, options_var, rerun_var
@@ -62,7 +62,10 @@ async def amodels(model: str, prompt: Any, /, **params: Any) -> Any:
             await run_async(check.fetch_pending())  # NeedAnswers: await here, not block)
         return answer
     request = _request(model, prompt, params)
-    responses = await run_async(send(request, location=user_location(2)))
+    try:
+        responses = await run_async(send(request, location=user_location(2)))
+    except Raised as carried:  # (a provider's Ctrl-C: the caller's, as it is)
+        raise carried.exc from None
     return responses if request.n > 1 else responses[0]
 
 
@@ -306,7 +309,7 @@ class CheckRun:
             elif isinstance(value, BaseException):
                 if hasattr(value, "where"):
                     value.where(request.model_id, loc)
-                raise value
+                raise value.exc if isinstance(value, Raised) else value
             out.append(value)
         if missed:  # one request with n = the samples missed (k singles lost the seed's
             fetch = _Fetch(single.with_n(len(missed)), loc, det, self)  # k choices)
@@ -364,7 +367,7 @@ class _Fetch:
             run_sync(check.fetch_pending())  # this one and every other pending, together
             check.fetch_seconds += time.perf_counter() - start
         if self.error is not None:
-            raise self.error
+            raise self.error.exc if isinstance(self.error, Raised) else self.error
         return self.result  # type: ignore[return-value]
 
 

@@ -16,12 +16,25 @@ import sys
 import threading
 from typing import Any, Coroutine, TypeVar
 
-__all__ = ["loop", "run_sync", "run_async", "on_loop"]
+__all__ = ["loop", "run_sync", "run_async", "on_loop", "Raised"]
 
 T = TypeVar("T")
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
 _lock = threading.Lock()
+
+
+class Raised(Exception):
+    """An exception a coroutine may not raise as it is (StopIteration becomes a
+    RuntimeError; SystemExit and KeyboardInterrupt would stop Ember's loop), carried to
+    where it is raised again (``.exc``)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+FATAL = (SystemExit, KeyboardInterrupt)  # raised in a task, they stop Ember's loop
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -103,6 +116,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         while True:
             try:
                 return fut.result(timeout=_WATCH_SECONDS)
+            except Raised as carried:  # (a provider's Ctrl-C: this thread's, as it is)
+                raise carried.exc from None
             except TimeoutError:
                 if fut.done():
                     raise  # (the call's own TimeoutError)

@@ -1295,3 +1295,84 @@ def test_an_argument_keyed_by_identity_is_not_kept_alive():
     assert [r() for r in refs] == [None] * 10
     fresh = Session("new")  # (maybe at a dead one's id: not its entry)
     assert fast("q", fresh, str.lower) == models("sim", "new: q").text.lower()
+
+
+# ---- a provider's SystemExit / KeyboardInterrupt ----------------------------------------
+def _interrupting(exc: type[BaseException]):
+    async def provider(request):
+        if "stop" in request.prompt_text():
+            raise exc("from the provider")
+        return "ok: " + request.prompt_text()
+    return provider
+
+
+def _sampled(q):
+    return [r.text for r in models("bails/x", q, n=3, temperature=1.0)]
+
+
+def _two(q):
+    return models("bails/x", q).text + models("sim", "and " + q).text
+
+
+async def _atwo(q):
+    return (await ember.amodels("bails/x", q)).text
+
+
+def _changing(q):  # (its check runs in a thread: a plan never holds)
+    import time
+
+    stamp = models("sim", f"{q} at {time.perf_counter_ns()}").text[:0]
+    return models("bails/x", q + stamp).text
+
+
+def _in_daemon_thread(fn, timeout: float = 20.0):
+    """``fn()`` in a thread of its own, its exception raised here; a hang fails."""
+    import threading
+
+    box: list = []
+
+    def run():
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:
+            box.append((False, exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box:
+        pytest.fail(f"no answer within {timeout}s")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("call", [
+    lambda: jit(_two)("stop"),
+    lambda: jit(ember.timeout(_two, seconds=30))("stop"),  # (a task of its own: wait_for)
+    lambda: jit(_sampled)("stop"),  # (n samples: a task each)
+    lambda: _in_daemon_thread(lambda: asyncio.run(jit(_atwo)("stop"))),  # (it hung)
+    lambda: ember.vmap(_two)(["a", "stop"]),  # (a sync jit on Ember's loop thread)
+    lambda: (lambda m: (m(["a"]), m(["a", "stop"])))(ember.vmap(_changing)),
+    lambda: ember.timeout(_two, seconds=30)("stop"),  # (eager)
+], ids=["jit", "jit-timeout", "jit-samples", "async-jit", "vmap", "vmap-changing",
+        "eager-timeout"])
+def test_a_providers_ctrl_c_reaches_the_caller_and_the_loop_goes_on(exc, call):
+    """A custom provider's KeyboardInterrupt / SystemExit inside a jitted call's model
+    call stopped Ember's loop thread: the caller got 'the event loop thread stopped'
+    a second later, and the process's clients died with the loop."""
+    from ember import _runtime
+
+    ember.providers.register("bails", _interrupting(exc))
+    try:
+        models("sim", "warm")
+        thread = _runtime._thread
+        with pytest.raises(exc, match="from the provider"):
+            call()
+        assert _runtime._thread is thread and thread.is_alive()  # the same loop goes on
+        assert jit(_two)("fine") == _two("fine")
+    finally:
+        ember.providers._custom.pop("bails", None)
+        ember.providers._instances.pop("bails", None)

@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from .. import providers
 from .._request import Request
+from .._runtime import FATAL, Raised
 from .._response import Response
 from ..errors import (BadRequestError, ContextLengthError, EmberError,
                       ResponseFormatError, TimeoutError)
@@ -145,6 +146,9 @@ async def _admitted(provider: Any, tokens: int, priority: float, waited: list[An
         limiter.release(ticket, None, exc)
         waited[2].append((ticket.admitted, time.monotonic()))
         raise
+    except FATAL as exc:  # (a provider's: raised in a task, it stopped Ember's loop)
+        limiter.release(ticket, None)
+        raise Raised(exc) from None
     except BaseException:  # cancelled (deadline or caller): the tokens count as spent
         limiter.release(ticket, None)
         raise

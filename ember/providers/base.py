@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from .._request import Request
 from .._response import Response, Usage
+from .._runtime import FATAL, Raised
 from ..errors import ConfigurationError, ResponseFormatError
 
 __all__ = ["Provider", "FunctionProvider"]
+
+T = TypeVar("T")
 
 
 class Provider:
@@ -45,7 +48,7 @@ class Provider:
 
     async def complete_batch(self, requests: list[Request]) -> list[list[Response]]:
         """Many requests at once. The default sends them concurrently."""
-        return list(await asyncio.gather(*(self.complete(r) for r in requests)))
+        return list(await asyncio.gather(*(_carried(self.complete(r)) for r in requests)))
 
     async def aclose(self) -> None:
         """Release pooled connections."""
@@ -70,7 +73,7 @@ class FunctionProvider(Provider):
             raise ConfigurationError(
                 f"Custom provider {self.name!r} must be an async function "
                 f"(`async def fn(request)`); calling it returned {type(out).__name__}.")
-        out = await out
+        out = await _carried(out)  # (n samples: a task each, see below)
         items = out if isinstance(out, list) else [out]
         result = []
         for item in items:
@@ -87,6 +90,15 @@ class FunctionProvider(Provider):
                 f"Custom provider {self.name!r} returned {len(result)} answers for n={request.n}.",
                 self.name)
         return result
+
+
+async def _carried(aw: Awaitable[T]) -> T:
+    """``aw``, its SystemExit or KeyboardInterrupt carried as `Raised`: raised in a
+    task (gather makes one of each), they would stop Ember's loop."""
+    try:
+        return await aw
+    except FATAL as exc:
+        raise Raised(exc) from None
 
 
 def _bad_answer(message: str, provider: str) -> ResponseFormatError:
