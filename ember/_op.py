@@ -82,13 +82,10 @@ def _op_atom(state: TraceState, value: Any, loc: str | None) -> Any:
     if isinstance(value, dict):
         atoms = [_op_atom(state, v, loc) for v in value.values()]
         return state.add("pack", atoms, {"kind": "dict", "keys": tuple(value)}, None, loc)
-    atom = state.atomize(value, loc)
-    if isinstance(atom, Lit):
-        try:
-            hash(atom.value)
-        except TypeError:
-            raise StopTrace("an unhashable constant passed to an ember.op") from None
-    return atom
+    # (a constant Python cannot hash, a set or a dataclass, is a literal all the same:
+    # the passes leave a node holding one unmerged, and a replayed graph hands the op
+    # the object it was traced with, of equal content: the signature keys it so)
+    return state.atomize(value, loc)
 
 
 def _marked(value: Any) -> bool:

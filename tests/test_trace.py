@@ -594,6 +594,70 @@ def test_ember_op_forms():
     same(unhashable, "q")
 
 
+class _Style(pydantic.BaseModel):  # (unhashable, as pydantic models are)
+    tone: str
+    banned: list[str]
+
+
+def test_an_op_given_an_unhashable_constant_is_planned():
+    """An `ember.op` called with a constant Python cannot hash (a set, a dataclass,
+    a pydantic model) stopped planning without a word: the rest ran eagerly, one call
+    at a time, and `inspect` listed no break."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Style:
+        tone: str
+        banned: list
+
+    @ember.op
+    def render(answers, style):
+        return f"{style.tone}: " + " / ".join(a.text[:12] for a in answers
+                                              if a.text[:1] not in style.banned)
+
+    @ember.op
+    def size(tags, answer):
+        return f"{len(tags)} tags on {answer.text[:10]}"
+
+    def f(x, style):
+        answers = [models("sim", f"Idea {i} on {x}") for i in range(3)]
+        judged = models("sim", f"Judge {render(answers, style)}")
+        return judged.text, models("sim", f"Tag {size({'a', 'b'}, judged)}").text
+
+    for style in (Style("calm", ["x"]), _Style(tone="warm", banned=["y"])):
+        fast = same(f, "tides", style)
+        assert fast.entry("tides", style).graph is not None  # planned whole, replayed
+        assert not fast.entry("tides", style).breaks
+        [graph] = fast.last_run.graphs  # (one round: no answer awaited by the Python)
+        assert [n.op for n in graph.nodes].count("call") == 2
+        assert "tracing stopped" not in str(ember.inspect(f, "tides", style))
+
+
+def test_an_effect_given_an_unhashable_constant_runs_on_the_callers_object():
+    """A replayed graph holds the object it was traced with; a new one equal to it is
+    the same signature. Its effect must run on the caller's own object, as eagerly."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Notes:
+        lines: list
+
+    @ember.op(effectful=True)
+    def note(notes, text):
+        notes.lines.append(text[:6])
+        return len(notes.lines)
+
+    def f(x, notes):
+        n = note(notes, models("sim", x).text)
+        return models("sim", f"{x} after {n} notes").text
+
+    fast = jit(f, verify=True)
+    first, second = Notes([]), Notes([])
+    assert fast("q", first) == f("q", Notes([]))
+    assert fast("q", second) == f("q", Notes([]))  # (signature: Notes(lines=[]), as first)
+    assert first.lines == second.lines == [models("sim", "q").text[:6]]
+
+
 def test_trace_state_helpers():
     state = TraceState()
     token = trace_var.set(state)

@@ -54,6 +54,14 @@ def _snapshot(values: list[Any]) -> list[Any]:
         return values
 
 
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 class _Once:
     """An async effect's coroutine, awaited once: a check run that starts over awaits
     its result again, not the effect."""
@@ -159,12 +167,16 @@ class _Run:
         runs one only when a later call needs its result. Not even then when a step
         before it failed (eager Python may never reach it, or reach it through an except
         clause) or when it takes a list or dict (the graph would hand it a copy, and
-        changes it makes to the caller's own, an append to a history, would be lost)."""
+        changes it makes to the caller's own, an append to a history, would be lost), or
+        a constant Python cannot hash (a dataclass: a replayed graph holds the one it
+        was traced with, not the caller's equal one)."""
         env, nodes = self.env, self.graph.nodes
         out = nodes[i].out.id  # (a log line, a save: no later node takes its result)
         if not any(a.id == out for n in nodes[i + 1:] for a in n.inputs if a.__class__ is Var):
             return True
         if any(isinstance(env.get(n.out.id), BaseException) for n in nodes[:i]):
+            return True
+        if any(a.__class__ is Lit and not _hashable(a.value) for a in nodes[i].inputs):
             return True
         made = {a.id for a in nodes[i].inputs if isinstance(a, Var)}
         return any(n.op == "pack" and n.param("kind") != "tuple" and n.out.id in made

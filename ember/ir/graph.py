@@ -45,8 +45,10 @@ def fresh_var(type: Type) -> Var:
 
 @dataclass(frozen=True, slots=True)
 class Lit:
-    """A literal input: any hashable Python value. Its ``id`` is None (no var has that
-    id), so a sweep keyed by var id can look up any atom without checking its kind."""
+    """A literal input: a Python value, hashable unless an `ember.op` was given one
+    (passes leave a node holding an unhashable one unmerged). Its ``id`` is None (no
+    var has that id), so a sweep keyed by var id can look up any atom without checking
+    its kind."""
 
     value: Any
     id: ClassVar[None] = None
