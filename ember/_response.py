@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any, Callable, NamedTuple
 
+from ._schema import Schema, schema_error, schema_of
 from .errors import ParseError
 
 __all__ = ["Response", "Usage"]
@@ -105,11 +106,16 @@ class Response:
     def json(self, schema: Any = None) -> Any:
         """Parse the text as JSON, tolerating code fences and prose around one object.
 
-        With a pydantic model class as ``schema``, validate into it. Raises `ParseError`
-        (showing the text) when there is no JSON to be found.
+        With a pydantic model class as ``schema``, validate into it; with a JSON schema
+        dict (as for ``response_format``), check the value against it (the subset
+        `ember._schema` names) and return it. Raises `ParseError` (showing the text)
+        when there is no JSON to be found or it does not match, naming the first
+        failing path (``$.items[2].label``).
         """
         value = parse_json(self.text)
-        if schema is not None and hasattr(schema, "model_validate"):
+        if schema is None:
+            return value
+        if hasattr(schema, "model_validate"):
             try:
                 return schema.model_validate(value)
             except Exception as exc:  # pydantic.ValidationError
@@ -118,6 +124,15 @@ class Response:
                     f"Text was: {_shorten(self.text)}",
                     self.text,
                 ) from None
+        if isinstance(schema, Schema):  # (a traced call's, kept hashable)
+            schema = schema.schema
+        if not isinstance(schema, dict):
+            raise TypeError("Response.json(schema): the schema is a pydantic model class or "
+                            f"a JSON schema dict, not {type(schema).__name__}.")
+        error = schema_error(value, schema_of(schema))
+        if error is not None:
+            raise ParseError(f"The model's JSON does not match the schema: {error}\n"
+                             f"Text was: {_shorten(self.text)}", self.text)
         return value
 
     def __str__(self) -> str:

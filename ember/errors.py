@@ -4,7 +4,7 @@
     ├── ConfigurationError          bad model id, unknown provider, missing API key
     │   └── MissingAPIKeyError      names the environment variable to set
     ├── TraceError                  jit(fullgraph=True) met data-dependent Python, bad tracer use
-    ├── ParseError (ValueError)     Response.json() on text that is not JSON
+    ├── ParseError (ValueError)     Response.json() on text that is not JSON or not the schema's
     ├── TimeoutError (builtins.TimeoutError)
     ├── ProviderError               the provider refused or failed a request
     │   ├── AuthenticationError     401 / 403

@@ -234,3 +234,86 @@ def test_degenerate_brackets_are_a_parse_error():
     for text in ("[" * 5000, "x {" * 20000):  # (RecursionError; a scan per brace)
         with pytest.raises(ember.ParseError):
             parse_json(text)
+
+
+# ---- .json() with a JSON schema dict ---------------------------------------------------
+_TICKET = {
+    "type": "object",
+    "required": ["label", "score", "tags"],
+    "properties": {
+        "label": {"enum": ["bug", "question"]},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "owner": {"$ref": "#/$defs/person"},
+        "steps": {"type": "array", "items": {
+            "type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}},
+            "additionalProperties": False}},
+    },
+    "$defs": {"person": {"type": "object", "required": ["name"],
+                         "properties": {"name": {"type": "string"}}}},
+}
+_GOOD = {"label": "bug", "score": 0.5, "tags": ["ui"], "owner": {"name": "Ana"},
+         "steps": [{"n": 1}, {"n": 2.0}]}
+
+
+def test_json_with_a_schema_dict_validates_it():
+    """A JSON schema dict was ignored: any JSON came back, the schema unchecked."""
+    assert make(json.dumps(_GOOD)).json(_TICKET) == _GOOD
+    assert make(f"```json\n{json.dumps(_GOOD)}\n```").json(schema=_TICKET) == _GOOD
+    wrapped = {"type": "json_schema", "json_schema": {"name": "ticket", "schema": _TICKET}}
+    assert make(json.dumps(_GOOD)).json(wrapped) == _GOOD  # (OpenAI's response_format)
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"label": "feature"}, '$.label: "feature" is not one of ["bug", "question"]'),
+    ({"score": "high"}, "$.score: expected number, got string"),
+    ({"score": True}, "$.score: expected number, got boolean"),
+    ({"score": 1.5}, "$.score: 1.5 is above the maximum 1"),
+    ({"tags": ["ui", 3]}, "$.tags[1]: expected string, got integer"),
+    ({"owner": {"nom": "Ana"}}, "$.owner: missing required property 'name'"),
+    ({"steps": [{"n": 1}, {"n": 1.5}]}, "$.steps[1].n: expected integer, got number"),
+    ({"steps": [{"n": 1, "x": 0}]}, "$.steps[0]: unexpected property 'x'"),
+    ({"tags": None}, "$.tags: expected array, got null"),
+])
+def test_json_with_a_schema_dict_names_the_failing_path(change, where):
+    r = make(json.dumps({**_GOOD, **change}))
+    with pytest.raises(ParseError) as info:
+        r.json(_TICKET)
+    assert where in str(info.value) and info.value.text == r.text
+    assert "Text was: " in str(info.value)
+
+
+def test_json_with_a_schema_dict_finds_a_missing_field_and_a_wrong_root():
+    with pytest.raises(ParseError, match=r"\$: missing required property 'tags'"):
+        make('{"label": "bug", "score": 0}').json(_TICKET)
+    with pytest.raises(ParseError, match=r"\$: expected object, got array"):
+        make('["bug"]').json(_TICKET)
+    assert make("[1, 2]").json({"type": "array", "items": {"type": "integer"}}) == [1, 2]
+    with pytest.raises(ParseError, match=r"\$\[0\]: expected integer"):
+        make('["1", 2]').json({"type": "array", "items": {"type": "integer"}})
+
+
+def test_json_with_an_unusable_schema_is_a_type_error():
+    with pytest.raises(TypeError, match="pydantic model class or a JSON schema dict"):
+        make('{"a": 1}').json("Verdict")
+
+
+def test_json_with_a_schema_dict_under_jit_plans_and_validates():
+    """Under jit, `.json(schema_dict)` was a graph break (its params held a dict)."""
+    schema = {"type": "object", "required": ["answer"],
+              "properties": {"answer": {"type": "string"}}}
+    strict = {**schema, "required": ["verdict"]}
+
+    def f(x):
+        data = ember.models("sim", f"Answer in JSON: {x}", response_format="json").json(schema)
+        return ember.models("sim", f"Check {data['answer']}").text
+
+    fast = ember.jit(f, verify=True)
+    assert fast("q") == f("q") and fast("q") == f("q")
+    assert fast.entry("q").graph is not None and not fast.entry("q").breaks
+
+    def g(x):
+        return ember.models("sim", f"JSON: {x}", response_format="json").json(strict)
+
+    with pytest.raises(ParseError, match="missing required property 'verdict'"):
+        ember.jit(g)("q")

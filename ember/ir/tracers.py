@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._schema import Schema
 from .graph import Var
 from .locations import user_location
 from .marked_text import _MARK_OPEN, MarkedText
@@ -94,7 +95,8 @@ class TracedResponse(Traced):
     def json(self, schema: Any = None) -> TracedValue:
         st = self._state
         st.read.append(self._var)
-        args = () if schema is None else (schema,)
+        args = () if schema is None else (Schema(schema) if isinstance(schema, dict)
+                                          else schema,)  # (params are hashable)
         var = st.add("method", [self._var], {"name": "json", "args": args}, Json,
                      user_location(2))
         return _known(st, var)
