@@ -716,14 +716,115 @@ def test_one_bad_prompt_in_a_batch_fails_alone():
         return outs
 
     sim.configure(fail_on="Q2")
+    sim.reset_stats()
     expected = guarded("q")
     assert [o.startswith("failed") for o in expected] == [False, False, True, False]
+    assert sim.stats().requests == 4
     fast = jit(guarded)
     for _ in range(2):
         sim.reset_stats()
         assert fast("q") == expected
-        assert sim.stats().requests == 1 + 4  # the refused batch, then each alone
-        assert fast.last_run.requests == 1 + 4  # (the refused round trip is reported)
+        # one round trip: the batch answers the others and refuses Q2 alone (it was
+        # refused whole, then sent again prompt by prompt: 1 + 4 requests, eager's 4)
+        assert sim.stats().requests == 1 and sim.stats().completions == 3
+        assert fast.last_run.requests == 1 and fast.last_run.completions == 3
+        assert [c.error for c in fast.last_run.calls] == [None, None, "BadRequestError", None]
+
+
+def test_one_prompt_too_long_for_the_model_in_a_batch_fails_alone():
+    """A fan-out batched into one request with one prompt over the context window:
+    the size check before sending failed the whole batch, so every call raised
+    ContextLengthError (eager: only that one, and the other three answered)."""
+    def guarded(x: str):
+        outs = []
+        for i in range(4):
+            try:
+                outs.append(models("sim", f"Q{i}: {x}" + " word" * (200 if i == 2 else 0)).text)
+            except ember.ContextLengthError:
+                outs.append("too long")
+        return outs
+
+    sim.configure(context_window=100)
+    sim.reset_stats()
+    expected = guarded("q")
+    assert expected.count("too long") == 1 and sim.stats().requests == 3
+    fast = jit(guarded)
+    for _ in range(2):
+        sim.reset_stats()
+        assert fast("q") == expected
+        assert sim.stats().requests == 1 and fast.last_run.requests == 1  # (never sent)
+
+
+def test_a_batch_providers_refused_prompt_fails_alone():
+    """A Provider with a batch interface of its own (the default: its prompts at once)
+    refused the whole batch for one prompt: sent again prompt by prompt, N + 1."""
+    from ember.providers import Provider
+
+    sent: list = []
+
+    class Picky(Provider):
+        name = "picky"
+        supports_batch = True
+        default_temperature = 0.0
+
+        async def complete(self, request):
+            sent.append(request.prompt_text())
+            if "bad" in request.prompt_text():
+                raise ember.BadRequestError("picky: refused", provider="picky", status=400)
+            return [ember.Response(request.prompt_text().upper(), model=request.model_id)]
+
+    def f(x):
+        outs = []
+        for p in ("one", "bad", "two"):
+            try:
+                outs.append(models("picky/m", f"{p} {x}").text)
+            except ember.BadRequestError:
+                outs.append("refused")
+        return outs
+
+    hiccups: list = []
+
+    class Flaky(Picky):  # a prompt in ``hiccups`` fails once with a 503
+        async def complete(self, request):
+            word = request.prompt_text().split()[0]
+            if word in hiccups:
+                hiccups.remove(word)
+                raise ember.ServerError("picky: 503", provider="picky", status=503)
+            return await super().complete(request)
+
+    class Wholesale(Picky):  # refuses a batch whole: each prompt is sent again alone
+        async def complete_batch(self, requests):
+            if any("bad" in r.prompt_text() for r in requests):
+                raise ember.BadRequestError("picky: batch refused", provider="picky",
+                                            status=400)
+            return [await self.complete(r) for r in requests]
+
+    try:
+        ember.providers.register("picky", Picky())
+        expected = f("q")
+        assert expected == ["ONE Q", "refused", "TWO Q"]
+        sent.clear()
+        fast = jit(f)
+        assert fast("q") == expected
+        assert len(sent) == 3 and fast.last_run.requests == 1  # (one batch round trip)
+        ember.providers.register("picky", Wholesale())
+        sent.clear()
+        fast = jit(f)
+        assert fast("q") == expected
+        assert len(sent) == 3 and fast.last_run.requests == 1 + 3
+        ember.providers.register("picky", Flaky())
+        quick = dict(max_attempts=3, initial_delay=0.001, max_delay=0.002)
+        hiccups.append("two")
+        assert ember.retry(f, **quick)("q") == expected  # (eager: "two" retried)
+        hiccups.append("two")
+        fast = jit(ember.retry(f, **quick))
+        assert fast("q") == expected  # (a 503 in the batch: that prompt retried alone)
+        assert fast.last_run.requests == 2 and fast.last_run.failures == 1  # ("bad")
+        assert sorted(map(str, (c.error for c in fast.last_run.calls))) == [
+            "BadRequestError", "None", "None", "resent"]
+    finally:
+        ember.providers._custom.pop("picky", None)
+        ember.providers._instances.pop("picky", None)
 
 
 def test_methods_can_be_jitted():

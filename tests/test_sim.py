@@ -459,11 +459,16 @@ def test_complete_batch_is_one_round_trip():
     assert st.prompts == ["a", "b", "c"]
 
 
-def test_a_batch_fails_as_a_whole_when_one_prompt_fails():
+def test_a_batch_refuses_a_bad_prompt_alone():
+    """One round trip answers the others; the refused prompt's error is in its place
+    (a batch failed as a whole, and dispatch sent it again prompt by prompt)."""
     sim.configure(fail_on="bad")
-    with pytest.raises(errors.BadRequestError):
-        run(SimProvider().complete_batch([req("good"), req("bad")]))
-    assert sim.stats().in_flight == 0
+    good, bad = run(SimProvider().complete_batch([req("good"), req("bad")]))
+    assert good[0].text and isinstance(bad, errors.BadRequestError)
+    st = sim.stats()
+    assert (st.requests, st.completions, st.in_flight, st.prompts) == (1, 1, 0, ["good"])
+    with pytest.raises(errors.BadRequestError):  # (alone: raised)
+        run(SimProvider().complete_batch([req("bad")]))
 
 
 def test_reset_stats():

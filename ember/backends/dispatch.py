@@ -362,19 +362,40 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
                         options: CallOptions | None = None, priority: float = 0.0,
                         locations: list[str | None] | None = None) -> list[Any]:
     """One round trip for many prompts, on a provider with a batch interface, under one
-    admission reservation. Returns each element's first response (or its error)."""
+    admission reservation. Returns each element's first response (or its error). A
+    prompt too long for the model fails alone, unsent, as eagerly; so does one the
+    provider refuses alone (an error in place of its answers, see `Provider`)."""
     options = options or current_options()
-    deadline = deadline_of(options)
     locations = locations or [None] * len(requests)
-    tokens = sum(_reservation(r) for r in requests)
+    out: list[Any] = [None] * len(requests)
+    sent: list[int] = []
+    tokens = 0
+    for k, req in enumerate(requests):
+        try:
+            tokens += _reservation(req)
+        except EmberError as exc:  # too long: refused unsent (it failed every call)
+            out[k] = exc.where(req.model_id, locations[k])
+        else:
+            sent.append(k)
+    if sent:
+        done = await _round_trip(provider, [requests[k] for k in sent],
+                                 [locations[k] for k in sent], tokens, options, priority)
+        for k, result in zip(sent, done, strict=True):
+            out[k] = result
+    return out
+
+
+async def _round_trip(provider: Any, requests: list[Request], locations: list[str | None],
+                      tokens: int, options: CallOptions, priority: float) -> list[Any]:
+    deadline = deadline_of(options)
     waited: list[Any] = [0.0, 0.0, []]
     label = requests[0].model_id
     start = time.monotonic()
 
-    def attempt() -> Awaitable[list[list[Response]]]:
+    def attempt() -> Awaitable[list[Any]]:
         call = _admitted(provider, tokens, priority, waited,
                          lambda: provider.complete_batch(requests),
-                         lambda batches: sum(_usage(b) for b in batches))
+                         lambda batches: sum(_usage(b) for b in batches if isinstance(b, list)))
         return _within(call, deadline, label)
 
     def failed(exc: EmberError, members: int, resent: bool = False) -> None:
@@ -393,26 +414,42 @@ async def send_as_batch(provider: Any, requests: list[Request], *,
 
     try:
         batches, attempts = await _retrying(attempt, options.retry, deadline, label)
-    except BadRequestError as exc:
-        if len(requests) == 1:
-            raise
+    except EmberError as exc:
+        if not isinstance(exc, BadRequestError) or len(requests) == 1:
+            failed(exc, len(requests))
+            return [exc.where(label, locations[0])] * len(requests)
         failed(exc, 1, resent=True)  # (a round trip all the same)
         # one bad prompt (too long, refused) must not fail the others, as it would not
         # in eager Python: each is sent on its own and gets its own answer or error
         results = await send_batch(requests, options=options, priority=priority,
                                    locations=locations)
         return [r[0] if isinstance(r, list) else r for r in results]
-    except EmberError as exc:
-        failed(exc, len(requests))
-        return [exc.where(label, locations[0])] * len(requests)
     end = time.monotonic()
-    out = []
+    out: list[Any] = []
+    again: list[int] = []  # prompts that failed alone and may succeed alone: retried
     for k, (req, responses, loc) in enumerate(zip(requests, batches, locations, strict=True)):
+        # (the round trip's attempts and admission wait are counted once, on its first)
+        tries, wait = (attempts, waited[0]) if k == 0 else (1, 0.0)
+        if isinstance(responses, Exception):  # this prompt failed, alone
+            transient = getattr(responses, "transient", False)
+            record(CallRecord(req.model_id, waited[1] or start, end, req.n, cost=0.0,
+                              attempts=tries, location=loc, batched=k > 0,
+                              error=RESENT if transient else type(responses).__name__,
+                              throttle_wait=wait, flights=_flights(waited)))
+            if transient:
+                again.append(k)
+            out.append(responses.where(req.model_id, loc)
+                       if isinstance(responses, EmberError) else responses)
+            continue
         cost = _fill_costs(req, responses)
         usage = [sum(r.usage[i] for r in responses) for i in (0, 1)]
-        # (the round trip's attempts and admission wait are counted once, on its first)
         record(CallRecord(req.model_id, waited[1] or start, end, req.n, usage[0], usage[1], cost,
-                          attempts=attempts if k == 0 else 1, location=loc, batched=k > 0,
-                          throttle_wait=waited[0] if k == 0 else 0.0, flights=_flights(waited)))
+                          attempts=tries, location=loc, batched=k > 0, throttle_wait=wait,
+                          flights=_flights(waited)))
         out.append(responses[0])
+    if again:  # (sent on their own, under the retry policy, as eagerly)
+        results = await send_batch([requests[k] for k in again], options=options,
+                                   priority=priority, locations=[locations[k] for k in again])
+        for k, r in zip(again, results, strict=True):
+            out[k] = r[0] if isinstance(r, list) else r
     return out

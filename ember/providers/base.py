@@ -20,7 +20,8 @@ class Provider:
     """Base class of providers. ``complete`` returns ``request.n`` responses.
 
     ``supports_n``: one request can carry n samples (OpenAI-compatible chat).
-    ``supports_batch``: ``complete_batch`` sends many prompts as one request.
+    ``supports_batch``: ``complete_batch`` sends many prompts as one request (a prompt
+    it refuses alone gets its exception in place of its responses).
     ``default_temperature``: the temperature the provider uses when none is given;
     it decides whether an unparameterized call is deterministic.
     """
@@ -46,9 +47,15 @@ class Provider:
         input; the static estimate counts it). None: the format is a request field."""
         return None
 
-    async def complete_batch(self, requests: list[Request]) -> list[list[Response]]:
-        """Many requests at once. The default sends them concurrently."""
-        return list(await asyncio.gather(*(_carried(self.complete(r)) for r in requests)))
+    async def complete_batch(self, requests: list[Request]) -> list[list[Response] | Exception]:
+        """Many requests at once: each one's responses, or the exception of one refused
+        alone (raising fails them all). The default sends them concurrently."""
+        done = await asyncio.gather(*(_carried(self.complete(r)) for r in requests),
+                                    return_exceptions=True)
+        for result in done:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # (a cancellation)
+        return done
 
     async def aclose(self) -> None:
         """Release pooled connections."""

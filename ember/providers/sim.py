@@ -154,10 +154,12 @@ class SimProvider(Provider):
     async def complete(self, request: Request) -> list[Response]:
         return (await self._round_trip([request]))[0]
 
-    async def complete_batch(self, requests: list[Request]) -> list[list[Response]]:
+    async def complete_batch(self, requests: list[Request]) -> list[list[Response] | Exception]:
+        """One round trip; a prompt refused (too long, ``fail_on``) fails alone: its
+        error in place of its answers."""
         return await self._round_trip(requests)
 
-    async def _round_trip(self, requests: list[Request]) -> list[list[Response]]:
+    async def _round_trip(self, requests: list[Request]) -> list[Any]:
         if _env_error is not None:
             raise ConfigurationError(_env_error)
         cfg, st = _config, _stats
@@ -166,15 +168,9 @@ class SimProvider(Provider):
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
         try:
             prompts = [req.prompt_text() for req in requests]
-            for req, prompt in zip(requests, prompts):
-                if estimate_tokens(prompt) > cfg.context_window:
-                    raise ContextLengthError(
-                        f"sim: prompt of ~{estimate_tokens(prompt)} tokens exceeds the "
-                        f"context window of {cfg.context_window}.", provider="sim",
-                        model=req.model_id, status=400)
-                if cfg.fail_on and cfg.fail_on in prompt:
-                    raise BadRequestError(f"sim: prompt contains {cfg.fail_on!r} (fail_on).",
-                                          provider="sim", model=req.model_id, status=400)
+            refused = [_refusal(req, prompt, cfg) for req, prompt in zip(requests, prompts)]
+            if len(requests) == 1 and refused[0] is not None:
+                raise refused[0]
             if cfg.error_rate and self.rng.random() < cfg.error_rate:
                 if self.rng.random() < 0.5:
                     raise RateLimitError("sim: simulated 429", provider="sim", status=429,
@@ -183,8 +179,11 @@ class SimProvider(Provider):
             delay = _sample_latency(cfg.latency, self.rng)
             if delay > 0:
                 await asyncio.sleep(delay)
-            out = []
-            for req, prompt in zip(requests, prompts):
+            out: list[Any] = []
+            for req, prompt, error in zip(requests, prompts, refused):
+                if error is not None:
+                    out.append(error)
+                    continue
                 st.prompts.append(prompt)
                 if len(st.prompts) > 2 * MAX_PROMPTS:  # (trimmed in halves: amortized O(1))
                     del st.prompts[:-MAX_PROMPTS]
@@ -223,6 +222,18 @@ class SimProvider(Provider):
             cost=cost_of("sim", req.model, in_tokens, out_tokens), latency=latency,
             finish_reason=finish,
         )
+
+
+def _refusal(req: Request, prompt: str, cfg: SimConfig) -> Exception | None:
+    """The 400 a prompt gets (over the context window, or holding ``fail_on``)."""
+    if estimate_tokens(prompt) > cfg.context_window:
+        return ContextLengthError(
+            f"sim: prompt of ~{estimate_tokens(prompt)} tokens exceeds the context window "
+            f"of {cfg.context_window}.", provider="sim", model=req.model_id, status=400)
+    if cfg.fail_on and cfg.fail_on in prompt:
+        return BadRequestError(f"sim: prompt contains {cfg.fail_on!r} (fail_on).",
+                               provider="sim", model=req.model_id, status=400)
+    return None
 
 
 def _topic(prompt: str) -> list[str]:
