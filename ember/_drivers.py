@@ -80,7 +80,11 @@ async def _check_in_thread(fn: Callable, check: CheckRun, args: tuple, kwargs: d
         _record_all(check.hits)
         return value
 
-    return await asyncio.get_running_loop().run_in_executor(_check_threads, ctx.run, run)
+    try:
+        return await asyncio.get_running_loop().run_in_executor(_check_threads, ctx.run, run)
+    except asyncio.CancelledError:  # (Ctrl-C on the map): the thread sends nothing more
+        check.cancel()
+        raise
 
 
 def _record_all(calls: list[CallRecord]) -> None:

@@ -7,6 +7,8 @@ only if something reads it); otherwise it sends the request and waits.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import time
 from contextvars import ContextVar
 from typing import Any
@@ -250,6 +252,22 @@ class CheckRun:
         self.suspendable = suspendable
         self.blocked_at: str | None = None  # the first call a blocking read fetched
         self.fetch_seconds = 0.0  # spent blocked on fetches
+        # the task awaiting a check run in a thread of its own (vmap) was cancelled
+        # (Ctrl-C): its Python may run on, but sends nothing more
+        self.cancelled = False
+        self.waiting: Any = None  # the blocking fetch under way (a concurrent Future)
+
+    def hold(self, fetch: Any) -> None:
+        """Note the blocking fetch under way, to cancel it with the run (`cancel`)."""
+        self.waiting = fetch
+        if self.cancelled:
+            fetch.cancel()
+
+    def cancel(self) -> None:
+        """The run's caller is gone: its fetch under way is cancelled, later ones raise."""
+        self.cancelled = True
+        if self.waiting is not None:
+            self.waiting.cancel()
 
     async def fetch_pending(self) -> list[tuple[str, int]]:
         """Send every pending request of this run together; store the answers (or
@@ -364,8 +382,13 @@ class _Fetch:
             start = time.perf_counter()
             if self not in (r._thunk for r in check.pending):  # (read after its run
                 check.pending.append(Response.pending(self))  # ended: returned unread)
-            run_sync(check.fetch_pending())  # this one and every other pending, together
-            check.fetch_seconds += time.perf_counter() - start
+            try:  # this one and every other pending, together
+                if check.cancelled:
+                    raise concurrent.futures.CancelledError()
+                run_sync(check.fetch_pending(), started=check.hold)
+            except concurrent.futures.CancelledError:  # (a BaseException: not swallowed by
+                raise asyncio.CancelledError("the jitted call was cancelled") from None  # the
+            check.fetch_seconds += time.perf_counter() - start  # user's `except Exception`)
         if self.error is not None:
             raise self.error.exc if isinstance(self.error, Raised) else self.error
         return self.result  # type: ignore[return-value]

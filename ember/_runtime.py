@@ -14,7 +14,7 @@ import contextvars
 import os
 import sys
 import threading
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Callable, Coroutine, TypeVar
 
 __all__ = ["loop", "run_sync", "run_async", "on_loop", "Raised"]
 
@@ -103,14 +103,18 @@ async def _handing_over(coro: Coroutine[Any, Any, T], fut: concurrent.futures.Fu
             fut.set_result(result)
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on Ember's loop and wait for it. Ctrl-C cancels it."""
+def run_sync(coro: Coroutine[Any, Any, T], *,
+             started: Callable[[concurrent.futures.Future], Any] | None = None) -> T:
+    """Run a coroutine on Ember's loop and wait for it. Ctrl-C cancels it, as does
+    cancelling the future handed to ``started``."""
     if on_loop():
         coro.close()
         raise RuntimeError(
             "A blocking Ember call was made from inside Ember's own event loop; "
             "use the async form (await ember.amodels(...)) in async code.")
     fut = submit(coro)
+    if started is not None:
+        started(fut)
     thread = _thread
     try:
         while True:

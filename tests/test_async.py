@@ -28,6 +28,16 @@ def _script(code: str, *flags: str, **popen: object) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": ROOT}, **popen)
 
 
+def _finish(child: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The child's output, once it exits (killed if it has not within ``timeout``)."""
+    try:
+        return child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise
+
+
 def test_an_unplannable_async_call_leaves_the_callers_loop_free():
     """Once jit gives up planning (a timestamp in every prompt), the check run waited
     for each answer by blocking the thread: the caller's event loop froze, and
@@ -144,7 +154,7 @@ def test_cancelling_an_async_map_cancels_its_shared_call_on_embers_loop():
 
         asyncio.run(main())
     """, "-X", "dev")
-    out, err = child.communicate(timeout=60)
+    out, err = _finish(child, 60)
     assert out.split() == ["cancelled", "answered", "0"], err
 
 
@@ -169,7 +179,7 @@ def test_exit_while_a_daemon_thread_is_between_calls(openai_server):
         time.sleep(0.2)
         print("main exits", flush=True)
     """)
-    out, err = child.communicate(timeout=60)
+    out, err = _finish(child, 60)
     assert "RecursionError" not in out + err, out + err
     assert out.startswith("main exits") and child.returncode == 0, out + err
 
@@ -196,7 +206,7 @@ def test_ctrl_c_in_a_map_then_exit_leaves_no_task_behind(openai_server):
         time.sleep(0.05)  # (every first-round call in flight)
     time.sleep(0.3)
     child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
+    _, err = _finish(child, 30)
     assert "KeyboardInterrupt" in err
     assert "Task was destroyed" not in err and "different Context" not in err, err
 
@@ -225,7 +235,7 @@ def test_an_async_ensemble_cancelled_at_once_leaves_no_coroutine_unawaited():
 
         asyncio.run(main())
     """, "-X", "dev")
-    out, err = child.communicate(timeout=60)
+    out, err = _finish(child, 60)
     assert out.strip() == "done" and "never awaited" not in err, err
 
 
@@ -257,3 +267,33 @@ def test_timeout_limits_an_async_functions_own_awaits_under_jit_and_vmap():
     eager, jitted, mapped = asyncio.run(all_ways())
     assert eager == jitted == "TimeoutError"
     assert isinstance(mapped[0], TimeoutError)
+
+
+def test_ctrl_c_stops_a_maps_elements_running_in_check_threads():
+    """Elements whose Python runs in Ember's check threads (a timestamp in a prompt: no
+    plan holds) went on after Ctrl-C: 8 more requests sent, and the exit waited for
+    them (20 s at a 10 s latency)."""
+    child = _script("""
+        import os, signal, threading, time, ember
+        from ember import models, vmap
+        from ember.providers import sim
+
+        def stamp(x):
+            return models("sim", f"{time.time()} {x}").text + models("sim", f"{x} again").text
+
+        mapped = vmap(stamp)
+        mapped(["a", "b"]); mapped(["a", "b"])  # learn: no plan can be trusted
+        sim.configure(latency=30)
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        base = sim.stats().requests
+        try:
+            mapped([f"item {i}" for i in range(8)])
+        except KeyboardInterrupt:
+            sent = sim.stats().requests - base
+            import atexit
+            atexit.register(lambda: print("sent", sent, "in all", sim.stats().requests - base,
+                                          flush=True))
+    """)
+    out, err = _finish(child, 25)  # (the old code waited ~60 s to exit)
+    words = out.split()
+    assert words[0] == "sent" and words[1] == words[4] == "8", out + err
