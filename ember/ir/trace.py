@@ -517,7 +517,8 @@ def _leaves(value: Any):
             return
         value = fields
     for v in value:
-        if isinstance(v, (list, tuple, dict)) or fields_of(v) is not None:
+        if isinstance(v, (list, tuple, dict)) or not isinstance(v, str) and \
+                fields_of(v) is not None:  # (answers' texts, the usual leaves: no look)
             yield from _leaves(v)
         else:
             yield v
