@@ -28,6 +28,7 @@ from ember._runtime import run_sync  # noqa: E402
 from ember.backends import ray as ember_ray  # noqa: E402
 from ember.backends import ray_wire as ember_ray_wire  # noqa: E402
 from ember.backends.limits import configure_limits, limiter  # noqa: E402
+from ember.backends.policy import CallOptions, new_region  # noqa: E402
 from ember.errors import ConfigurationError, MissingAPIKeyError, RateLimitError  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -261,13 +262,13 @@ def test_worker_and_limiter_bodies_in_process(fault_server):
         async def main():
             await core.configure(settings)
             assert await worker.configure(settings) == "w1"
-            payload = (two_step.fn, False, {})
+            payload = (two_step.fn, False, {}, None)
             return await asyncio.gather(worker.run("m", [payload], ("x",)),
                                         worker.run("m", [payload], ("bad",)))
 
         async def more():  # an async function, its payload still an awaitable ref
             async def wrapped():
-                return (ask_async, False, {})
+                return (ask_async, False, {}, None)
 
             for k in range(9):  # only the latest 8 maps' functions are kept
                 ok, (text, _), _ = await worker.run(f"a{k}", [_Ref(wrapped())], (str(k),))
@@ -277,6 +278,14 @@ def test_worker_and_limiter_bodies_in_process(fault_server):
         fault_server.headers = {"x-ratelimit-limit-requests": "600"}
         run_sync(more())
         (ok, value, calls), (bad, err, _) = run_sync(main())
+
+        async def scoped():  # the caller's timeout scope, its clock in wall time
+            region = new_region()
+            late = (CallOptions(timeouts=((region, 60.0),)), {region: time.time() - 1})
+            return await worker.run("s", [(two_step.fn, False, {}, late)], ("y",))
+
+        late_ok, late_err, _ = run_sync(scoped())
+        assert not late_ok and isinstance(ember_ray_wire.unpack_error(late_err), TimeoutError)
         assert ok and value == "echo: then echo: first x" and len(calls) == 2
         assert calls[0].start > 1e9  # wall-clock time, for the driver to shift back
         assert not bad and type(ember_ray_wire.unpack_error(err)) is ValueError
@@ -431,3 +440,15 @@ def test_a_use_block_sends_the_caps_before_the_drivers_own_calls(cluster, serve)
             assert cluster.limits("openai").concurrency == 1
     finally:
         ember.configure_limits("openai", concurrency=64)
+
+
+def test_a_timeout_around_a_ray_map_binds_the_actors_calls(cluster, serve):
+    """The caller's retry and timeout scope stayed on the driver: a 0.5 s timeout around
+    a Ray map of 2 s calls waited for every answer (the local backend raises)."""
+    serve(latency=2.0)
+
+    def ask_all(xs):
+        return ember.vmap(ask, backend=cluster, return_exceptions=True)(xs)
+
+    out = ember.timeout(ask_all, 0.5)(["a", "b"])
+    assert [type(x) for x in out] == [ember.TimeoutError] * 2

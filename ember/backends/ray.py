@@ -40,6 +40,7 @@ from . import limits
 from .limits import Limiter, Ticket, limiter
 from .ray_wire import (apply_settings, as_error, clock_offset, failure, portable_error,
                        shifted, unpack_error)
+from .policy import CallOptions, current_options, deadlines_var, options_var
 from .record import Recorder, recorder_var
 
 __all__ = ["Cluster", "use", "resolve", "RemoteAdmission"]
@@ -171,11 +172,18 @@ class LimiterCore:
 
 
 # ---- the worker actor --------------------------------------------------------------------
-async def run_element(jitted: Jitted, args: tuple, kwargs: dict) -> tuple[bool, Any, list]:
+async def run_element(jitted: Jitted, args: tuple, kwargs: dict,
+                      scope: tuple[CallOptions, dict] | None = None) -> tuple[bool, Any, list]:
     """One element, as the local vmap runs it: (ok, result or packed error, records in
-    wall-clock time)."""
+    wall-clock time). ``scope``: the driver's retry and timeout scope, its deadlines in
+    wall-clock time (a `retry` or `timeout` around the map binds its calls here too)."""
     rec = Recorder()
     token = recorder_var.set([rec])
+    options, deadlines = scope or (None, {})
+    otoken = options_var.set(options) if options is not None else None
+    offset = clock_offset()
+    dtoken = deadlines_var.set({k: t - offset for k, t in deadlines.items()}) \
+        if deadlines else None
     try:
         if jitted.is_async:
             value: Any = await drive_async(jitted._program(args, kwargs))
@@ -187,8 +195,12 @@ async def run_element(jitted: Jitted, args: tuple, kwargs: dict) -> tuple[bool, 
     except Exception as exc:
         ok, value = False, portable_error(exc)
     finally:
+        if dtoken is not None:
+            deadlines_var.reset(dtoken)
+        if otoken is not None:
+            options_var.reset(otoken)
         recorder_var.reset(token)
-    return ok, value, shifted(rec.calls, clock_offset())
+    return ok, value, shifted(rec.calls, offset)
 
 
 class WorkerCore:
@@ -209,16 +221,16 @@ class WorkerCore:
             while len(self.maps) >= 8:  # keep the latest maps' functions only
                 self.maps.pop(next(iter(self.maps)))
             entry = self.maps[map_id] = asyncio.ensure_future(self._load(box))
-        jitted, kwargs = await entry
-        return await run_element(jitted, args, kwargs)
+        jitted, kwargs, scope = await entry
+        return await run_element(jitted, args, kwargs, scope)
 
     @staticmethod
-    async def _load(box: list) -> tuple[Jitted, dict]:
+    async def _load(box: list) -> tuple[Jitted, dict, tuple]:
         payload = box[0]  # an ObjectRef inside a list: Ray hands it over unresolved
         if inspect.isawaitable(payload):
             payload = await payload
-        fn, fullgraph, kwargs = payload
-        return Jitted(fn, fullgraph=fullgraph), kwargs
+        fn, fullgraph, kwargs, scope = payload
+        return Jitted(fn, fullgraph=fullgraph), kwargs, scope
 
 
 _classes: tuple[Any, Any] | None = None
@@ -431,7 +443,9 @@ class Cluster:
         settings = self._settings()
         await self._configure(settings)
         jitted = mapped.jitted
-        box = [ray.put((jitted.fn, jitted.fullgraph, kwargs))]
+        offset = clock_offset()  # (the caller's retry and timeout scope, for the actors)
+        scope = (current_options(), {k: t + offset for k, t in (deadlines_var.get() or {}).items()})
+        box = [ray.put((jitted.fn, jitted.fullgraph, kwargs, scope))]
         map_id = uuid.uuid4().hex
         n = len(elements)
         gate = asyncio.Semaphore(mapped.batch_size or max(n, 1))
