@@ -461,7 +461,9 @@ class Jitted:
                 breaks.setdefault((b.loc, b.reason), b)
             entry.breaks = list(breaks.values())
             graph = _substitute_known(state.graph(result), state.values)
-            plans.append((state, graph))  # (for `_tighten`, if the check finds it wrong)
+            # (for `_tighten`, if the check finds it wrong: with the outputs the Python
+            # returned, not the calls an unfinished round runs, which hid every suspect)
+            plans.append((state, Graph(graph.inputs, graph.nodes, list(graph.outputs))))
             kept = sum(len(st.nodes) for st, _ in plans)
             while len(plans) > 1 and kept > MAX_KEPT_NODES:  # the oldest rounds go first
                 kept -= len(plans.pop(0)[0].nodes)

@@ -31,7 +31,7 @@ from .backends.memo import Memo
 from .backends.record import Recorder, recorder_var
 from .errors import BatchError, TraceError
 from .ir.graph import Graph
-from .ir.trace import current_trace
+from .ir.trace import Suspend, current_trace
 from .passes.vmap import hoisted_nodes, split_hoistable
 
 __all__ = ["vmap", "Mapped"]
@@ -264,20 +264,32 @@ class Mapped:
             async def each() -> list[Any]:
                 results: list[Any] = []
                 errors: dict[int, BaseException] = {}
+                suspended: Suspend | None = None
                 for i, e in enumerate(elements):
                     try:
                         results.append(await fn(*e, **kwargs))
+                    except Suspend as exc:
+                        suspended = suspended or exc
+                        results.append(None)
                     except Exception as exc:
                         fail(i, exc, results, errors)
+                if suspended is not None:
+                    raise suspended
                 return self._finish(results, errors)
             return each()
         results: list[Any] = []
         errors: dict[int, BaseException] = {}
+        suspended: Suspend | None = None
         for i, e in enumerate(elements):
             try:
                 results.append(fn(*e, **kwargs))
+            except Suspend as exc:  # (while planning: record the other elements' calls
+                suspended = suspended or exc  # too, so one round sends them all)
+                results.append(None)
             except Exception as exc:
                 fail(i, exc, results, errors)
+        if suspended is not None:
+            raise suspended
         return self._finish(results, errors)
 
     def _finish(self, results: list[Any], errors: dict[int, BaseException]) -> list[Any]:

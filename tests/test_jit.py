@@ -12,7 +12,7 @@ import pytest
 from servers import openai_server  # noqa: F401
 
 import ember
-from ember import jit, models
+from ember import jit, models, vmap
 from ember.backends.record import recording
 from ember.providers import sim
 
@@ -1477,3 +1477,96 @@ def test_a_providers_ctrl_c_reaches_the_caller_and_the_loop_goes_on(exc, call):
     finally:
         ember.providers._custom.pop("bails", None)
         ember.providers._instances.pop("bails", None)
+
+
+def test_a_set_or_dict_look_up_of_an_unfinished_answer_is_a_break():
+    """`answer in {"yes", "no"}` or `ROUTES.get(answer)` hashed the placeholder and
+    missed silently: the plan sent the fallback call as well, on every call (2 requests
+    where eager makes 1; 8 for a map of 4)."""
+    sent: list = []
+
+    async def bot(request):
+        sent.append(request.model)
+        return "yes" if request.model == "m" else "hard"
+
+    ember.providers.register("yn", bot, default_temperature=0.0)
+    try:
+        routes = {"easy": "yn/small", "hard": "yn/large"}
+
+        def ask(q):
+            a = models("yn/m", f"Answer yes or no: {q}").text.strip()
+            if a in {"yes", "no"}:
+                return a
+            return models("yn/m", f"Strictly yes or no! {q}").text
+
+        def route(q):
+            choice = models("yn/router", f"Route: {q}").text
+            return models(routes.get(choice, "yn/small"), q).text
+
+        for fn in (ask, route):
+            sent.clear()
+            eager = fn("q")
+            made = list(sent)
+            fast = jit(fn)
+            for _ in range(3):
+                sent.clear()
+                assert fast("q") == eager and sent == made
+            sent.clear()
+            assert vmap(fn)(["q"] * 4) == [eager] * 4
+            assert len(sent) == 4 * len(made)
+        assert any("hashing" in b.reason for b in ember.inspect(ask, "q").breaks)
+    finally:
+        ember.providers._custom.pop("yn", None)
+        ember.providers.reset()
+
+
+def test_a_vmap_inside_a_jitted_function_plans_every_element():
+    """The elements of a vmap called while planning ran one after another when the
+    mapped function had a break: the first element's break stopped the round."""
+    def one(x):
+        a = models("sim", f"Draft: {x}")
+        if "zzz" in a.text:  # a data-dependent check: a break
+            return "skip"
+        return models("sim", f"Polish: {a.text}").text
+
+    xs = [f"item {i}" for i in range(4)]
+    eager = [one(x) for x in xs]
+    sim.reset_stats()
+    assert jit(lambda xs: vmap(one)(xs))(xs) == eager
+    assert sim.stats().requests == 2  # every draft in one batch, then every polish
+
+
+def test_a_wrong_plan_that_ended_at_a_break_keeps_later_calls_planned():
+    """Tree of thought, scored by parsing each rating with re: the first plan is wrong.
+    The plans kept to find what it misread had their outputs replaced by every model
+    call (a round that ends at a break runs them all), so no misread was found, the
+    whole signature went strict, and every later call made eager's 19 requests in
+    turn."""
+    import re as regex
+
+    def score(thought):
+        rating = models("sim", f"Rate 0-9: {thought}", max_tokens=20).text
+        digits = regex.findall(r"\d", rating)
+        return int(digits[0]) if digits else 0
+
+    def expand(state, depth):
+        if depth == 0:
+            return [state]
+        kids = [models("sim", f"Next step #{i} from: {state}", max_tokens=30).text
+                for i in range(3)]
+        return [leaf for k in sorted(kids, key=score, reverse=True)[:2]
+                for leaf in expand(k, depth - 1)]
+
+    def tot(problem):
+        best = max(expand(problem, 2), key=len)
+        return models("sim", f"Final answer based on: {best}").text
+
+    fast = jit(tot)
+    fast("warm-up")  # the first plan is wrong: the signature learns
+    for problem in ("make 24", "make 25"):
+        sim.reset_stats()
+        eager = tot(problem)
+        made = sim.stats().requests, sim.stats().completions
+        sim.reset_stats()
+        assert fast(problem) == eager
+        assert sim.stats().completions == made[1] and sim.stats().requests < made[0]

@@ -68,7 +68,9 @@ class MarkedText(str):
             return str.__contains__(self, item)
         return self._decide("`in` on", str.__contains__, item)
 
-    __hash__ = str.__hash__  # (defining __eq__ would unset it)
+    def __hash__(self) -> int:  # a dict or set look-up (`text in {"yes", "no"}`,
+        # `ROUTES.get(text)`) on the placeholder missed silently: a wrong plan
+        return self._decide("hashing (a dict or set look-up of)", str.__hash__)
 
     def __len__(self) -> int:
         return self._decide("len() of", len)

@@ -37,6 +37,7 @@ def unconsumed_reads(state: Any, outputs: Iterable[Any] = ()) -> set[str]:
     ``re`` or ``json.loads``. The first suspects."""
     taken = {a.id for node in state.nodes for a in node.inputs}
     taken.update(a.id for a in outputs)
+    taken.update(state.needed)  # (a break awaited it: read for real, not a placeholder)
     return {node.loc for var in set(state.marked) if var.id not in taken
             and (node := origin(state, var)) is not None and node.loc is not None}
 

@@ -180,6 +180,7 @@ class TraceState:
         self.nonce = _next_nonce()  # unguessable, so user text never forges a marker
         self._mark_open = _MARK_OPEN + self.nonce
         self.breaks: list[Break] = []
+        self.needed: set[int] = set()  # var ids a graph break asked the value of
         self.guarded = False  # a known value steered the Python: graph is data-dependent
         self.fullgraph = fullgraph
         # .text / str() / format() of unknown values suspend: all (True), or those of
@@ -430,6 +431,7 @@ class TraceState:
             reason = f"{reason}, inside {via}(){_INSTEAD.get(via, '')}"
         value = self.value_of(tracer._var)
         known = value is not UNKNOWN
+        self.needed.add(tracer._var.id)  # (read through a break: not a misread)
         self.breaks.append(Break(loc, reason, known))
         if self.fullgraph:
             raise TraceError(
