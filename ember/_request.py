@@ -89,6 +89,17 @@ def _bare_provider(name: str) -> str | None:
     return None
 
 
+class FrozenDict(tuple):
+    """A dict parameter value, frozen: its (key, value) pairs, sorted. A tuple of its
+    own class, so it unfreezes to a dict and a list of pairs stays a list (an empty
+    dict, a tool's ``"properties": {}``, was sent as ``[]``: a 400)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(_unfreeze(self))
+
+
 def _canonical(value: Any, where: str) -> Any:
     """A hashable, JSON-able form of a parameter value; rejects what cannot be one."""
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -96,7 +107,7 @@ def _canonical(value: Any, where: str) -> Any:
     if isinstance(value, (list, tuple)):
         return tuple(_canonical(v, where) for v in value)
     if isinstance(value, dict):
-        return tuple(sorted((str(k), _canonical(v, where)) for k, v in value.items()))
+        return FrozenDict(sorted((str(k), _canonical(v, where)) for k, v in value.items()))
     raise ConfigurationError(
         f"Parameter {where!r} has a value of type {type(value).__name__}; use str, numbers, "
         "lists or dicts."
@@ -104,9 +115,9 @@ def _canonical(value: Any, where: str) -> Any:
 
 
 def _unfreeze(value: Any) -> Any:
+    if value.__class__ is FrozenDict:
+        return {k: _unfreeze(v) for k, v in value}
     if isinstance(value, tuple):
-        if value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
-            return {k: _unfreeze(v) for k, v in value}
         return [_unfreeze(v) for v in value]
     return value
 

@@ -756,3 +756,18 @@ def test_registering_a_prefix_again_closes_the_old_providers_clients(openai_serv
     finally:
         providers._custom.pop("corp", None)
         providers.reset()
+
+
+def test_dict_and_list_parameters_are_sent_as_given(openai_server):
+    """Frozen dicts and lists were one kind of tuple: an empty dict (a tool with no
+    arguments: "properties": {}) went out as [], which OpenAI refuses, and a list of
+    [name, value] pairs went out as a dict."""
+    tool = {"type": "function", "function": {"name": "now", "description": "The time.",
+                                             "parameters": {"type": "object", "properties": {}}}}
+    pairs = [["yes", "1"], ["no", "0"]]
+    models(MODEL, "What time is it?", tools=[tool], metadata={}, guided_choice=pairs)
+    body = openai_server.requests[-1].body
+    assert body["tools"] == [tool] and body["metadata"] == {}
+    assert body["guided_choice"] == pairs
+    request = build_request("openai", "gpt-4o-mini", "x", {"metadata": {"a": {}}})
+    assert request.param("metadata") == {"a": {}} and "{'a': {}}" in repr(request.params)
