@@ -22,6 +22,8 @@ DOCUMENT = ("Ada Lovelace wrote the first published program for Charles Babbage'
 
 
 def enrich(doc: str) -> dict:
+    # (sim answers a list; OpenAI's JSON mode answers objects only: there, ask for
+    # {"entities": [...]} and read .json()["entities"])
     entities = models("sim", f"List the named entities in this text as a JSON array: {doc}",
                       response_format="json").json()
     notes = [models("sim", f"In one sentence, background on {name}.") for name in entities]

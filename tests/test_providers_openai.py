@@ -771,3 +771,21 @@ def test_dict_and_list_parameters_are_sent_as_given(openai_server):
     assert body["guided_choice"] == pairs
     request = build_request("openai", "gpt-4o-mini", "x", {"metadata": {"a": {}}})
     assert request.param("metadata") == {"a": {}} and "{'a': {}}" in repr(request.params)
+
+
+def test_json_mode_says_json_where_the_messages_do_not(openai_server):
+    """OpenAI's JSON mode refuses messages that never say "json" (a 400), where sim and
+    Anthropic (told by Ember) answer: Ember says it, and the estimate counts it."""
+    models(MODEL, "List three primary colors.", response_format="json")
+    assert openai_server.requests[-1].body["messages"] == [
+        {"role": "system", "content": "Respond with a JSON object."},
+        {"role": "user", "content": "List three primary colors."}]
+    models(MODEL, "Colors?", system="Be terse.", response_format="json")
+    assert openai_server.requests[-1].body["messages"][0]["content"] == \
+        "Be terse.\n\nRespond with a JSON object."
+    models(MODEL, "Colors, as JSON", response_format="json")  # said already: as given
+    assert openai_server.requests[-1].body["messages"] == [
+        {"role": "user", "content": "Colors, as JSON"}]
+    said = ember.inspect(lambda t: models(MODEL, t, response_format="json").text, "x")
+    plain = ember.inspect(lambda t: models(MODEL, t).text, "x")
+    assert said.estimate.input_tokens > plain.estimate.input_tokens

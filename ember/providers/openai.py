@@ -30,6 +30,11 @@ _REASONING_RE = re.compile(r"^(o1|o3|o4|gpt-5)($|[-_.:])")
 # ------------------------------------------------------------------- OpenAIProvider
 
 
+# said when a JSON-mode request's messages never say "json" (OpenAI refuses those);
+# JSON mode answers with an object only: an array comes wrapped in one
+JSON_MODE_INSTRUCTION = "Respond with a JSON object."
+
+
 def is_reasoning_model(model: str) -> bool:
     """o1 / o3 / o4 / gpt-5 families: ``max_completion_tokens``; temperature only 1."""
     return bool(_REASONING_RE.match(model.lower()))
@@ -81,6 +86,9 @@ class OpenAIProvider(SDKProvider):
     default_base_url = "https://api.openai.com/v1"
     reasoning_rules = True  # apply the o1/o3/o4/gpt-5 parameter rules
 
+    def added_instruction(self, response_format: Any) -> str | None:
+        return JSON_MODE_INSTRUCTION if response_format == "json" else None
+
     def make_client(self, base_url: str | None, api_key: str) -> Any:
         from openai import AsyncOpenAI
 
@@ -106,6 +114,16 @@ class OpenAIProvider(SDKProvider):
         fmt = openai_response_format(request.response_format)
         if fmt is not None:
             params["response_format"] = fmt
+            messages = params["messages"]
+            if request.response_format == "json" and not any(
+                    "json" in str(m["content"]).lower() for m in messages):
+                # JSON mode refuses messages that never say "json" (a 400), where sim and
+                # Anthropic (told by Ember) answer: say it, as Ember does for those
+                if messages[0]["role"] == "system":
+                    messages[0] = {**messages[0], "content": messages[0]["content"]
+                                   + "\n\n" + JSON_MODE_INSTRUCTION}
+                else:
+                    messages.insert(0, {"role": "system", "content": JSON_MODE_INSTRUCTION})
         extra = request.extra_params()
         if extra:
             params["extra_body"] = extra
