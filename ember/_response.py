@@ -112,7 +112,10 @@ class Response:
         when there is no JSON to be found or it does not match, naming the first
         failing path (``$.items[2].label``).
         """
-        value = parse_json(self.text)
+        try:
+            value = parse_json(self.text)
+        except ParseError as exc:
+            raise self._unparsed(exc) from None
         if schema is None:
             return value
         if hasattr(schema, "model_validate"):
@@ -134,6 +137,20 @@ class Response:
             raise ParseError(f"The model's JSON does not match the schema: {error}\n"
                              f"Text was: {_shorten(self.text)}", self.text)
         return value
+
+    def _unparsed(self, exc: ParseError) -> ParseError:
+        """``exc``, said better where the finish reason explains it: a refusal or an
+        answer cut off by max_tokens. Those are final: sent again (`ember.retry`), the
+        same request is refused or cut off again."""
+        reason = self.finish_reason
+        if reason == "content_filter":
+            exc = ParseError(f"The model refused to answer (finish_reason "
+                             f"'content_filter'): {_shorten(self.text)}. Rephrase the prompt; "
+                             "the same request is refused again.", self.text)
+        elif reason != "length" and "cut off" not in str(exc):
+            return exc
+        exc.final = True  # type: ignore[attr-defined]  # (ember.retry does not resend it)
+        return exc
 
     def __str__(self) -> str:
         return self.text

@@ -789,3 +789,52 @@ def test_json_mode_says_json_where_the_messages_do_not(openai_server):
     said = ember.inspect(lambda t: models(MODEL, t, response_format="json").text, "x")
     plain = ember.inspect(lambda t: models(MODEL, t).text, "x")
     assert said.estimate.input_tokens > plain.estimate.input_tokens
+
+
+def _answer_body(message: dict, finish: str = "stop") -> bytes:
+    return json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": MODEL,
+                       "choices": [{"index": 0, "message": {"role": "assistant", **message},
+                                    "finish_reason": finish}],
+                       "usage": {"prompt_tokens": 5, "completion_tokens": 3,
+                                 "total_tokens": 8}}).encode()
+
+
+def test_a_refusal_is_content_filtered_and_not_parsed_again(openai_server):
+    """A refusal read as an answer ('stop'), so .json() said 'not JSON, ask for JSON'
+    and ember.retry sent the same request 3 times."""
+    refusal = _answer_body({"content": None, "refusal": "I'm sorry, I can't help."})
+    openai_server.script(*[Fault("malformed", body=refusal)] * 3)
+    answer = models(MODEL, "Forbidden, as JSON", response_format="json")
+    assert answer.finish_reason == "content_filter" and answer.text == "I'm sorry, I can't help."
+
+    @ember.retry
+    def parsed():
+        return models(MODEL, "Forbidden, as JSON", response_format="json").json()
+
+    openai_server.requests.clear()
+    with pytest.raises(errors.ParseError, match="refused"):
+        parsed()
+    assert len(openai_server.requests) == 1
+
+
+def test_an_answer_cut_off_by_max_tokens_is_not_sent_again_by_retry(openai_server):
+    openai_server.answer = lambda body, i: '{"colors": ["red", "green", "blue", "yellow"]}'
+
+    @ember.retry
+    def parsed():
+        return models(MODEL, "Colors, as JSON", max_tokens=3, temperature=0).json()
+
+    with pytest.raises(errors.ParseError, match="cut off"):
+        parsed()
+    assert len(openai_server.requests) == 1
+
+
+def test_content_in_parts_is_joined(openai_server):
+    """Mistral's thinking models answer content as a list of parts: a 'content is not
+    text' error, retried 3 times."""
+    parts = _answer_body({"content": [{"type": "thinking", "thinking": "hmm"},
+                                      {"type": "text", "text": "The answer"},
+                                      {"type": "text", "text": " is 4."}]})
+    openai_server.script(Fault("malformed", body=parts))
+    assert models(MODEL, "2 + 2?").text == "The answer is 4."
+    assert len(openai_server.requests) == 1

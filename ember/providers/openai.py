@@ -52,6 +52,15 @@ def openai_response_format(fmt: Any) -> dict[str, Any] | None:
             "json_schema": {"name": name, "schema": json.loads(schema), "strict": strict}}
 
 
+def _finish_reason(choice: dict) -> str | None:
+    """A choice's finish_reason; a refusal (no content, a ``refusal`` text) is
+    "content_filter", as Anthropic's "refusal" stop reason is."""
+    message = choice.get("message")
+    if isinstance(message, dict) and message.get("content") is None and message.get("refusal"):
+        return "content_filter"
+    return choice.get("finish_reason")
+
+
 def split_tokens(total: int, weights: list[int]) -> list[int]:
     """Split ``total`` into integer shares proportional to ``weights`` (largest
     remainder; equal shares when every weight is 0). The shares sum to ``total``."""
@@ -171,7 +180,7 @@ class OpenAIProvider(SDKProvider):
                 text, model=request.model_id, usage=used,
                 cost=self.cost(request, billed if i == 0 else 0, share)
                 if usage is not None else self.cost_without_usage(request),
-                latency=latency, finish_reason=choice.get("finish_reason")))
+                latency=latency, finish_reason=_finish_reason(choice)))
         return out
 
     def _usage(self, usage: dict, request: Request) -> tuple[int, int, float]:
@@ -192,6 +201,10 @@ class OpenAIProvider(SDKProvider):
         text = message.get("content")
         if text is None:  # a refusal, or a tool call with no text
             text = message.get("refusal") or ""
+        elif isinstance(text, list):  # content parts (Mistral's thinking models): the text
+            parts = [p.get("text") for p in text if isinstance(p, dict) and p.get("type") == "text"]
+            if all(isinstance(p, str) for p in parts):
+                text = "".join(parts)
         if not isinstance(text, str):
             raise self.format_error(request, "a message's content is not text", body, headers)
         return text
