@@ -71,8 +71,10 @@ def test_non_retryable_errors_are_attempted_once(fault_server, kind, error):
 
 
 def test_bare_429_is_a_quota_error_and_fails_fast(fault_server):
-    # a 429 with neither Retry-After nor rate-limit headers comes from a spend cap
-    fault_server.script(Fault("rate_limit", retry_after=None))
+    # a 429 with neither Retry-After nor rate-limit headers, nor words of throttling,
+    # comes from a spend cap
+    fault_server.script(Fault("server", status=429, headers={"content-type": "application/json"},
+                              body=b'{"error": {"message": "Request refused.", "code": null}}'))
     start = time.monotonic()
     with pytest.raises(QuotaExceededError):
         retry(call, max_attempts=5)("q")
@@ -80,6 +82,15 @@ def test_bare_429_is_a_quota_error_and_fails_fast(fault_server):
     assert time.monotonic() - start < 0.5
     assert call("after").text == "echo: after"  # a quota error pauses nothing
     assert time.monotonic() - start < 0.5
+
+
+def test_a_bare_429_that_says_rate_limit_is_retried_with_backoff(fault_server):
+    """A gateway's 429 saying "Rate limit exceeded" with no hint of when: it was taken
+    for a used-up quota, and the call failed where the next attempt succeeded."""
+    fault_server.script(Fault("rate_limit", retry_after=None,
+                              message="Rate limit exceeded: 20 requests per minute."))
+    assert retry(call, max_attempts=3, initial_delay=0.01)("q").text == "echo: q"
+    assert len(fault_server.requests) == 2
 
 
 def test_final_error_lists_attempts_and_attempts_never_multiply(fault_server):

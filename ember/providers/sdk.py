@@ -71,6 +71,9 @@ _CONTEXT_RE = re.compile(
     r"|exceeds? (the )?context|context (limit|size)|exceed_context_size"
 )
 # quota wording only: OpenAI's throttling 429s also mention "billing" (to raise limits)
+# a 429's words for throttling (not a used-up quota, which _QUOTA_RE names)
+_RATE_RE = re.compile(r"rate.?limit|too many requests|requests per (minute|second|min|sec)"
+                      r"|\b(rpm|tpm)\b|slow down")
 _QUOTA_RE = re.compile(
     r"insufficient_quota|exceeded your current quota|quota exceeded|billing_hard_limit"
     r"|credit balance|spend(ing)? limit"
@@ -480,7 +483,7 @@ class SDKProvider(Provider):
                         "succeed however long you wait. Shorten the prompt or lower max_tokens "
                         "(or raise the limit); retrying will not help.", None)
         if status == 429:
-            return self._throttled(make, retry_after, headers, model)
+            return self._throttled(make, retry_after, headers, model, text)
         if status in (400, 413) and _CONTEXT_RE.search(text):
             return make(ContextLengthError,
                         f"The prompt for model {model!r} does not fit its context window "
@@ -495,9 +498,14 @@ class SDKProvider(Provider):
                     "Check the parameters passed to models().")
 
     def _throttled(self, make: Callable[..., ProviderError], retry_after: float | None,
-                   headers: dict[str, str], model: str) -> ProviderError:
+                   headers: dict[str, str], model: str, text: str = "") -> ProviderError:
         if retry_after is None:
             retry_after = reset_hint(headers)
+        if retry_after is None and _RATE_RE.search(text):  # (a gateway that says so, with
+            return make(RateLimitError,  # no hint of when: the retry policy's backoff)
+                        f"{self.title} is throttling requests for model {model!r} (HTTP "
+                        "429, with no hint of when to retry). ember.retry backs off and "
+                        "retries automatically.", None)
         if retry_after is None:
             return make(QuotaExceededError,
                         f"{self.title} refused model {model!r} with HTTP 429 and no hint of when "
