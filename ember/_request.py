@@ -279,18 +279,24 @@ def build_request(provider: str, model: str, prompt: Any, params: dict[str, Any]
 
 
 # client settings, not request parameters: passed through, they would be sent in the
-# JSON body (a key in clear) and listed by ember.inspect, and do nothing
-_CLIENT_SETTINGS = ("api_key", "extra_headers")
+# JSON body (a key in clear) and listed by ember.inspect, and do nothing (stream=True:
+# the answer would come as events, not JSON)
+_CLIENT_SETTINGS = ("stream", "api_key", "extra_headers")
 
 
 def _refuse_client_settings(params: dict[str, Any], provider: str | None) -> None:
-    given = [k for k in _CLIENT_SETTINGS if k in params]
+    given = [k for k in _CLIENT_SETTINGS if k in params and (k != "stream" or params[k])]
     if not given:
         return
     from . import providers
 
     if provider in providers._custom:  # the user's own provider reads what it is given
         return
+    if given[0] == "stream":
+        raise ConfigurationError(
+            "models() does not take stream=True: it returns whole answers (a streamed body "
+            "is not a JSON answer, and was sent again as malformed). Remove stream=True; "
+            "jit already overlaps the calls that can run at once.")
     if given[0] == "api_key":
         key_env = getattr(providers.get(provider), "key_env", None) if provider else None
         hint = (f"Set the environment variable {key_env} instead (`export {key_env}=...`)"

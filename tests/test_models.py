@@ -496,6 +496,19 @@ def test_an_api_key_parameter_is_refused_and_never_shown(openai_server, model, e
     assert not openai_server.requests
 
 
+def test_stream_true_is_refused_before_anything_is_sent(openai_server):
+    """stream=True passed through: the server answered with events, taken for a
+    malformed body, and the request was sent three times."""
+    for run in (lambda: ember.models("gpt-4o-mini", "hi", stream=True),
+                lambda: ember.jit(lambda q: ember.models("gpt-4o-mini", q, stream=True).text)("hi")):
+        with pytest.raises(errors.ConfigurationError, match="does not take stream=True"):
+            run()
+    assert not openai_server.requests
+    with pytest.raises(errors.ConfigurationError, match="api_key"):  # (stream=False: as given)
+        ember.models("gpt-4o-mini", "hi", stream=False, api_key="sk-x")
+    assert ember.models("gpt-4o-mini", "hi", stream=False).text == "echo: hi"
+
+
 def test_extra_headers_are_refused_and_a_custom_provider_gets_both(openai_server):
     with pytest.raises(errors.ConfigurationError, match="does not take extra_headers="):
         ember.models("gpt-4o-mini", "hi", extra_headers={"x-key": "v"})
