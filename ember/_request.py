@@ -336,6 +336,9 @@ def normalize_params(params: dict[str, Any], provider: str | None = None
                                         and not isinstance(temperature, bool)
                                         and 0 <= temperature <= 2):
         raise ConfigurationError(f"`temperature` must be a number in [0, 2], got {temperature!r}.")
+    if temperature is not None and temperature > 1 and provider == "anthropic":
+        raise ConfigurationError(f"Anthropic takes `temperature` in [0, 1], got {temperature!r} "
+                                 "(OpenAI's range is [0, 2]).")
     for name in _FLOAT_PARAMS:  # 0 and 0.0 are one setting: one request key
         value = params.get(name)
         if type(value) is int:

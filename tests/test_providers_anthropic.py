@@ -259,3 +259,19 @@ def test_samples_are_requests_of_their_own_retried_and_limited_alone(anthropic_s
         assert anthropic_server.max_in_flight == 2
     finally:
         limiter.reset()
+
+
+def test_portable_parameters_anthropic_would_refuse(anthropic_server):
+    """stop="\\n" (the commonest stop) and a temperature over 1 are fine on OpenAI and
+    refused by Anthropic with a 400, found only at the first real request."""
+    anthropic_server.answer = lambda body, i: "line one\nline two"
+    answer = ember.models(f"anthropic/{MODEL}", "Two lines", stop=["\n", "END"])
+    assert answer.text == "line one" and answer.finish_reason == "stop"
+    assert anthropic_server.requests[-1].body["stop_sequences"] == ["END"]
+    ember.models(f"anthropic/{MODEL}", "Two lines", stop="\n")
+    assert "stop_sequences" not in anthropic_server.requests[-1].body
+    sent = len(anthropic_server.requests)
+    with pytest.raises(errors.ConfigurationError, match=r"Anthropic takes `temperature` in \[0, 1\]"):
+        ember.models(f"anthropic/{MODEL}", "hi", temperature=1.5)
+    assert len(anthropic_server.requests) == sent
+    assert ember.models(f"anthropic/{MODEL}", "hi", temperature=1.0).text

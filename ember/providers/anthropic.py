@@ -80,8 +80,11 @@ class AnthropicProvider(SDKProvider):
         }
         if system:
             params["system"] = "\n\n".join(system)
-        if request.param("stop"):
-            params["stop_sequences"] = list(request.param("stop"))
+        # (Anthropic refuses a whitespace-only stop sequence, "\n" the commonest: those
+        # are applied to the answer here instead, see `parse`)
+        stops = [x for x in request.param("stop") or () if x.strip()]
+        if stops:
+            params["stop_sequences"] = stops
         extra = {k: request.param(k) for k in ("temperature", "top_p")
                  if request.param(k) is not None}
         extra.update(request.extra_params())
@@ -118,6 +121,15 @@ class AnthropicProvider(SDKProvider):
         cost = (self.cost(request, fresh + 1.25 * written + 0.1 * read, output)
                 if usage is not None else None)
         reason = body.get("stop_reason") if isinstance(body.get("stop_reason"), str) else None
+        text, reason = _cut_at_blank_stops("".join(texts), request.param("stop") or (), reason)
         return [Response(
-            "".join(texts), model=request.model_id, usage=Usage(fresh + written + read, output),
+            text, model=request.model_id, usage=Usage(fresh + written + read, output),
             cost=cost, latency=latency, finish_reason=_FINISH.get(reason, reason))]
+
+
+def _cut_at_blank_stops(text: str, stops: Any, reason: str | None) -> tuple[str, str | None]:
+    """The answer cut at the first whitespace-only stop sequence (not sent: Anthropic
+    refuses them), as the API cuts at the others: (text, stop reason)."""
+    cut = min((i for i in (text.find(x) for x in stops if x and not x.strip()) if i >= 0),
+              default=-1)
+    return (text[:cut], "stop_sequence") if cut >= 0 else (text, reason)
