@@ -116,12 +116,12 @@ def test_openai_params_are_normalized(openai_server):
 
 def test_anthropic_params_are_normalized(anthropic_server):
     ember.models("claude-3-5-haiku-latest", "hi", system="Be terse.", temperature=0.2,
-                 max_tokens=50, seed=7, stop="\n")
+                 max_tokens=50, seed=7, stop="END")
     body = anthropic_server.requests[0].body
     assert body["system"] == "Be terse."
     assert body["messages"] == [{"role": "user", "content": "hi"}]
     assert (body["temperature"], body["max_tokens"]) == (0.2, 50)
-    assert body["stop_sequences"] == ["\n"]
+    assert body["stop_sequences"] == ["END"]
     assert "seed" not in body and "stop" not in body  # no Anthropic equivalent
 
 
