@@ -838,3 +838,14 @@ def test_content_in_parts_is_joined(openai_server):
     openai_server.script(Fault("malformed", body=parts))
     assert models(MODEL, "2 + 2?").text == "The answer is 4."
     assert len(openai_server.requests) == 1
+
+
+def test_reasoning_models_that_refuse_stop_get_it_applied_by_ember(openai_server):
+    """o3 and o4-mini refuse `stop` with a 400; o3-mini and the rest take it."""
+    openai_server.answer = lambda body, i: "1\n2\n3\n4\n5"
+    for model in ("o3", "o4-mini-2025-04-16"):
+        answer = models(f"openai/{model}", "Count to 5", stop=["4"])
+        assert "stop" not in openai_server.requests[-1].body
+        assert answer.text == "1\n2\n3\n" and answer.finish_reason == "stop"
+    models("openai/o3-mini", "Count to 5", stop=["4"])
+    assert openai_server.requests[-1].body["stop"] == ["4"]

@@ -28,7 +28,7 @@ from typing import Any
 from .._request import Request
 from .._response import Response, Usage
 from ..errors import BadRequestError, EmberError
-from .sdk import SDKProvider
+from .sdk import SDKProvider, cut_at_stops
 
 __all__ = ["AnthropicProvider", "json_instruction"]
 
@@ -121,15 +121,10 @@ class AnthropicProvider(SDKProvider):
         cost = (self.cost(request, fresh + 1.25 * written + 0.1 * read, output)
                 if usage is not None else None)
         reason = body.get("stop_reason") if isinstance(body.get("stop_reason"), str) else None
-        text, reason = _cut_at_blank_stops("".join(texts), request.param("stop") or (), reason)
+        blank = [x for x in request.param("stop") or () if x and not x.strip()]
+        text, cut = cut_at_stops("".join(texts), blank)
+        reason = "stop_sequence" if cut else reason
         return [Response(
             text, model=request.model_id, usage=Usage(fresh + written + read, output),
             cost=cost, latency=latency, finish_reason=_FINISH.get(reason, reason))]
 
-
-def _cut_at_blank_stops(text: str, stops: Any, reason: str | None) -> tuple[str, str | None]:
-    """The answer cut at the first whitespace-only stop sequence (not sent: Anthropic
-    refuses them), as the API cuts at the others: (text, stop reason)."""
-    cut = min((i for i in (text.find(x) for x in stops if x and not x.strip()) if i >= 0),
-              default=-1)
-    return (text[:cut], "stop_sequence") if cut >= 0 else (text, reason)

@@ -18,13 +18,15 @@ from typing import Any
 from .._request import Request
 from .._response import Response, Usage
 from . import prices
-from .sdk import SDKProvider
+from .sdk import SDKProvider, cut_at_stops
 from .transport import http_response_type
 
 __all__ = ["OpenAIProvider"]
 
 # OpenAI reasoning models: max_completion_tokens, and no temperature/top_p except 1
 _REASONING_RE = re.compile(r"^(o1|o3|o4|gpt-5)($|[-_.:])")
+# reasoning models that refuse `stop` (a 400): Ember cuts their answers at it instead
+_NO_STOP_RE = re.compile(r"^(o3|o4-mini)($|-\d{4}-\d{2}-\d{2}$)")
 
 
 # ------------------------------------------------------------------- OpenAIProvider
@@ -118,6 +120,8 @@ class OpenAIProvider(SDKProvider):
         for name in ("seed", "stop"):
             if request.param(name) is not None:
                 params[name] = request.param(name)
+        if self.reasoning_rules and _NO_STOP_RE.match(request.model.lower()):
+            params.pop("stop", None)  # (refused by these models: applied in `parse`)
         if request.n > 1:
             params["n"] = request.n
         fmt = openai_response_format(request.response_format)
@@ -168,6 +172,10 @@ class OpenAIProvider(SDKProvider):
         if all(isinstance(c, dict) and isinstance(c.get("index"), int) for c in choices):
             choices = sorted(choices, key=lambda c: c["index"])
         texts = [self._choice_text(c, request, body, headers) for c in choices]
+        cut = [False] * len(texts)
+        if self.reasoning_rules and request.param("stop") and \
+                _NO_STOP_RE.match(request.model.lower()):  # (the stop Ember kept back)
+            texts, cut = map(list, zip(*(cut_at_stops(t, request.param("stop")) for t in texts)))
         usage = body.get("usage")
         if not isinstance(usage, dict):
             usage = None
@@ -180,7 +188,7 @@ class OpenAIProvider(SDKProvider):
                 text, model=request.model_id, usage=used,
                 cost=self.cost(request, billed if i == 0 else 0, share)
                 if usage is not None else self.cost_without_usage(request),
-                latency=latency, finish_reason=_finish_reason(choice)))
+                latency=latency, finish_reason="stop" if cut[i] else _finish_reason(choice)))
         return out
 
     def _usage(self, usage: dict, request: Request) -> tuple[int, int, float]:

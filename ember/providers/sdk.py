@@ -128,6 +128,13 @@ def error_fields(body: Any, fallback: str) -> tuple[str, str]:
     return fallback, ""
 
 
+def cut_at_stops(text: str, stops: Any) -> tuple[str, bool]:
+    """``text`` up to its first stop sequence, as a server cuts an answer, for stops
+    Ember applies itself (those the API refuses): (text, whether it was cut)."""
+    cut = min((i for i in (text.find(x) for x in stops if x) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 @functools.lru_cache(maxsize=16)
 def _digest(api_key: str) -> str:
     """A key's identity in the pool tables: its hash (the tables never hold the key;
