@@ -623,6 +623,12 @@ def test_error_fields_shapes():
     assert error_fields(None, "f") == ("f", "")
     assert error_fields({"detail": "Not Found"}, "f") == ("Not Found", "")
     assert error_fields({"error": {"code": 400, "type": "t", "message": "m"}}, "f") == ("m", "t")
+    # FastAPI's 422: what failed validation, not only "Error code: 422"
+    detail = [{"loc": ["body", "top_p"], "msg": "Input should be a valid number",
+               "type": "float_parsing"}, {"loc": [], "msg": "bad"}]
+    assert error_fields({"detail": detail}, "f") == (
+        "body.top_p: Input should be a valid number; bad", "")
+    assert error_fields({"detail": []}, "f") == ("f", "")
 
 
 def test_reasoning_model_names():

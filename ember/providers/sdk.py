@@ -113,13 +113,23 @@ def reset_hint(headers: Mapping[str, str]) -> float | None:
     return max(pool) if pool else None
 
 
+def _validation(detail: Any) -> str | None:
+    """FastAPI's 422 ``detail``, a list of {"loc": [...], "msg": ...}, as one line."""
+    if not isinstance(detail, list):
+        return None
+    said = [f"{'.'.join(str(p) for p in d.get('loc') or ())}: {d.get('msg')}".lstrip(": ")
+            for d in detail if isinstance(d, dict) and d.get("msg")]
+    return "; ".join(said) or None
+
+
 def error_fields(body: Any, fallback: str) -> tuple[str, str]:
     """(message, code) from an error body in OpenAI's or Anthropic's shape."""
     if isinstance(body, dict):
         inner = body.get("error") if isinstance(body.get("error"), dict) else body
         message = inner.get("message")
         if not isinstance(message, str):  # FastAPI's (vLLM's) {"detail": ...}
-            message = inner.get("detail") if isinstance(inner.get("detail"), str) else fallback
+            detail = inner.get("detail")
+            message = detail if isinstance(detail, str) else _validation(detail) or fallback
         # (a number is an HTTP status echoed, as llama.cpp does; the type names the error)
         code = inner.get("code") if isinstance(inner.get("code"), str) else None
         return message, str(code or inner.get("type") or "")
