@@ -254,6 +254,19 @@ def _messages(prompt: Any) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _check_encodable(text: str, what: str) -> None:
+    """A lone surrogate (half an emoji, from JSON such as "\\ud83d") cannot be sent as
+    UTF-8: say so here, not as a bare UnicodeEncodeError from inside the SDK."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"The {what} holds a lone surrogate ({text[exc.start]!r} at position "
+            f"{exc.start}), which cannot be sent as UTF-8; it usually comes from JSON holding "
+            "half an emoji. Repair the text first, e.g. "
+            "text.encode('utf-8', 'replace').decode().") from None
+
+
 def make_request(provider: str, model: str, prompt: Any, system: Any,
                  params: tuple[tuple[str, Any], ...], n: int = 1) -> Request:
     """A request from an already-normalized parameter tuple (the graph's form)."""
@@ -263,8 +276,12 @@ def make_request(provider: str, model: str, prompt: Any, system: Any,
     for _, content in messages:
         if _MARK in content:
             raise stale_placeholder("in a prompt")
+        if not content.isascii():
+            _check_encodable(content, "prompt")
     if system is not None and _MARK in system:
         raise stale_placeholder("in a system prompt")
+    if system is not None and not system.isascii():
+        _check_encodable(system, "system prompt")
     if messages[0][0] == "system":
         system = messages[0][1] if system is None else system + "\n" + messages[0][1]
         messages = messages[1:]

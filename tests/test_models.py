@@ -880,3 +880,15 @@ def test_a_call_whose_loop_thread_dies_raises_instead_of_hanging(monkeypatch):
     with pytest.raises(RuntimeError, match="event loop thread stopped"):
         _runtime.run_sync(stop_the_loop())
     assert ember.models("sim", "a new loop").text  # the next call starts one
+
+
+def test_a_lone_surrogate_in_a_prompt_is_a_clear_error(openai_server):
+    """Half an emoji from a model's JSON failed inside the SDK as a bare
+    UnicodeEncodeError, naming neither the model nor the call."""
+    half = json.loads('"smile \\ud83d"')
+    for run in (lambda: ember.models("gpt-4o-mini", f"Say: {half}"),
+                lambda: ember.models("gpt-4o-mini", "hi", system=half)):
+        with pytest.raises(errors.ConfigurationError, match="lone surrogate"):
+            run()
+    assert not openai_server.requests
+    assert ember.models("gpt-4o-mini", "smile 😀").text == "echo: smile 😀"
