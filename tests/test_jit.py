@@ -1570,3 +1570,21 @@ def test_a_wrong_plan_that_ended_at_a_break_keeps_later_calls_planned():
         sim.reset_stats()
         assert fast(problem) == eager
         assert sim.stats().completions == made[1] and sim.stats().requests < made[0]
+
+
+def test_models_from_a_thread_pool_inside_jit_names_the_thread():
+    """The error blamed lru_cache, attributes or a chat history, never the thread pool
+    the trace did not follow."""
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+
+    def fanout(q):
+        futures = [pool.submit(models, "sim", f"View {i} on {q}") for i in range(2)]
+        return models("sim", "Judge:\n" + "\n".join(f.result().text for f in futures)).text
+
+    try:
+        with pytest.raises(ember.TraceError, match="ThreadPoolExecutor"):
+            jit(fanout)("ship friday?")
+    finally:
+        pool.shutdown()

@@ -95,7 +95,10 @@ def stale_placeholder(where: str) -> TraceError:
         "plan the calls, so such state must not be filled inside a jitted function: "
         "fill it outside (pass it in, return what to add), or use ember.cache instead of "
         "functools.lru_cache (it is jit-aware). Clear what holds the placeholder "
-        "(e.g. helper.cache_clear()) before calling again.")
+        "(e.g. helper.cache_clear()) before calling again. Or a thread the trace does not "
+        "follow took it: models() called from a ThreadPoolExecutor inside a jitted "
+        "function (jit already sends independent calls together: call models() directly, "
+        "or map with ember.vmap).")
 
 
 def holds_stale(value: Any, depth: int = 0) -> bool:
