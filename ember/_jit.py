@@ -358,6 +358,7 @@ class Jitted:
         for _ in range(MAX_ROUNDS):
             # (a driver that may block makes the check run fetch where it reads)
             check = CheckRun(memo, suspendable=not entry.changing)
+            began = time.perf_counter()
             try:
                 result = yield "check", (self.fn, check, args, kwargs)
                 break
@@ -370,6 +371,8 @@ class Jitted:
                                    "(a timestamp or a random id in a prompt?)")
                     continue
                 fetched = yield from _fetch(check.fetch_pending(), run_info)
+            finally:
+                _ran_python(run_info, began, check.fetch_seconds)
         else:  # pragma: no cover - a program that keeps reading new answers
             check = CheckRun(memo, suspendable=False)
             result = yield "check", (self.fn, check, args, kwargs)
@@ -415,6 +418,7 @@ class Jitted:
             else:
                 targs, tkwargs = trace_inputs((args, kwargs), state, leaves)
             entry.traces += 1
+            began = time.perf_counter()
             try:
                 result = yield "trace", (self.fn, state, targs, tkwargs)
                 complete = True
@@ -453,6 +457,8 @@ class Jitted:
                     continue
                 else:
                     return  # the check run raises what eager Python raises
+            finally:
+                _ran_python(run_info, began)
             found = lookup.found[0] if lookup is not None else 0  # type: ignore[attr-defined]
             if found <= used:  # this trace used none of the answers the last round got:
                 return  # the Python changes its calls (a timestamp?); the check run decides
@@ -591,6 +597,13 @@ def _stop_planning(entry: CompiledEntry, why: str) -> None:
                  "sending the calls it makes together where an answer is read", why)
 
 
+def _ran_python(run_info: Recorder, began: float, fetching: float = 0.0) -> None:
+    """Count one run of the user's Python (a trace round or a check run) that began at
+    ``began``, less the seconds it was blocked on fetches."""
+    run_info.python_runs += 1
+    run_info.python_seconds += max(0.0, time.perf_counter() - began - fetching)
+
+
 def _critical_path(graph: Graph) -> float:
     estimate = graph.meta.get("estimate")
     return getattr(estimate, "critical_path_seconds", 0.0) or 0.0
@@ -607,7 +620,8 @@ def _finish_recording(rec: Recorder, token: Any, start: float, jitted: Jitted) -
     bound = sum(_critical_path(graph) for graph in rec.graphs)  # (the estimates')
     return RunReport(rec.calls, time.perf_counter() - start, bound or None, label=name,
                      graphs=tuple(rec.graphs), node_seconds=rec.node_seconds,
-                     unplanned_seconds=rec.unplanned_seconds)
+                     unplanned_seconds=rec.unplanned_seconds, python_runs=rec.python_runs,
+                     python_seconds=rec.python_seconds)
 
 
 async def _settle(pending: list[Response]) -> None:

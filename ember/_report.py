@@ -37,6 +37,10 @@ class RunReport:
     graphs: tuple = field(default=(), repr=False, compare=False)
     node_seconds: dict = field(default_factory=dict, repr=False, compare=False)
     unplanned_seconds: float = 0.0  # fetching calls no graph planned, after the graphs (jit)
+    # jit: the times the user's Python ran (each trace round, each check run) and the
+    # seconds it took: planning re-runs it from the top at every graph break
+    python_runs: int = 0
+    python_seconds: float = 0.0
 
     @property
     def measured_bound_seconds(self) -> float | None:
@@ -147,7 +151,8 @@ class RunReport:
             "wall_seconds": self.wall_seconds, "bound_seconds": self.bound_seconds,
             "measured_bound_seconds": self.measured_bound_seconds,
             "peak_concurrency": self.peak_concurrency, "peak_prompts": self.peak_prompts,
-            "mean_concurrency": self.mean_concurrency,
+            "mean_concurrency": self.mean_concurrency, "python_runs": self.python_runs,
+            "python_seconds": self.python_seconds,
         }
 
     def trace_events(self) -> dict[str, Any]:
@@ -199,6 +204,11 @@ class RunReport:
             f"  retries  {self.retries}, throttled {self.throttle_seconds:.2f}s, "
             f"failures {self.failures}",
         ]
+        if self.python_runs > 2 and self.python_seconds > 0.25 * self.wall_seconds:
+            lines.append(
+                f"  python   ran {self.python_runs} times, {self.python_seconds:.3f}s: jit "
+                "re-runs the function from the top at each graph break, so a slow tool or "
+                "an effect in it runs each time; make it an @ember.op(effectful=True)")
         return "\n".join(lines)
 
 

@@ -380,3 +380,34 @@ def test_the_estimate_covers_a_system_prompts_input(messages, openai_server):
         fast = jit(ask)
         fast(prompt)
         assert fast.last_run.input_tokens <= estimate.input_tokens, model
+
+
+def test_the_report_says_how_often_jit_ran_the_python():
+    """An agent loop with a slow tool was 2x slower jitted than eager (the tool ran 27
+    times for 6) and the report gave no hint why."""
+    import time as clock
+
+    tool_runs = []
+
+    def search(q):
+        tool_runs.append(q)
+        clock.sleep(0.02)
+        return f"results for {q}"
+
+    def agent(question):
+        history = [{"role": "user", "content": question}]
+        for _ in range(4):
+            text = models("sim", history).text
+            history += [{"role": "assistant", "content": text},
+                        {"role": "user", "content": search(text.split()[1])}]  # a break
+        return history[-1]["content"]
+
+    fast = jit(agent)
+    fast("fix the outage")
+    report = fast.last_run
+    assert report.python_runs > 2 and report.python_seconds >= 0.02 * len(tool_runs) * 0.9
+    assert "python   ran" in str(report) and "effectful=True" in str(report)
+    assert report.to_dict()["python_runs"] == report.python_runs
+    plain = jit(lambda q: models("sim", q).text)
+    plain("q")
+    assert plain.last_run.python_runs == 2 and "python   ran" not in str(plain.last_run)

@@ -48,6 +48,10 @@ class Recorder:
     # no graph planned (for its report's critical-path bound)
     graphs: list[Any] = field(default_factory=list)
     unplanned_seconds: float = 0.0
+    # the times a jitted call ran the user's Python (trace rounds, check runs), and the
+    # seconds that took (blocking fetches excluded)
+    python_runs: int = 0
+    python_seconds: float = 0.0
 
     @property
     def requests(self) -> int:
