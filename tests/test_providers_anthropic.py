@@ -275,3 +275,12 @@ def test_portable_parameters_anthropic_would_refuse(anthropic_server):
         ember.models(f"anthropic/{MODEL}", "hi", temperature=1.5)
     assert len(anthropic_server.requests) == sent
     assert ember.models(f"anthropic/{MODEL}", "hi", temperature=1.0).text
+
+
+def test_a_developer_message_goes_to_the_system_prompt(anthropic_server):
+    """OpenAI's "developer" role (its newer name for system) was sent to Anthropic as a
+    message role, which it refuses."""
+    chat = [{"role": "developer", "content": "Be terse."}, {"role": "user", "content": "hi"}]
+    ember.models(f"anthropic/{MODEL}", chat)
+    body = anthropic_server.requests[-1].body
+    assert body["system"] == "Be terse." and body["messages"] == [{"role": "user", "content": "hi"}]

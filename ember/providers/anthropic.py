@@ -32,6 +32,7 @@ from .sdk import SDKProvider, cut_at_stops
 
 __all__ = ["AnthropicProvider", "json_instruction"]
 
+_SYSTEM_ROLES = ("system", "developer")
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
            "max_tokens": "length", "model_context_window_exceeded": "length",
            "tool_use": "tool_calls", "refusal": "content_filter"}
@@ -69,14 +70,16 @@ class AnthropicProvider(SDKProvider):
 
     def params(self, request: Request) -> dict[str, Any]:
         system = [request.system] if request.system else []
-        system += [c for role, c in request.messages if role == "system"]
+        # (OpenAI's "developer" role is its newer name for system: Anthropic has neither)
+        system += [c for role, c in request.messages if role in _SYSTEM_ROLES]
         instruction = json_instruction(request.response_format)
         if instruction:
             system.append(instruction)
         params: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.param("max_tokens") or self.default_max_tokens,
-            "messages": [{"role": r, "content": c} for r, c in request.messages if r != "system"],
+            "messages": [{"role": r, "content": c} for r, c in request.messages
+                         if r not in _SYSTEM_ROLES],
         }
         if system:
             params["system"] = "\n\n".join(system)
