@@ -27,7 +27,6 @@ import time
 from typing import Any, Callable
 
 from ._keywords import hint_keywords
-from ._models import check_var
 from .backends.dispatch import describe_error
 from .backends.policy import (CallOptions, RetryPolicy, current_options, deadlines_var,
                               new_region, options_var, rerun_var)

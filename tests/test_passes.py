@@ -300,7 +300,7 @@ def test_count_tokens_takes_any_model_id(monkeypatch):
     import sys
     import types
 
-    est = sys.modules["ember.passes.estimate"]
+    est = sys.modules["ember.passes.tokens"]
     words = types.SimpleNamespace(name="words", encode=lambda text, **_: text.split())
     fake = types.ModuleType("tiktoken")
     fake.encoding_for_model = lambda name: words
@@ -320,7 +320,7 @@ def test_a_tiktoken_that_never_loads_falls_back_to_characters(monkeypatch):
     import threading
     import types
 
-    est = sys.modules["ember.passes.estimate"]  # (the package exports a function of that name)
+    est = sys.modules["ember.passes.tokens"]
     never = threading.Event()
     fake = types.ModuleType("tiktoken")
     fake.encoding_for_model = lambda name: never.wait()  # a download that never answers
