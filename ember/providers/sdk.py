@@ -71,13 +71,13 @@ _CONTEXT_RE = re.compile(
     r"|exceeds? (the )?context|context (limit|size)|exceed_context_size"
 )
 # quota wording only: OpenAI's throttling 429s also mention "billing" (to raise limits)
-# a 429's words for throttling (not a used-up quota, which _QUOTA_RE names)
-_RATE_RE = re.compile(r"rate.?limit|too many requests|requests per (minute|second|min|sec)"
-                      r"|\b(rpm|tpm)\b|slow down")
 _QUOTA_RE = re.compile(
     r"insufficient_quota|exceeded your current quota|quota exceeded|billing_hard_limit"
     r"|credit balance|spend(ing)? limit"
 )
+# a 429's words for throttling (not a used-up quota, which _QUOTA_RE names)
+_RATE_RE = re.compile(r"rate.?limit|too many requests|requests per (minute|second|min|sec)"
+                      r"|\b(rpm|tpm)\b|slow down")
 
 
 # --------------------------------------------------------------------------- helpers
