@@ -107,6 +107,9 @@ class CacheStore:
                              "fn TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL)")
                 conn.execute("CREATE TABLE IF NOT EXISTS volatile (fn TEXT NOT NULL, "
                              "path TEXT NOT NULL, PRIMARY KEY (fn, path))")
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+                if "expires" not in columns:  # (a file from before the sweeps)
+                    conn.execute("ALTER TABLE results ADD COLUMN expires REAL")
                 break
             except sqlite3.OperationalError:
                 time.sleep(0.05)
@@ -126,18 +129,19 @@ class CacheStore:
         return row[0]
 
     def put(self, key: str, fn: str, value: str, ttl: float | None = None) -> None:
-        """Store a result; every `SWEEP_EVERY` stores of a function with a ``ttl``, its
-        expired rows go (else a cache with a ttl only ever grew: rows past it were
-        never read again, nor deleted)."""
+        """Store a result, with its expiry under ``ttl``; every `SWEEP_EVERY` stores of a
+        function with a ttl, its rows stored with one that are past it go (else a cache
+        with a ttl only ever grew). A row stored without one stays: another wrapper of
+        the same function, with no ttl, relies on it."""
         conn = self._conn()
         now = time.time()
-        conn.execute("INSERT OR REPLACE INTO results (key, fn, value, created) "
-                     "VALUES (?, ?, ?, ?)", (key, fn, value, now))
+        conn.execute("INSERT OR REPLACE INTO results (key, fn, value, created, expires) "
+                     "VALUES (?, ?, ?, ?, ?)",
+                     (key, fn, value, now, None if ttl is None else now + ttl))
         if ttl is not None:
             puts = self._puts[fn] = self._puts.get(fn, 0) + 1
             if puts % SWEEP_EVERY == 1:  # (the first store too: a restart sweeps)
-                conn.execute("DELETE FROM results WHERE fn = ? AND created < ?",
-                             (fn, now - ttl))
+                conn.execute("DELETE FROM results WHERE fn = ? AND expires < ?", (fn, now))
 
     def volatile(self, fn: str) -> frozenset[tuple]:
         """The captured state ``fn`` was seen to change (see `_Cached.volatile`)."""

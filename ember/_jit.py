@@ -136,19 +136,29 @@ def _compile(graph: Graph, verify: bool = False) -> tuple[Graph, list]:
     return run_passes(graph, verify=verify)
 
 
-def _pending_leaves(value: Any, out: list[Response]) -> list[Response]:
+def _pending_leaves(value: Any, out: list[Response], seen: set[int] | None = None
+                    ) -> list[Response]:
+    """The pending answers a returned value holds (through lists, tuples, dicts and
+    dataclasses, each of those once: a tree of them may point back to its parents)."""
     if isinstance(value, Response):
         if value._thunk is not None:
             out.append(value)
-    elif isinstance(value, (list, tuple)):
+        return out
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return out
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return out
+    seen.add(id(value))
+    if isinstance(value, (list, tuple)):
         for v in value:
-            _pending_leaves(v, out)
+            _pending_leaves(v, out, seen)
     elif isinstance(value, dict):
         for v in value.values():
-            _pending_leaves(v, out)
+            _pending_leaves(v, out, seen)
     else:
         for v in fields_of(value) or ():
-            _pending_leaves(v, out)
+            _pending_leaves(v, out, seen)
     return out
 
 

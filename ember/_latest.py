@@ -22,6 +22,7 @@ from typing import Any
 
 __all__ = ["own_report", "set_own_report"]
 
+_lock = threading.Lock()
 _Table = tuple[weakref.ref, weakref.WeakKeyDictionary]  # (its maker, owner -> report)
 _own: contextvars.ContextVar[_Table | None] = contextvars.ContextVar("ember_latest_runs",
                                                                    default=None)
@@ -43,9 +44,10 @@ def _caller() -> Any:
 def set_own_report(owner: Any, report: Any) -> None:
     held = _own.get()
     me = _caller()
-    if held is not None and held[0]() is me:
-        held[1][owner] = report
-        return
-    fresh: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary(held[1] if held else {})
+    with _lock:  # (a thread copying this table while its maker changes it)
+        if held is not None and held[0]() is me:
+            held[1][owner] = report
+            return
+        fresh: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary(held[1] if held else {})
     fresh[owner] = report
     _own.set((weakref.ref(me), fresh))

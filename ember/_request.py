@@ -99,6 +99,16 @@ class FrozenDict(tuple):
     def __repr__(self) -> str:
         return repr(_unfreeze(self))
 
+    # (unequal to the list of the same pairs: two requests jit must not merge)
+    def __eq__(self, other: object) -> bool:
+        return other.__class__ is FrozenDict and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((FrozenDict, tuple.__hash__(self)))
+
 
 def _canonical(value: Any, where: str) -> Any:
     """A hashable, JSON-able form of a parameter value; rejects what cannot be one."""
@@ -206,8 +216,9 @@ class Request:
     def key(self) -> str:
         """xxhash of everything but ``n``: identical requests share a key."""
         if not self._key:
-            blob = _KEY_JSON.encode(
-                [self.provider, self.model, self.messages, self.system, self.params])
+            blob = _KEY_JSON.encode(  # (a frozen dict as an object: not its pairs' list)
+                [self.provider, self.model, self.messages, self.system,
+                 [(k, _unfreeze(v)) for k, v in self.params]])
             self._key.append(xxhash.xxh3_128_hexdigest(blob.encode()))
         return self._key[0]
 

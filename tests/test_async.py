@@ -297,3 +297,25 @@ def test_ctrl_c_stops_a_maps_elements_running_in_check_threads():
     out, err = _finish(child, 25)  # (the old code waited ~60 s to exit)
     words = out.split()
     assert words[0] == "sent" and words[1] == words[4] == "8", out + err
+
+
+@dataclasses.dataclass(eq=False)
+class Thought:
+    text: str
+    parent: "Thought | None" = None
+    children: list = dataclasses.field(default_factory=list)
+
+
+def test_a_returned_tree_of_dataclasses_that_points_back_is_walked_once():
+    """The walk for answers in returned dataclasses had no guard: a tree whose nodes
+    know their parent recursed until RecursionError."""
+    def tot(q):
+        root = Thought(q)
+        for i in range(2):
+            root.children.append(Thought(models("sim", f"Idea {i} for {q}").text, root))
+        return root
+
+    eager = tot("x")
+    out = jit(tot)("x")
+    assert [c.text for c in out.children] == [c.text for c in eager.children]
+    assert all(c.parent is out for c in out.children)

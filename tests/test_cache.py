@@ -88,6 +88,18 @@ def test_expired_rows_are_deleted_and_the_log_is_bounded(cache_home, monkeypatch
     assert rows(cache_home) == 10  # the first 15 expired and went
     g = cache(lambda x: x * 3)  # no ttl: nothing is ever swept
     g("kept")
+
+    def summarize(x):  # (one function, two wrappers: their rows are shared)
+        return ember.models("sim", f"Summarize: {x}").text
+
+    forever, brief = cache(summarize), cache(summarize, ttl=0.05)
+    forever("doc")
+    time.sleep(0.1)
+    for i in range(10):
+        brief(f"other {i}")  # a sweep of brief's expired rows, not of forever's
+    sim.reset_stats()
+    forever("doc")
+    assert sim.stats().requests == 0
     with sqlite3.connect(str(cache_home / "cache.sqlite3")) as conn:
         assert conn.execute("PRAGMA journal_size_limit").fetchone()[0] == -1  # (per connection)
     conn = _cache._store(None)._conn()
@@ -543,3 +555,14 @@ def test_inspect_of_a_map_over_cache_hits_hoists_nothing(tmp_path):
     mapped(xs)
     assert report.map_estimate.requests == mapped.last_run.requests == 5
     assert report.batched is None and "every element plans its own graph" in str(report)
+
+
+def test_a_cache_file_from_before_expiry_times_is_kept_and_used(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(str(path)) as conn:
+        conn.execute("CREATE TABLE results (key TEXT PRIMARY KEY, fn TEXT NOT NULL, "
+                     "value TEXT NOT NULL, created REAL NOT NULL)")
+    f = cache(lambda x: x + "!", ttl=60, path=str(path))
+    assert f("a") == f("a") == "a!"
+    with sqlite3.connect(str(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM results WHERE expires > created").fetchone()[0] == 1

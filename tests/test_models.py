@@ -892,3 +892,46 @@ def test_a_lone_surrogate_in_a_prompt_is_a_clear_error(openai_server):
             run()
     assert not openai_server.requests
     assert ember.models("gpt-4o-mini", "smile 😀").text == "echo: smile 😀"
+
+
+def test_copying_the_report_table_while_its_maker_changes_it():
+    """A thread running a copy of this context (copy_context().run, asyncio.to_thread)
+    copied the table while this thread changed it in place: 'dictionary changed size
+    during iteration' from a jitted call in a threaded server."""
+    import contextvars
+    import threading
+
+    from ember import _latest
+
+    class Owner:
+        pass
+
+    owners = [Owner() for _ in range(3000)]
+    for o in owners:
+        _latest.set_own_report(o, "r")
+    snapshot = contextvars.copy_context()
+    errors: list = []
+    stop = threading.Event()
+
+    def other():
+        mine = Owner()
+        while not stop.is_set():
+            try:
+                snapshot.run(lambda: contextvars.copy_context().run(
+                    _latest.set_own_report, mine, "x"))
+            except Exception as exc:
+                errors.append(exc)
+                return
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    try:
+        for _ in range(30_000):
+            owners.append(Owner())
+            _latest.set_own_report(owners[-1], "r")  # in place: this thread's table
+            if errors:
+                break
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors

@@ -855,3 +855,19 @@ def test_reasoning_models_that_refuse_stop_get_it_applied_by_ember(openai_server
         assert answer.text == "1\n2\n3\n" and answer.finish_reason == "stop"
     models("openai/o3-mini", "Count to 5", stop=["4"])
     assert openai_server.requests[-1].body["stop"] == ["4"]
+
+
+def test_a_dict_and_a_list_of_its_pairs_are_two_requests_under_jit(openai_server):
+    """A frozen dict still equalled the tuple of its pairs: jit merged the two requests
+    and gave the second call the first one's answer."""
+    openai_server.answer = lambda body, i: f"got {body['metadata']}"
+
+    def both(q):
+        a = models(MODEL, q, temperature=0, metadata={"user": "alice"}).text
+        b = models(MODEL, q, temperature=0, metadata=[["user", "alice"]]).text
+        return a, b
+
+    eager = both("hi")
+    openai_server.requests.clear()
+    assert ember.jit(both)("hi") == eager and eager[0] != eager[1]
+    assert len(openai_server.requests) == 2

@@ -11,6 +11,8 @@ import ember
 from ember import jit, models, vmap
 from ember.providers import sim
 
+MODEL = "openai/gpt-4o-mini"
+
 
 def ensemble_judge(q: str):
     opinions = [models("sim", f"Expert {i}: {q}") for i in range(5)]
@@ -411,3 +413,20 @@ def test_the_report_says_how_often_jit_ran_the_python():
     plain = jit(lambda q: models("sim", q).text)
     plain("q")
     assert plain.last_run.python_runs == 2 and "python   ran" not in str(plain.last_run)
+
+
+def test_the_estimate_is_exact_for_sim_and_spans_json_modes_line(openai_server):
+    """A system prompt on sim is joined by a newline, not framed: the estimate read
+    [15, 16] for 11 billed. OpenAI's JSON-mode line is only sent where no message says
+    json: it was always counted (21 for 10 billed)."""
+    for model, prompt, params in (("sim", "Hello there", {"system": "You are terse."}),
+                                  (MODEL, "Give JSON with a name", {"response_format": "json"}),
+                                  (MODEL, "Give a name", {"response_format": "json"})):
+        def ask(q, model=model, params=params):
+            return models(model, q, max_tokens=10, **params)
+
+        estimate = ember.inspect(ask, prompt).estimate
+        billed = ask(prompt).usage.input_tokens
+        assert estimate.input_tokens_min <= billed <= estimate.input_tokens, (model, prompt)
+        if model == "sim":
+            assert estimate.input_tokens_min == estimate.input_tokens == billed

@@ -511,8 +511,11 @@ def fields_of(value: Any) -> list | None:
     return None
 
 
-def _leaves(value: Any):
-    """The non-container values of a nested list / tuple / dict / dataclass, in order."""
+def _leaves(value: Any, seen: set[int] | None = None):
+    """The non-container values of a nested list / tuple / dict / dataclass, in order
+    (a container met again, in a tree that points back to its parents, is skipped)."""
+    if seen is None:
+        seen = {id(value)}
     if isinstance(value, dict):
         value = value.values()
     elif not isinstance(value, (list, tuple)):
@@ -524,7 +527,9 @@ def _leaves(value: Any):
     for v in value:
         if isinstance(v, (list, tuple, dict)) or not isinstance(v, str) and \
                 fields_of(v) is not None:  # (answers' texts, the usual leaves: no look)
-            yield from _leaves(v)
+            if id(v) not in seen:
+                seen.add(id(v))
+                yield from _leaves(v, seen)
         else:
             yield v
 

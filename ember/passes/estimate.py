@@ -237,8 +237,10 @@ class _Sizes:
             else:  # call, or an op added later: a guess, the size of its inputs
                 rng[out] = _sum(map(atom, node.inputs))
 
-    def prompt(self, prompt: Any, system: Any) -> Range:
-        """Input tokens of one request: prompt, system, and the per-message framing."""
+    def prompt(self, prompt: Any, system: Any, framed: bool = True) -> Range:
+        """Input tokens of one request: prompt, system, and the per-message framing
+        (``framed``: a server that frames each message, the system prompt as one of its
+        own; sim joins them by newlines)."""
         if isinstance(prompt, Var):
             lo, hi = self.rng.get(prompt.id, _DEFAULT_IN)
             items = self.items.get(prompt.id)
@@ -251,8 +253,13 @@ class _Sizes:
             slo = shi = 0.0
         else:
             slo, shi = _text_range(system.value, self.count)[0]
+        if not framed:  # (sim: the texts joined by newlines, counted as one)
+            joins = messages - 1 + (system.__class__ is Var or system.value is not None)
+            over = MESSAGE_OVERHEAD * messages
+            return (math.ceil(lo + slo + joins / 4) + over,
+                    math.ceil(hi + shi + joins / 4) + over)
         if system.__class__ is Var or system.value is not None:
-            messages += 1  # (a message of its own at OpenAI; sim joins it by a newline)
+            messages += 1  # (a message of its own)
         over = MESSAGE_OVERHEAD * messages
         # (at most, a server counting each message apart rounds each one up)
         return math.ceil(lo + slo) + over, math.ceil(hi + shi) + over + messages - 1
@@ -280,13 +287,15 @@ class _Calls:
     share, worked out once, and their running totals."""
 
     __slots__ = ("model", "price", "caps", "sizes", "per_out", "n", "added", "uncapped",
-                 "nodes", "batches", "answers", "requests", "in_lo", "in_hi")
+                 "framed", "nodes", "batches", "answers", "requests", "in_lo", "in_hi")
 
     def __init__(self, model: str, price: Any, caps: Any, sizes: _Sizes, per_out: int,
-                 n: int, added: int = 0, uncapped: bool = False) -> None:
+                 n: int, added: tuple[int, int] = (0, 0), uncapped: bool = False,
+                 framed: bool = True) -> None:
         self.model, self.price, self.caps, self.sizes = model, price, caps, sizes
         self.per_out, self.n = per_out, n
         self.added = added  # tokens the provider adds to each prompt (see _added_tokens)
+        self.framed = framed  # the server frames each message (not sim)
         self.uncapped = uncapped  # per_out is FALLBACK_OUTPUT_TOKENS, which nothing enforces
         # llm nodes: n answers each, in n requests without n support; llm_batch nodes'
         # answers and requests are counted as they come
@@ -314,12 +323,13 @@ class _Tally:
             params = p.get("params", ())
             acc = self.by_params[id(node.params)] = _Calls(
                 model, price, caps, s, _max_tokens(params, provider), p.get("n", 1),
-                _added_tokens(provider, params, s.count), _uncapped(provider, params))
+                _added_tokens(provider, params, s.count), _uncapped(provider, params),
+                provider != "sim")
         ins = node.inputs
         if node.op == "llm":
             acc.nodes += 1
-            lo, hi = acc.sizes.prompt(ins[0], ins[1])
-            lo, hi = lo + acc.added, hi + acc.added
+            lo, hi = acc.sizes.prompt(ins[0], ins[1], acc.framed)
+            lo, hi = lo + acc.added[0], hi + acc.added[1]
         else:  # llm_batch: one answer per (prompt, system) pair
             k = len(ins) // 2
             acc.batches += 1
@@ -328,9 +338,9 @@ class _Tally:
             lo = hi = 0
             prompt = acc.sizes.prompt
             for j in range(0, len(ins), 2):
-                a, b = prompt(ins[j], ins[j + 1])
-                lo += a + acc.added
-                hi += b + acc.added
+                a, b = prompt(ins[j], ins[j + 1], acc.framed)
+                lo += a + acc.added[0]
+                hi += b + acc.added[1]
         acc.in_lo += lo
         acc.in_hi += hi
 
@@ -396,20 +406,24 @@ def _uncapped(provider: str, params: tuple) -> bool:
         return False
 
 
-def _added_tokens(provider: str, params: tuple, count: Callable[[str], float]) -> int:
-    """Tokens a provider adds to every prompt of these params: Anthropic has no
-    ``response_format``, so Ember states the format (and its schema) in the system
-    prompt, which is billed as input."""
+def _added_tokens(provider: str, params: tuple, count: Callable[[str], float]
+                  ) -> tuple[int, int]:
+    """(least, most) tokens a provider adds to every prompt of these params: Anthropic
+    has no ``response_format``, so Ember states the format (and its schema) in the
+    system prompt, billed as input; OpenAI's JSON mode gets a line only where the
+    messages never say "json" (``added_only_if_unsaid``)."""
     fmt = next((v for k, v in params if k == "response_format"), None)
     if fmt is None:
-        return 0
+        return 0, 0
     from .. import providers
 
     try:
-        text = providers.get(provider).added_instruction(fmt)
+        inst = providers.get(provider)
+        text = inst.added_instruction(fmt)
     except Exception:  # (an unknown provider, or one that cannot load: nothing added)
-        return 0
-    return math.ceil(count(text)) + MESSAGE_OVERHEAD if text else 0  # (its framing)
+        return 0, 0
+    most = math.ceil(count(text)) + MESSAGE_OVERHEAD if text else 0  # (its framing)
+    return (0 if getattr(inst, "added_only_if_unsaid", False) else most), most
 
 
 def request_seconds(latency: Latency = None) -> Callable[[Node], float]:

@@ -97,6 +97,8 @@ class OpenAIProvider(SDKProvider):
     default_base_url = "https://api.openai.com/v1"
     reasoning_rules = True  # apply the o1/o3/o4/gpt-5 parameter rules
 
+    added_only_if_unsaid = True  # (JSON mode's line: only where no message says json)
+
     def added_instruction(self, response_format: Any) -> str | None:
         return JSON_MODE_INSTRUCTION if response_format == "json" else None
 
