@@ -925,8 +925,13 @@ def test_copying_the_report_table_while_its_maker_changes_it():
 
     worker = threading.Thread(target=other)
     worker.start()
+    import time
+
+    deadline = time.monotonic() + 1.0  # (the old code failed within a few thousand)
     try:
         for _ in range(30_000):
+            if time.monotonic() > deadline:
+                break
             owners.append(Owner())
             _latest.set_own_report(owners[-1], "r")  # in place: this thread's table
             if errors:
