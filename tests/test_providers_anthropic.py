@@ -254,9 +254,12 @@ def test_samples_are_requests_of_their_own_retried_and_limited_alone(anthropic_s
     try:
         ember.configure_limits("anthropic", concurrency=2)
         anthropic_server.latency = 0.05
-        anthropic_server.max_in_flight = 0
-        assert len(ember.models(f"anthropic/{MODEL}", "Name a dog", n=4, temperature=1.0)) == 4
-        assert anthropic_server.max_in_flight == 2
+        with ember.record() as limited:
+            assert len(ember.models(f"anthropic/{MODEL}", "Name a dog", n=4,
+                                    temperature=1.0)) == 4
+        # (Ember's own view: the server's count can see a next request arrive before it
+        # has counted out the answer that freed its slot)
+        assert limited.report().peak_concurrency == 2
     finally:
         limiter.reset()
 
