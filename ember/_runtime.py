@@ -172,8 +172,7 @@ def _shutdown() -> None:
                     await inst.aclose()
                 except Exception:  # pragma: no cover - best effort at exit
                     pass
-            sdk = sys.modules.get("ember.providers.sdk")  # (clients a reset() retired)
-            if sdk is not None and sdk.closing:
+            if sdk is not None and sdk.closing:  # (clients a reset() retired)
                 await asyncio.gather(*sdk.closing, return_exceptions=True)
 
         try:

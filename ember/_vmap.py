@@ -240,10 +240,8 @@ class Mapped:
         # short and never block (a missing answer becomes a fetch step), so stepping
         # them there saves a thread hop per element.
         report: list[RunReport] = []  # (made on Ember's loop; set here, for this caller)
-        try:
+        try:  # (run_sync raises what an element let out as it is: sys.exit(), Ctrl-C)
             return run_sync(self._run(elements, kwargs, hoisting, drive_on_loop, report))
-        except Raised as carried:
-            raise carried.exc from None
         finally:
             if report:
                 self.last_run = report[0]
