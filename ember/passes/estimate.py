@@ -393,17 +393,23 @@ class _Tally:
         return info
 
 
+def _instance(provider: str) -> Any:
+    """The provider's instance, or None when it cannot load (its calls are not made)."""
+    from .. import providers
+
+    try:
+        return providers.get(provider)
+    except Exception:
+        return None
+
+
 def _uncapped(provider: str, params: tuple) -> bool:
     """Are these calls' answers uncapped? No max_tokens, and the provider neither sends
     a default of its own (Anthropic: 1,024) nor has a known answer length (sim)."""
     if provider in DEFAULT_OUTPUT_TOKENS or any(k == "max_tokens" for k, _ in params):
         return False
-    from .. import providers
-
-    try:
-        return getattr(providers.get(provider), "default_max_tokens", None) is None
-    except Exception:  # (a provider that cannot load: its calls are not made either)
-        return False
+    inst = _instance(provider)
+    return inst is not None and getattr(inst, "default_max_tokens", None) is None
 
 
 def _added_tokens(provider: str, params: tuple, count: Callable[[str], float]
@@ -413,15 +419,8 @@ def _added_tokens(provider: str, params: tuple, count: Callable[[str], float]
     system prompt, billed as input; OpenAI's JSON mode gets a line only where the
     messages never say "json" (``added_only_if_unsaid``)."""
     fmt = next((v for k, v in params if k == "response_format"), None)
-    if fmt is None:
-        return 0, 0
-    from .. import providers
-
-    try:
-        inst = providers.get(provider)
-        text = inst.added_instruction(fmt)
-    except Exception:  # (an unknown provider, or one that cannot load: nothing added)
-        return 0, 0
+    inst = _instance(provider) if fmt is not None else None
+    text = inst.added_instruction(fmt) if inst is not None else None
     most = math.ceil(count(text)) + MESSAGE_OVERHEAD if text else 0  # (its framing)
     return (0 if getattr(inst, "added_only_if_unsaid", False) else most), most
 
